@@ -1,0 +1,5 @@
+import sys
+
+from shipenv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,318 @@
+"""The command line: parse, call the library, print, choose the exit code.
+
+This is the only module that prints. Library errors (:class:`ShipenvError`)
+become one red ``error:`` line plus an optional hint and a non-zero exit;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from shipenv import __version__
+from shipenv.errors import ShipenvError, UsageError
+from shipenv.model import FORMATS, STDLIB_OPTIONAL, BuildOptions
+
+log = logging.getLogger("shipenv")
+
+EXAMPLES_BUILD = """\
+examples:
+  shipenv build --python python3.12 --name hello --version 1.0 --format dir -o out/
+  shipenv build -r requirements.txt --python python3.11 --name app --version 2.0.0 -o dist/
+  shipenv build . -o dist/app-2.0.0.tar.gz
+  shipenv build --venv .venv --entry serve=app.main:run -o dist/
+  shipenv build --wheels wheelhouse/ --name app --version 2.0.0 --format dir -o out/
+"""
+
+
+class Console:
+    """Messages for people: steps and progress on a terminal, quiet in CI logs."""
+
+    def __init__(self, stream: TextIO, *, quiet: bool = False, verbose: bool = False) -> None:
+        self.stream = stream
+        self.quiet = quiet
+        self.verbose = verbose
+        self.tty = stream.isatty() and not os.environ.get("CI")
+        self.color = self.tty and not os.environ.get("NO_COLOR")
+        self._started = time.monotonic()
+        self._progress_shown = False
+
+    def _paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.color else text
+
+    def step(self, message: str) -> None:
+        if self.quiet or not (self.tty or self.verbose):
+            return
+        self._clear_progress()
+        elapsed = time.monotonic() - self._started
+        print(f"{self._paint('•', '36')} {message} {self._paint(f'[{elapsed:.1f}s]', '2')}", file=self.stream)
+
+    def progress(self, files: int, nbytes: int) -> None:
+        if self.quiet or not self.tty:
+            return
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        line = f"  {files:,} files, {nbytes / 1e6:,.1f} MB, {nbytes / 1e6 / elapsed:,.0f} MB/s"
+        self.stream.write("\r" + line + "\033[K")
+        self.stream.flush()
+        self._progress_shown = True
+
+    def _clear_progress(self) -> None:
+        if self._progress_shown:
+            self.stream.write("\r\033[K")
+            self._progress_shown = False
+
+    def error(self, message: str, hint: str | None) -> None:
+        self._clear_progress()
+        print(f"{self._paint('error:', '1;31')} {message}", file=self.stream)
+        if hint:
+            print(f"{self._paint('hint:', '1;33')} {hint}", file=self.stream)
+
+    def warn(self, message: str) -> None:
+        self._clear_progress()
+        print(f"{self._paint('warning:', '1;33')} {message}", file=self.stream)
+
+
+def _version_pair(text: str) -> tuple[int, int]:
+    from shipenv.manifest import parse_version
+
+    try:
+        return parse_version(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a glibc version such as 2.31") from None
+
+
+def _entry(text: str) -> tuple[str, str]:
+    name, sep, target = text.partition("=")
+    if not sep or not name.strip() or ":" not in target:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=module:function")
+    return name.strip(), target.strip()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shipenv",
+        description="Relocatable, self-contained Python application bundles for Linux.",
+        epilog="Run 'shipenv COMMAND --help' for the options of a command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"shipenv {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    out = common.add_argument_group("output")
+    out.add_argument("-v", "--verbose", action="store_true", help="show every step and debug logs")
+    out.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    b = sub.add_parser(
+        "build", parents=[common], help="build a bundle (a directory or an archive)",
+        description="Build a relocatable bundle: a copy of a CPython interpreter, the application's "
+        "packages and every shared library they need.",
+        epilog=EXAMPLES_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = b.add_argument_group("what goes in")
+    src.add_argument("project", nargs="?", type=Path, help="a project directory with a pyproject.toml")
+    src.add_argument("--python", metavar="PYTHON", help="base CPython: a path, a name on PATH, or a version (default: the one running shipenv)")
+    src.add_argument("-r", "--requirement", dest="requirements", action="append", type=Path, default=[], metavar="FILE", help="install from a requirements file (repeatable)")
+    src.add_argument("-c", "--constraint", dest="constraints", action="append", type=Path, default=[], metavar="FILE", help="constrain versions with a constraints file (repeatable)")
+    src.add_argument("--wheels", type=Path, metavar="DIR", help="install every wheel in DIR, without the network")
+    src.add_argument("--venv", type=Path, metavar="DIR", help="copy what is installed in an existing venv")
+    src.add_argument("--entry", dest="entries", action="append", type=_entry, default=[], metavar="NAME=MOD:FUNC", help="add an app command to bin/ (repeatable)")
+    src.add_argument("--keep-stdlib", action="append", default=[], choices=[*STDLIB_OPTIONAL, "all"], metavar="PART", help=f"keep a part of the stdlib left out by default: {', '.join(STDLIB_OPTIONAL)}, all")
+    src.add_argument("--system-lib", dest="system_libs", action="append", default=[], metavar="SONAME", help="a library the target provides, so it is not vendored (e.g. libstdc++.so.6)")
+    meta = b.add_argument_group("naming and output")
+    meta.add_argument("--name", help="bundle name (default: the project's name)")
+    meta.add_argument("--version", dest="bundle_version", metavar="VERSION", help="bundle version (default: the project's version)")
+    meta.add_argument("-o", "--output", type=Path, default=Path("dist"), metavar="PATH", help="directory for NAME-VERSION[.EXT], or a file name ending in .tar.zst/.tar.gz/.tar.xz (default: dist/)")
+    meta.add_argument("--format", dest="fmt", choices=FORMATS, help="tar.zst (default), tar.gz, tar.xz, or dir for the unpacked tree")
+    meta.add_argument("--level", type=int, metavar="N", help="compression level (zstd 1-22, gzip/xz 1-9)")
+    meta.add_argument("--threads", type=int, default=0, metavar="N", help="compression threads (default 0: all cores)")
+    checks = b.add_argument_group("checks")
+    checks.add_argument("--max-glibc", type=_version_pair, metavar="X.Y", help="fail if the bundle needs a newer glibc than X.Y")
+    checks.add_argument("--report", action="store_true", help="print the whole relocation audit")
+    cache = b.add_argument_group("cache")
+    cache.add_argument("--cache-dir", type=Path, metavar="DIR", help="where reusable build layers are kept")
+    cache.add_argument("--no-cache", action="store_true", help="neither read nor write the build cache")
+    b.set_defaults(func=_cmd_build)
+
+    i = sub.add_parser(
+        "inspect", parents=[common], help="show what a bundle holds",
+        description="Show a bundle's name, version, Python, arch, glibc floor, size and packages, "
+        "read from its manifest without unpacking the whole archive.",
+        epilog="examples:\n  shipenv inspect dist/app-2.0.0.tar.zst\n  shipenv inspect --json out/app-2.0.0 | jq .platform",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    i.add_argument("bundle", type=Path, help="an archive or an unpacked bundle directory")
+    i.add_argument("--json", action="store_true", help="print JSON for scripts")
+    i.set_defaults(func=_cmd_inspect)
+
+    v = sub.add_parser(
+        "verify", parents=[common], help="check every file of a bundle against its manifest",
+        description="Check every file against the manifest's RECORD, audit for build-host paths, "
+        "and optionally run a command in a moved copy.",
+        epilog="examples:\n  shipenv verify dist/app-2.0.0.tar.zst\n  shipenv verify dist/app-2.0.0.tar.gz --run 'bin/python -c \"import app\"'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("bundle", type=Path, help="an archive or an unpacked bundle directory")
+    v.add_argument("--run", metavar="CMD", help="run CMD (relative to the bundle) in a copy moved to a path with a space")
+    v.set_defaults(func=_cmd_verify)
+
+    d = sub.add_parser(
+        "deploy", parents=[common], help="unpack a bundle as a new release and switch to it",
+        description="Unpack, verify and host-check an archive as ROOT/releases/NAME-VERSION, then switch "
+        "ROOT/current to it atomically. Any failure leaves the current release untouched.",
+        epilog="examples:\n  shipenv deploy app-2.0.0.tar.zst --root /srv/app\n  shipenv deploy app-2.0.0.tar.zst --root /srv/app --check 'bin/python -m app --selftest' --keep 5",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("archive", type=Path, help="the bundle archive")
+    d.add_argument("--root", type=Path, required=True, help="the application's root on this server")
+    d.add_argument("--check", metavar="CMD", help="run CMD inside the new release before switching; non-zero aborts")
+    d.add_argument("--keep", type=int, metavar="N", help="then prune to N releases")
+    d.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="wait this long for another deploy on ROOT to finish (default: fail at once)")
+    d.set_defaults(func=_cmd_deploy)
+
+    r = sub.add_parser(
+        "rollback", parents=[common], help="switch back to the previous release",
+        description="Switch ROOT/current back to the release that was current before, or to --to VERSION.",
+        epilog="examples:\n  shipenv rollback --root /srv/app\n  shipenv rollback --root /srv/app --to 1.0.0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("--root", type=Path, required=True)
+    r.add_argument("--to", metavar="VERSION", help="a version (or NAME-VERSION) to switch to")
+    r.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+    r.set_defaults(func=_cmd_rollback)
+
+    rel = sub.add_parser(
+        "releases", parents=[common], help="list the releases on a server",
+        description="List releases under ROOT: which is current, and when each was deployed.",
+        epilog="examples:\n  shipenv releases --root /srv/app\n  shipenv releases --root /srv/app --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rel.add_argument("--root", type=Path, required=True)
+    rel.add_argument("--json", action="store_true")
+    rel.set_defaults(func=_cmd_releases)
+
+    p = sub.add_parser(
+        "prune", parents=[common], help="remove old releases",
+        description="Remove all but the newest N releases; never the current one nor the rollback target.",
+        epilog="examples:\n  shipenv prune --root /srv/app --keep 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--keep", type=int, required=True, metavar="N")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+    p.set_defaults(func=_cmd_prune)
+    return parser
+
+
+def _cmd_build(args: argparse.Namespace, console: Console) -> int:
+    from shipenv import config, pipeline
+
+    options = config.build_options(args)
+    result = pipeline.build(options, step=console.step)
+    if args.report:
+        for finding in result.audit:
+            print(f"{finding.kind:8} {finding.path}: {finding.needle} — {finding.reason}")
+    floor = f"glibc >= {result.glibc_floor[0]}.{result.glibc_floor[1]}" if result.glibc_floor else "no glibc floor"
+    print(f"Built {result.path} ({floor})")
+    if result.sha256:
+        print(f"sha256 {result.sha256}  {result.path.name}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+    from shipenv import verify
+
+    info = verify.inspect(args.bundle)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    py = info["python"]
+    plat = info["platform"]
+    print(f"{info['name']} {info['version']}")
+    print(f"  python     {py['implementation']} {py['version']} ({py['abi']})")
+    print(f"  platform   {plat['arch']}, glibc >= {plat['glibc_floor']} ({plat['tag']})")
+    print(f"  size       {info['size'] / 1e6:,.1f} MB in {info['files']:,} files")
+    print(f"  built      {info['build']['time']} by shipenv {info['build']['shipenv_version']}")
+    dists = info.get("distributions", [])
+    print(f"  packages   {len(dists)}")
+    for dist in dists:
+        print(f"    {dist['name']}=={dist['version']}  ({dist['source']})")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace, console: Console) -> int:
+    from shipenv import verify
+
+    report = verify.verify(args.bundle, run=args.run, progress=console.progress)
+    console._clear_progress()
+    print(f"OK: {report.files:,} files match the manifest of {report.name}")
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace, console: Console) -> int:
+    from shipenv import deploy
+
+    result = deploy.deploy(args.archive, args.root, check=args.check, keep=args.keep, wait=args.wait, step=console.step, progress=console.progress)
+    console._clear_progress()
+    print(result.message)
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace, console: Console) -> int:
+    from shipenv import deploy
+
+    print(deploy.rollback(args.root, to=args.to, wait=args.wait).message)
+    return 0
+
+
+def _cmd_releases(args: argparse.Namespace, console: Console) -> int:
+    from shipenv import deploy
+
+    releases = deploy.releases(args.root)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in releases], indent=2))
+        return 0
+    if not releases:
+        print(f"No releases under {args.root}.")
+    for r in releases:
+        mark = "*" if r.current else " "
+        when = r.deployed_at or "-"
+        print(f"{mark} {r.name:30} {when}")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace, console: Console) -> int:
+    from shipenv import deploy
+
+    print(deploy.prune(args.root, keep=args.keep, wait=args.wait).message)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    console = Console(sys.stderr, quiet=args.quiet, verbose=args.verbose)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    func: Callable[[argparse.Namespace, Console], int] = args.func
+    try:
+        return func(args, console)
+    except ShipenvError as exc:
+        console.error(exc.message, exc.hint)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.error("Interrupted; nothing was changed.", None)
+        return 130
+    except BrokenPipeError:
+        return 1

@@ -1,0 +1,77 @@
+"""One error root for everything a user can cause.
+
+Every message is one sentence saying what is wrong, optionally followed by a
+``hint`` saying what to do. Only :mod:`shipenv.cli` catches these, prints them
+and picks the exit code; the library never prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class ShipenvError(Exception):
+    """Base of every error shipenv raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(ShipenvError):
+    """Arguments that cannot work together, or a path that is wrong."""
+
+    exit_code = 2
+
+
+class InterpreterError(ShipenvError):
+    """The base Python cannot be found, run or copied."""
+
+
+class ResolveError(ShipenvError):
+    """Requirements, wheels or a project cannot become a set of wheels."""
+
+
+class InstallError(ShipenvError):
+    """Wheels or a venv cannot be installed into the tree."""
+
+
+class RelocateError(ShipenvError):
+    """The tree cannot be made relocatable (a missing library, a host path that runs)."""
+
+
+class PolicyError(ShipenvError):
+    """The tree breaks a limit the user set (for example ``--max-glibc``)."""
+
+
+class ArchiveError(ShipenvError):
+    """An archive cannot be written or read, or it is corrupt or hostile."""
+
+
+class VerifyError(ShipenvError):
+    """Files do not match the bundle's manifest."""
+
+
+class DeployError(ShipenvError):
+    """A deploy, rollback or prune cannot be done; nothing on the host was changed."""
+
+
+class HostError(DeployError):
+    """This host cannot run the bundle (architecture, glibc)."""
+
+
+def listing(items: Sequence[str], *, limit: int = 5) -> str:
+    """Join the first ``limit`` items and say how many more there are.
+
+    >>> listing(["a", "b", "c"], limit=2)
+    'a, b (+ 1 more)'
+    """
+    shown = ", ".join(items[:limit])
+    rest = len(items) - limit
+    return f"{shown} (+ {rest} more)" if rest > 0 else shown

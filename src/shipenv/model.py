@@ -1,0 +1,196 @@
+"""Plain, frozen values passed between the stages of a build.
+
+Each stage takes some of these and returns others; none of them does I/O.
+Paths inside a bundle are always relative to the bundle's root (``PurePosixPath``)
+so that a plan can be printed, compared in tests and applied to any root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+ArchiveFormat = Literal["dir", "tar.zst", "tar.gz", "tar.xz"]
+FORMATS: tuple[ArchiveFormat, ...] = ("tar.zst", "tar.gz", "tar.xz", "dir")
+
+#: Parts of the standard library a server never uses, left out unless kept.
+STDLIB_OPTIONAL = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "static-lib")
+
+
+@dataclass(frozen=True)
+class PythonInfo:
+    """What a base interpreter reported about itself when we ran it."""
+
+    executable: Path  #: the real ELF file (symlinks resolved)
+    version: tuple[int, int, int]
+    implementation: str
+    abiflags: str
+    soabi: str
+    ext_suffix: str
+    machine: str
+    prefix: Path  #: sys.base_prefix
+    stdlib: Path
+    dynload: Path | None
+    libdir: Path | None
+    shared: bool  #: libpython is a shared library (pyenv) or linked in (Debian)
+    ldlibrary: str | None
+    multiarch: str | None
+    was_venv: Path | None = None  #: the venv the user named, if any
+
+    @property
+    def xy(self) -> str:
+        return f"{self.version[0]}.{self.version[1]}"
+
+    @property
+    def abi_tag(self) -> str:
+        return f"cp{self.version[0]}{self.version[1]}{self.abiflags}"
+
+    @property
+    def version_str(self) -> str:
+        return ".".join(str(p) for p in self.version)
+
+
+@dataclass(frozen=True)
+class CopyFile:
+    """Copy one file (or a symlink, as a symlink) from the host into the tree."""
+
+    src: Path
+    dest: PurePosixPath
+
+
+@dataclass(frozen=True)
+class MakeSymlink:
+    dest: PurePosixPath
+    target: str
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """Everything the interpreter stage copies, decided before anything is written."""
+
+    files: tuple[CopyFile, ...]
+    symlinks: tuple[MakeSymlink, ...]
+    dirs: tuple[PurePosixPath, ...]
+    skipped: tuple[str, ...]  #: stdlib parts left out, for the report
+
+
+@dataclass(frozen=True)
+class ElfInfo:
+    """Read-only facts about one ELF file, from pyelftools."""
+
+    machine: str
+    elfclass: int
+    soname: str | None
+    needed: tuple[str, ...]
+    rpath: tuple[str, ...]
+    runpath: tuple[str, ...]
+    glibc_versions: tuple[tuple[int, int], ...]
+    is_shared: bool
+
+
+@dataclass(frozen=True)
+class VendorLibrary:
+    """Copy a host shared library into the tree's ``lib/`` because something needs it."""
+
+    soname: str
+    src: Path
+    dest: PurePosixPath
+    needed_by: PurePosixPath
+
+
+@dataclass(frozen=True)
+class SetRpath:
+    """Replace an ELF's RPATH/RUNPATH with ``new`` (written as DT_RPATH, see relocate)."""
+
+    path: PurePosixPath
+    old: tuple[str, ...]
+    new: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RewriteShebang:
+    """A script whose ``#!`` line names a host interpreter becomes a bundle launcher."""
+
+    path: PurePosixPath
+    old: str
+
+
+@dataclass(frozen=True)
+class RewriteText:
+    """Replace host paths in a text file that runs (``.pth``, scripts) with relative ones."""
+
+    path: PurePosixPath
+    old: str
+    new: str
+
+
+PlanItem = VendorLibrary | SetRpath | RewriteShebang | RewriteText
+
+
+@dataclass(frozen=True)
+class RelocationPlan:
+    vendor: tuple[VendorLibrary, ...] = ()
+    rpaths: tuple[SetRpath, ...] = ()
+    shebangs: tuple[RewriteShebang, ...] = ()
+    texts: tuple[RewriteText, ...] = ()
+
+    def items(self) -> tuple[PlanItem, ...]:
+        return (*self.vendor, *self.rpaths, *self.shebangs, *self.texts)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    name: str
+    version: str
+    source: str  #: "requirements", "project", "wheelhouse", "venv"
+
+
+@dataclass(frozen=True)
+class AuditFinding:
+    """One remaining occurrence of a build-host path in the tree."""
+
+    path: PurePosixPath
+    needle: str
+    kind: Literal["runs", "metadata"]
+    reason: str
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything ``shipenv build`` was asked to do (command line and ``[tool.shipenv]``)."""
+
+    output: Path
+    python: str | None = None
+    name: str | None = None
+    version: str | None = None
+    fmt: ArchiveFormat | None = None
+    output_is_file: bool = False
+    keep_stdlib: frozenset[str] = frozenset()
+    max_glibc: tuple[int, int] | None = None
+    system_libs: frozenset[str] = frozenset()
+    # Sources of packages (issue: put the app in the bundle).
+    project: Path | None = None
+    requirements: tuple[Path, ...] = ()
+    constraints: tuple[Path, ...] = ()
+    wheels: Path | None = None
+    venv: Path | None = None
+    entries: tuple[tuple[str, str], ...] = ()
+    report: bool = False
+    compress_level: int | None = None
+    threads: int = 0
+    source_date_epoch: int | None = None
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path  #: the artifact: a directory or an archive
+    tree_name: str  #: NAME-VERSION
+    glibc_floor: tuple[int, int] | None
+    sha256: str | None = None
+    audit: tuple[AuditFinding, ...] = ()
+    skipped_stdlib: tuple[str, ...] = ()
+    vendored: tuple[str, ...] = ()

@@ -1,0 +1,235 @@
+"""Make a tree relocatable: plan every edit as data, then apply the plan.
+
+The plan answers, for every ELF file in the tree, where each ``NEEDED``
+library will come from on the target:
+
+* the target's baseline (glibc; :mod:`shipenv.policy`): nothing to do;
+* a directory inside the tree that the file already reaches through an
+  ``$ORIGIN``-relative path (a manylinux wheel's ``numpy.libs``): kept;
+* anything else is found on the build host the way the dynamic loader would
+  find it (the file's own absolute RPATH/RUNPATH, then ``ldconfig``'s cache,
+  then the default directories), copied into the tree's ``lib/`` and reached
+  through a new ``$ORIGIN``-relative path. Vendored libraries are planned the
+  same way, so their own dependencies come along.
+
+Absolute search paths are dropped. A library that cannot be found is an error
+naming the library and the file that needs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from shipenv import elf
+from shipenv.errors import RelocateError, listing
+from shipenv.model import ElfInfo, RelocationPlan, SetRpath, VendorLibrary
+from shipenv.policy import LibraryPolicy
+
+log = logging.getLogger(__name__)
+
+LIB_DIR = PurePosixPath("lib")
+_LDCONFIG_ARCH = {"x86_64": "x86-64", "aarch64": "AArch64", "ppc64le": "64bit", "s390x": "64bit"}
+_DEFAULT_DIRS = (
+    "/lib/{multiarch}",
+    "/usr/lib/{multiarch}",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+)
+
+
+@dataclass(frozen=True)
+class HostLibraries:
+    """Finds a shared library on the build host as the dynamic loader would."""
+
+    cache: dict[str, Path]
+    default_dirs: tuple[Path, ...]
+
+    def find(self, soname: str, search: Iterable[str] = ()) -> Path | None:
+        for d in search:
+            candidate = Path(d, soname)
+            if candidate.is_file():
+                return candidate
+        if soname in self.cache and self.cache[soname].is_file():
+            return self.cache[soname]
+        for d in self.default_dirs:
+            candidate = d / soname
+            if candidate.is_file():
+                return candidate
+        return None
+
+
+@functools.cache
+def host_libraries(machine: str) -> HostLibraries:
+    """Read ``ldconfig -p`` once for the build host's libraries of ``machine``."""
+    multiarch = f"{machine}-linux-gnu"
+    cache: dict[str, Path] = {}
+    arch = _LDCONFIG_ARCH.get(machine, machine)
+    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
+        try:
+            out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, check=False).stdout
+        except OSError:
+            continue
+        for line in out.splitlines()[1:]:
+            name, _, rest = line.strip().partition(" (")
+            flags, _, path = rest.partition(") => ")
+            if path and arch in flags and name not in cache:
+                cache[name] = Path(path)
+        break
+    dirs = tuple(Path(d.format(multiarch=multiarch)) for d in _DEFAULT_DIRS)
+    return HostLibraries(cache, dirs)
+
+
+def iter_elves(root: Path) -> Iterator[PurePosixPath]:
+    """Every regular ELF file in the tree, as a root-relative path, sorted."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath, name)
+            if elf.is_elf(full):
+                yield PurePosixPath(full.relative_to(root).as_posix())
+
+
+def origin_path(root_rel_file: PurePosixPath, target_dir: PurePosixPath) -> str:
+    """``$ORIGIN``-relative spelling of ``target_dir`` as seen from a file.
+
+    >>> origin_path(PurePosixPath("bin/python3.12"), PurePosixPath("lib"))
+    '$ORIGIN/../lib'
+    """
+    rel = os.path.relpath(target_dir.as_posix() or ".", root_rel_file.parent.as_posix() or ".")
+    return "$ORIGIN" if rel == "." else f"$ORIGIN/{rel}"
+
+
+def _expand_origin(entry: str, file_dir: PurePosixPath) -> PurePosixPath | None:
+    """A tree-relative directory for an ``$ORIGIN`` entry, or None if it leaves the tree."""
+    for token in ("$ORIGIN", "${ORIGIN}"):
+        if entry.startswith(token):
+            tail = entry[len(token) :].lstrip("/")
+            joined = os.path.normpath(os.path.join(file_dir.as_posix() or ".", tail))
+            if joined == ".." or joined.startswith("../"):
+                return None
+            return PurePosixPath(joined)
+    return None
+
+
+@dataclass
+class _Planner:
+    root: Path
+    policy: LibraryPolicy
+    host: HostLibraries
+    read: Callable[[Path], ElfInfo | None]
+
+    def __post_init__(self) -> None:
+        self.infos: dict[PurePosixPath, ElfInfo] = {}
+        self.vendor: dict[str, VendorLibrary] = {}
+        self.rpaths: list[SetRpath] = []
+        self.missing: list[tuple[str, PurePosixPath]] = []
+        self.queue: deque[tuple[PurePosixPath, Path, ElfInfo]] = deque()
+
+    def add_tree_file(self, rel: PurePosixPath) -> None:
+        info = self.read(self.root / rel)
+        if info is not None:
+            self.infos[rel] = info
+            self.queue.append((rel, self.root / rel, info))
+
+    def run(self) -> RelocationPlan:
+        while self.queue:
+            rel, src, info = self.queue.popleft()
+            self._plan_file(rel, src, info)
+        if self.missing:
+            shown = [f"{lib} (needed by {path})" for lib, path in self.missing]
+            raise RelocateError(
+                f"Shared libraries needed by the bundle are not on this build host: {listing(shown)}.",
+                hint="Install the package that provides them on the build machine "
+                "(for example with apt-get), or declare them provided by the target with --system-lib NAME.",
+            )
+        return RelocationPlan(vendor=tuple(self.vendor.values()), rpaths=tuple(self.rpaths))
+
+    def _plan_file(self, rel: PurePosixPath, src: Path, info: ElfInfo) -> None:
+        file_dir = rel.parent
+        searches = info.rpath + info.runpath
+        kept: list[str] = []
+        tree_dirs: list[PurePosixPath] = []
+        host_dirs: list[str] = []
+        for entry in searches:
+            inside = _expand_origin(entry, file_dir)
+            if inside is not None:
+                if (self.root / inside).is_dir() and entry not in kept:
+                    kept.append(entry)
+                    tree_dirs.append(inside)
+                continue
+            if "$ORIGIN" in entry or "${ORIGIN}" in entry:
+                # Leaves the tree: meaningful only relative to the file's original place.
+                host_dirs.append(entry.replace("${ORIGIN}", str(src.parent)).replace("$ORIGIN", str(src.parent)))
+            elif entry.startswith("/"):
+                host_dirs.append(entry)
+        needs_lib_dir = False
+        for soname in info.needed:
+            if self.policy.provided(soname):
+                continue
+            if any((self.root / d / soname).exists() for d in tree_dirs):
+                continue
+            if soname in self.vendor or (self.root / LIB_DIR / soname).is_file():
+                needs_lib_dir = True
+                continue
+            found = self.host.find(soname, host_dirs)
+            if found is None:
+                self.missing.append((soname, rel))
+                continue
+            dest = LIB_DIR / soname
+            self.vendor[soname] = VendorLibrary(soname, found, dest, rel)
+            vendored_info = self.read(found)
+            if vendored_info is not None:
+                self.infos[dest] = vendored_info
+                self.queue.append((dest, found, vendored_info))
+            needs_lib_dir = True
+        new = list(kept)
+        if needs_lib_dir:
+            lib_entry = origin_path(rel, LIB_DIR)
+            if lib_entry not in new:
+                new.append(lib_entry)
+        old = tuple(searches)
+        # Rewrite when an entry changes, and turn RUNPATH into RPATH when we touch it
+        # anyway; a file with nothing to change is left byte-for-byte as it came.
+        if tuple(new) != old or (info.runpath and needs_lib_dir):
+            self.rpaths.append(SetRpath(rel, old, tuple(new)))
+
+
+def plan(
+    root: Path,
+    policy: LibraryPolicy,
+    *,
+    machine: str,
+    files: Iterable[PurePosixPath] | None = None,
+    read: Callable[[Path], ElfInfo | None] = elf.try_read,
+    host: HostLibraries | None = None,
+) -> RelocationPlan:
+    """Plan the ELF edits for every ELF in ``root`` (or only ``files``)."""
+    planner = _Planner(root, policy, host or host_libraries(machine), read)
+    for rel in files if files is not None else iter_elves(root):
+        planner.add_tree_file(rel)
+    return planner.run()
+
+
+def apply(plan: RelocationPlan, root: Path, patcher: elf.Patcher) -> None:
+    """Carry out a plan: vendored libraries first, then search paths."""
+    import shutil
+
+    for item in plan.vendor:
+        dest = root / item.dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(item.src, dest)
+        os.chmod(dest, 0o755)
+    for edit in plan.rpaths:
+        try:
+            patcher.set_rpath(root / edit.path, edit.new)
+        except OSError as exc:
+            raise RelocateError(f"Cannot rewrite the library search path of {edit.path} ({exc}).") from exc
