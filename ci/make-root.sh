@@ -35,6 +35,11 @@ esac
 roots=${SHIPENV_ROOTS:-/var/cache/shipenv-ci/roots}
 mkdir -p "$roots"
 roots=$(cd "$roots" && pwd -P) # debootstrap wants absolute paths
+# debootstrap itself breaks on a target with a space in it (its chroot step
+# fails half way); say so up front rather than after a minute of downloads.
+if [[ $kind != glibc && $roots == *[[:space:]]* ]]; then
+    die "SHIPENV_ROOTS='$roots' contains whitespace, which debootstrap cannot build in"
+fi
 final=$roots/$kind
 stamp=$roots/$kind.stamp
 log=$roots/$kind.log

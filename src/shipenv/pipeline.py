@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from shipenv import __version__, elf, interpreter, manifest, policy, relocate
+from shipenv import __version__, elf, interpreter, manifest, policy, relocate, templates
 from shipenv.errors import PolicyError, ShipenvError, UsageError, listing
 from shipenv.model import BuildOptions, BuildResult, PythonInfo
 
@@ -189,6 +189,7 @@ def _build_tree(
         },
     }
     say("Writing the manifest")
+    templates.install_bundle_files(root)
     manifest.write(root, metadata)
     return {"floor": floor, "audit": tuple(findings), "skipped": (), "vendored": tuple(vendored)}
 
