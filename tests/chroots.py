@@ -27,6 +27,7 @@ with spaces are fine. Needs root, ``unshare`` and overlayfs.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["glibc", "bookworm", "bullseye"]
 KINDS: tuple[Kind, ...] = ("glibc", "bookworm", "bullseye")
@@ -58,7 +59,6 @@ EXEC_FAILED = 127
 
 _SETUP_FAILED = 125
 _DEFAULT_ROOTS = "/var/cache/shipenv-ci/roots"
-_REPO = Path(__file__).resolve().parent.parent
 
 
 class RootError(RuntimeError):
@@ -214,7 +214,6 @@ class OverlayRoot:
                 errors="replace",
                 timeout=timeout,
                 pass_fds=(status_w,),
-                cwd=_REPO,
             )
             os.close(status_w)
             status_w = -1
@@ -305,12 +304,19 @@ class _SetupError(Exception):
     pass
 
 
-def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [
+@functools.cache
+def _libc_mount() -> Any:
+    # mount(2) itself rather than mount(8): paths and options reach the
+    # kernel exactly as given, with no tool in between re-parsing them.
+    mount = ctypes.CDLL(None, use_errno=True).mount
+    mount.argtypes = [
         ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p,
     ]  # fmt: skip
-    rc = libc.mount(
+    return mount
+
+
+def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    rc = _libc_mount()(
         source.encode(),
         target.encode(),
         fstype.encode() if fstype else None,

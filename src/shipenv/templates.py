@@ -13,6 +13,9 @@ from pathlib import Path
 #: Files copied into every bundle: template name → path inside the bundle.
 BUNDLE_FILES = {
     "deploy.sh": ".shipenv/deploy.sh",
+    "activate": "bin/activate",
+    "activate.fish": "bin/activate.fish",
+    "activate.csh": "bin/activate.csh",
 }
 
 
@@ -41,4 +44,4 @@ def install_bundle_files(root: Path) -> None:
         target = root / dest
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(src.read_bytes())
-        os.chmod(target, 0o755)
+        os.chmod(target, 0o755 if name == "deploy.sh" else 0o644)

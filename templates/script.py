@@ -1,0 +1,26 @@
+#!/bin/sh
+''':'
+# shipenv launcher for the "${name}" command (${target}).
+# As a shell script it finds the bundle from its own location (symlinks
+# followed) and runs the bundle's interpreter on this file; as Python it is the
+# entry point itself, so `bin/python${xy} bin/${name}` works without a shell.
+p=$$0
+while [ -h "$$p" ]; do
+    t=$$(readlink -- "$$p")
+    case $$t in
+        /*) p=$$t ;;
+        *) p=$${p%/*}/$$t ;;
+    esac
+done
+case $$p in */*) d=$${p%/*} ;; *) d=. ;; esac
+d=$$(cd -P -- "$$d" && pwd -P) || exit 127
+${launcher_env}exec "$$d/python${xy}" -E -s "$$d/$${p##*/}" "$$@"
+'''
+import sys
+
+from ${module} import ${import_name}
+
+if __name__ == "__main__":
+    if sys.argv[0].endswith("-script.py"):
+        sys.argv[0] = sys.argv[0][:-10]
+    sys.exit(${call})
