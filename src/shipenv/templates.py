@@ -30,9 +30,9 @@ def read(name: str) -> str:
     return (directory() / name).read_text()
 
 
-def render(name: str, **values: str) -> str:
-    """``$name`` placeholders (``string.Template``), so shell ``${var}`` stays intact if escaped as ``$${var}``."""
-    return string.Template(read(name)).substitute(values)
+def render(template: str, **values: str) -> str:
+    """Fill ``${name}`` placeholders (``string.Template``); shell's own ``$`` is written ``$$``."""
+    return string.Template(read(template)).substitute(values)
 
 
 def install_bundle_files(root: Path) -> None:
