@@ -12,7 +12,14 @@ import sys
 
 def _apply() -> None:
     if not sys.flags.ignore_environment:
-        return
+        return  # the bare interpreter, run directly: leave it as any Python behaves
+    if sys.version_info < (3, 11):
+        # 3.11+ learns this from __PYVENV_LAUNCHER__; older versions report the
+        # real ELF, whose children would run without -E -s. Point them back at the
+        # launcher so subprocess and multiprocessing stay inside the bundle.
+        launcher = os.path.join(os.path.dirname(sys.executable), "python")
+        if os.path.basename(sys.executable).startswith("python3.") and os.path.isfile(launcher):
+            sys.executable = launcher
     env = os.environ
     if env.get("PYTHONDONTWRITEBYTECODE"):
         sys.dont_write_bytecode = True

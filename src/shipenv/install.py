@@ -374,7 +374,7 @@ def install_wheel(wheel: Path, root: Path, scheme: Scheme, py: PythonInfo, sourc
         raise InstallError(f"Installing {wheel.name} would overwrite {exc.filename}, which another package installed.") from exc
     except (zipfile.BadZipFile, InstallerError, ValueError, KeyError) as exc:
         raise InstallError(f"Cannot install {wheel.name} ({exc}).", hint="The wheel may be corrupt; download it again.") from exc
-    return Distribution(str(name), str(version), source)
+    return Distribution(canonicalize_name(str(name)), str(version), source)
 
 
 # --------------------------------------------------------------------------- venv
@@ -406,7 +406,7 @@ def copy_venv(site: Path, root: Path, scheme: Scheme, py: PythonInfo) -> list[Di
         if canonicalize_name(name) in skip:
             skipped_files |= _record_files(info)
             continue
-        dists.append(Distribution(name, version, "venv"))
+        dists.append(Distribution(canonicalize_name(name), version, "venv"))
     for entry in sorted(site.iterdir()):
         rel = entry.name
         if rel in skipped_files or rel == "__pycache__" or any(rel.startswith(f"{s}-") and rel.endswith(".dist-info") for s in _VENV_SKIP):
