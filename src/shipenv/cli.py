@@ -168,7 +168,8 @@ def _parser() -> argparse.ArgumentParser:
         "deploy", parents=[common], help="unpack a bundle as a new release and switch to it",
         description="Unpack, verify and host-check an archive as ROOT/releases/NAME-VERSION, then switch "
         "ROOT/current to it atomically. Any failure leaves the current release untouched.",
-        epilog="examples:\n  shipenv deploy app-2.0.0.tar.zst --root /srv/app\n  shipenv deploy app-2.0.0.tar.zst --root /srv/app --check 'bin/python -m app --selftest' --keep 5",
+        epilog="examples:\n  shipenv deploy app-2.0.0.tar.zst --root /srv/app\n  shipenv deploy app-2.0.0.tar.zst --root /srv/app --check 'bin/python -m app --selftest' --keep 5\n\n"
+        "environment:\n  SHIPENV_HOST_GLIBC=X.Y  the host's glibc version, for hosts where detecting it fails",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("archive", type=Path, help="the bundle archive")
@@ -180,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "rollback", parents=[common], help="switch back to the previous release",
-        description="Switch ROOT/current back to the release that was current before, or to --to VERSION.",
+        description="Switch ROOT/current back to the release that was current before, or to --to VERSION. "
+        "ROOT/history.jsonl decides, not file times: repeated rollbacks walk further back.",
         epilog="examples:\n  shipenv rollback --root /srv/app\n  shipenv rollback --root /srv/app --to 1.0.0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -201,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "prune", parents=[common], help="remove old releases",
-        description="Remove all but the newest N releases; never the current one nor the rollback target.",
+        description="Remove all but the N most recently current releases; never the current one nor the rollback target.",
         epilog="examples:\n  shipenv prune --root /srv/app --keep 3",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -260,7 +262,9 @@ def _cmd_verify(args: argparse.Namespace, console: Console) -> int:
 def _cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     from shipenv import deploy
 
-    result = deploy.deploy(args.archive, args.root, check=args.check, keep=args.keep, wait=args.wait, step=console.step, progress=console.progress)
+    # SHIPENV_HOST_GLIBC: for hosts where detecting the C library's version fails or lies.
+    host = deploy.HostFacts.detect(os.environ.get("SHIPENV_HOST_GLIBC"))
+    result = deploy.deploy(args.archive, args.root, check=args.check, keep=args.keep, wait=args.wait, host=host, step=console.step, progress=console.progress)
     console._clear_progress()
     print(result.message)
     return 0
@@ -283,9 +287,11 @@ def _cmd_releases(args: argparse.Namespace, console: Console) -> int:
     if not releases:
         print(f"No releases under {args.root}.")
     for r in releases:
-        mark = "*" if r.current else " "
+        mark = "*" if r.current else "<" if r.rollback else " "
         when = r.deployed_at or "-"
         print(f"{mark} {r.name:30} {when}")
+    if releases:
+        print("(* current, < where rollback goes)")
     return 0
 
 

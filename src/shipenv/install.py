@@ -266,8 +266,11 @@ def pip_wheel(python: Path, options: BuildOptions, wheel_dir: Path) -> list[tupl
             args.append(str(options.project.resolve()))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    log.debug("pip wheel output:\n%s%s", proc.stdout, proc.stderr)
     if proc.returncode != 0:
-        raise ResolveError(_pip_failure(proc.stdout + proc.stderr), hint="Fix the requirement or the project, then build again; pip's own output is above.")
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        log.debug("pip's output ends with:\n%s", tail)
+        raise ResolveError(_pip_failure(proc.stdout + proc.stderr), hint="Fix the requirement or the project, then build again; run with -v to see pip's output.")
     project_name = None
     if options.project is not None:
         meta = _project_metadata(options.project)
@@ -296,6 +299,13 @@ def _pip_failure(output: str) -> str:
             m = re.search(pattern, line)
             if m:
                 return sentence.format(*(g.strip().rstrip(".") for g in m.groups())) if m.groups() else sentence
+    if any("subprocess-exited-with-error" in line or "metadata-generation-failed" in line for line in lines):
+        # A build backend failed before pip could name the package: the last
+        # "Processing"/"Collecting" line before the error says which one.
+        first_error = next(i for i, line in enumerate(lines) if "subprocess-exited-with-error" in line or "metadata-generation-failed" in line)
+        subject = next((line.split(None, 1)[1] for line in reversed(lines[:first_error]) if line.startswith(("Processing ", "Collecting "))), "a package")
+        step = next((line.lstrip("× ").rstrip(".") for line in lines if line.startswith("×")), "its build failed")
+        return f"Building {subject.rstrip('/').rsplit('/', 1)[-1]} from source failed ({step})."
     tail = next((line for line in reversed(lines) if line.startswith("ERROR")), lines[-1] if lines else "no output")
     return f"pip could not resolve or build the requirements ({tail})."
 

@@ -1,0 +1,441 @@
+"""Deterministic tar archives of a bundle tree, and streaming readers that refuse bad data.
+
+Writing (:func:`write`) turns a tree into ``NAME-VERSION.tar.{zst,gz,xz}`` in one
+pass, file by file, through fixed-size buffers, so packing a multi-gigabyte
+environment needs a few tens of megabytes whatever its size. The archive's
+sha256 is computed on the bytes as they are written.
+
+The same tree and ``mtime`` always give the same bytes, on any machine and with
+any thread count (DESIGN.md, property 6), because nothing of the host reaches
+the archive:
+
+- entries are in one fixed order: a depth-first walk, names sorted by their
+  bytes (not by locale), each directory before its contents; except that
+  ``.shipenv/manifest.json`` and ``.shipenv/RECORD`` come first, right after
+  their directories, so that ``inspect`` and ``deploy`` learn what a bundle is
+  (and check the host) from the first few kilobytes instead of reading the
+  whole archive;
+- owners are 0/0 with empty names; modes are 0755 for directories and for
+  files with any execute bit, 0644 for other files (never group/world
+  writable, never setuid, setgid or sticky); mtimes are clamped to ``mtime``
+  (``SOURCE_DATE_EPOCH``); hard links are stored as plain files, symlinks as
+  symlinks; the tar format is always PAX (POSIX.1-2001, read by GNU tar,
+  bsdtar and busybox), whose extended headers Python writes without host data;
+- the compressors give the same bytes whatever the number of threads
+  (zstd in its multi-threaded mode, gzip in fixed blocks; see
+  :mod:`shipenv._codecs`), and the gzip header holds no name and mtime 0.
+
+Reading (:func:`open_stream`) decompresses as a stream with bounded memory and
+turns every way a download can be damaged (cut short, a flipped byte, not an
+archive at all) into one :class:`ArchiveError` sentence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import stat
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from shipenv import _codecs
+from shipenv._codecs import CHUNK, Encoder
+from shipenv.errors import ArchiveError, UsageError, listing
+
+Progress = Callable[[int, int], None]
+Kind = Literal["dir", "file", "symlink"]
+
+FORMATS = ("tar.zst", "tar.gz", "tar.xz", "tar")
+#: zstd's and gzip's own defaults; xz's default preset.
+DEFAULT_LEVELS = {"tar.zst": 3, "tar.gz": 6, "tar.xz": 6}
+LEVEL_RANGES = {"tar.zst": (1, 22), "tar.gz": (1, 9), "tar.xz": (0, 9)}
+
+_TAR_RECORD = 20 * tarfile.BLOCKSIZE  # what GNU tar pads archives to
+_FIRST = (".shipenv", ".shipenv/manifest.json", ".shipenv/RECORD")
+_PROGRESS_EVERY = 0.1  # seconds between progress calls
+
+
+@dataclass(frozen=True)
+class Packed:
+    """The archive :func:`write` made."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How the tar stream is compressed, validated before anything is written."""
+
+    fmt: str
+    level: int | None  #: None only for an uncompressed "tar"
+    threads: int  #: resolved: at least 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One member of the archive, as it will be written (paths are archive names)."""
+
+    name: str
+    kind: Kind
+    mode: int
+    mtime: int
+    size: int = 0
+    linkname: str = ""
+    source: Path | None = None
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def codec(fmt: str, level: int | None = None, threads: int = 0) -> Codec:
+    """Check ``--format``/``--level``/``--threads`` and fill in the defaults.
+
+    ``threads=0`` means every core this process may use.
+
+    >>> codec("tar.gz", None, 4)
+    Codec(fmt='tar.gz', level=6, threads=4)
+    """
+    if fmt not in FORMATS:
+        raise UsageError(f"{fmt!r} is not an archive format; use one of {', '.join(FORMATS)}.")
+    if threads < 0:
+        raise UsageError(f"--threads {threads} is negative; use 0 for all cores or a positive count.")
+    if fmt == "tar":
+        return Codec(fmt, None, 1)
+    low, high = LEVEL_RANGES[fmt]
+    if level is None:
+        level = DEFAULT_LEVELS[fmt]
+    elif not low <= level <= high:
+        raise UsageError(f"--level {level} is out of range for {fmt} ({low}-{high}).")
+    if fmt == "tar.xz":
+        threads = 1
+    return Codec(fmt, level, threads or cpu_count())
+
+
+# -- what goes in, in which order ------------------------------------------------------
+
+
+def plan(root: Path, arcname: str, mtime: int) -> Iterator[Entry]:
+    """The archive's members, in archive order, with normalized metadata.
+
+    Unsupported files (sockets, FIFOs, devices) are yielded as nothing and
+    reported by :func:`unsupported`; see :func:`write`.
+    """
+    yield _entry(arcname, root.lstat(), root, mtime, kind="dir")
+    first = [rel for rel in _FIRST if _exists(root / rel)]
+    for rel in first:
+        full = root / rel
+        yield _entry(f"{arcname}/{rel}", full.lstat(), full, mtime)
+    for rel, st, full in _walk(root, ""):
+        if rel in first:
+            continue
+        if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            yield _entry(f"{arcname}/{rel}", st, full, mtime)
+
+
+def unsupported(root: Path) -> list[str]:
+    """Paths under root that a tar of a bundle must not hold (sockets, FIFOs, devices)."""
+    return [
+        rel
+        for rel, st, _ in _walk(root, "")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode))
+    ]
+
+
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _walk(directory: Path, prefix: str) -> Iterator[tuple[str, os.stat_result, Path]]:
+    """Depth-first, names sorted by bytes, each directory before its contents; symlinks not followed."""
+    for name in sorted(os.listdir(directory), key=os.fsencode):
+        full = directory / name
+        st = full.lstat()
+        rel = prefix + name
+        yield rel, st, full
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk(full, rel + "/")
+
+
+def _entry(name: str, st: os.stat_result, full: Path, mtime: int, kind: Kind | None = None) -> Entry:
+    clamped = min(max(int(st.st_mtime), 0), mtime)
+    if kind == "dir" or stat.S_ISDIR(st.st_mode):
+        return Entry(name, "dir", 0o755, clamped)
+    if stat.S_ISLNK(st.st_mode):
+        return Entry(name, "symlink", 0o777, clamped, linkname=os.readlink(full))
+    mode = 0o755 if st.st_mode & 0o111 else 0o644
+    return Entry(name, "file", mode, clamped, size=st.st_size, source=full)
+
+
+def header(entry: Entry) -> bytes:
+    """The tar header block(s) of one entry, PAX format, owner root with no names."""
+    info = tarfile.TarInfo(entry.name)
+    info.type = {"dir": tarfile.DIRTYPE, "file": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE}[entry.kind]
+    info.mode = entry.mode
+    info.mtime = entry.mtime
+    info.size = entry.size
+    info.linkname = entry.linkname
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+# -- compressors ---------------------------------------------------------------------------
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+class _Sink:
+    """The destination file; hashes and counts what is written, so the archive is never read back."""
+
+    def __init__(self, f: BinaryIO, dest: Path) -> None:
+        self._f = f
+        self._dest = dest
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview, /) -> int:
+        try:
+            self._f.write(data)
+        except OSError as exc:
+            raise ArchiveError(
+                f"Cannot write {self._dest}: {exc.strerror or exc}.",
+                hint="Check the free space and permissions of the output directory.",
+            ) from exc
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+class _TarStream:
+    """Tar blocks into the encoder in whole ``CHUNK``s: the compressor sees the same pieces whatever the files."""
+
+    def __init__(self, out: Encoder, progress: Progress | None) -> None:
+        self._out = out
+        self._view = memoryview(bytearray(CHUNK))
+        self._pos = 0
+        self._progress = progress
+        self._last_tick = 0.0
+        self.total = 0  #: bytes of tar stream so far
+        self.files = 0  #: non-directory entries so far
+        self.bytes = 0  #: file content so far
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        self.total += len(view)
+        while view:
+            n = min(len(view), CHUNK - self._pos)
+            self._view[self._pos : self._pos + n] = view[:n]
+            self._pos += n
+            view = view[n:]
+            if self._pos == CHUNK:
+                self._flush()
+
+    def _flush(self) -> None:
+        self._out.write(self._view[: self._pos])
+        self._pos = 0
+
+    def add(self, entry: Entry, rel: str) -> None:
+        self.write(header(entry))
+        if entry.kind == "file":
+            assert entry.source is not None
+            self._copy(entry.source, entry.size, rel)
+            padding = -entry.size % tarfile.BLOCKSIZE
+            if padding:
+                self.write(bytes(padding))
+        if entry.kind != "dir":
+            self.files += 1
+        self.tick()
+
+    def _copy(self, source: Path, size: int, rel: str) -> None:
+        """The file's bytes, read straight into the chunk buffer."""
+        left = size
+        try:
+            with open(source, "rb", buffering=0) as f:
+                while left:
+                    n = f.readinto(self._view[self._pos : self._pos + min(left, CHUNK - self._pos)])
+                    if not n:
+                        break
+                    self._pos += n
+                    left -= n
+                    self.bytes += n
+                    self.total += n
+                    if self._pos == CHUNK:
+                        self._flush()
+                        self.tick()
+                grew = f.read(1)
+        except OSError as exc:
+            raise ArchiveError(f"Cannot read {rel} while packing: {exc.strerror or exc}.") from exc
+        if left or grew:
+            raise ArchiveError(
+                f"{rel} changed size while it was being packed.",
+                hint="Nothing else may write into the tree during a build; run the build again.",
+            )
+
+    def tick(self, final: bool = False) -> None:
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if final or now - self._last_tick >= _PROGRESS_EVERY:
+            self._last_tick = now
+            self._progress(self.files, self.bytes)
+
+    def finish(self) -> None:
+        """End-of-archive: two zero blocks, then zeros up to a whole tar record, as GNU tar does."""
+        end = 2 * tarfile.BLOCKSIZE
+        self.write(bytes(end + (-(self.total + end) % _TAR_RECORD)))
+        if self._pos:
+            self._flush()
+        self.tick(final=True)
+
+
+def write(
+    root: Path,
+    dest: Path,
+    fmt: str,
+    *,
+    level: int | None,
+    threads: int,
+    mtime: int,
+    arcname: str,
+    progress: Progress | None = None,
+) -> Packed:
+    """Pack ``root`` as ``arcname/`` into ``dest`` (which must not exist yet).
+
+    Example: ``write(tree, Path("app-2.0.0.tar.zst"), "tar.zst", level=None,
+    threads=0, mtime=1577836800, arcname="app-2.0.0")``. ``progress(files,
+    bytes)`` is called every tenth of a second and once at the end. On any
+    error the partial ``dest`` is removed.
+    """
+    c = codec(fmt, level, threads)
+    if not root.is_dir():
+        raise ArchiveError(f"Cannot pack {root}: it is not a directory.")
+    try:
+        f = open(dest, "xb")
+    except FileExistsError:
+        raise ArchiveError(f"{dest} already exists.", hint="Remove it or choose another output.") from None
+    except OSError as exc:
+        raise ArchiveError(f"Cannot create {dest}: {exc.strerror or exc}.") from exc
+    out: Encoder | None = None
+    try:
+        with f:
+            sink = _Sink(f, dest)
+            out = _codecs.encoder(c.fmt, c.level, c.threads, sink)
+            tar = _TarStream(out, progress)
+            for entry in plan(root, arcname, mtime):
+                tar.add(entry, entry.name[len(arcname) + 1 :] or ".")
+            bad = unsupported(root)
+            if bad:
+                raise ArchiveError(
+                    f"Cannot pack {listing(bad)}: only files, directories and symlinks go into a bundle.",
+                    hint="Remove sockets, FIFOs and device files from the tree.",
+                )
+            tar.finish()
+            out.close()
+            out = None
+        return Packed(dest, sink.sha256.hexdigest(), sink.size)
+    except BaseException:
+        if out is not None:
+            out.abort()
+        with contextlib.suppress(OSError):
+            dest.unlink()
+        raise
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def detect(path: Path) -> str:
+    """``"tar.zst"``, ``"tar.gz"``, ``"tar.xz"`` or ``"tar"``, from the first bytes, whatever the file is called."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(tarfile.BLOCKSIZE)
+    except FileNotFoundError:
+        raise ArchiveError(f"{path} does not exist.") from None
+    except IsADirectoryError:
+        raise ArchiveError(f"{path} is a directory, not a bundle archive.") from None
+    except OSError as exc:
+        raise ArchiveError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
+    if head.startswith(_codecs.ZSTD_MAGIC):
+        return "tar.zst"
+    if head.startswith(_codecs.GZIP_MAGIC):
+        return "tar.gz"
+    if head.startswith(_codecs.XZ_MAGIC):
+        return "tar.xz"
+    if head[257:262] == b"ustar":
+        return "tar"
+    raise ArchiveError(
+        f"{path} is not a bundle archive: it is not a .tar.zst, .tar.gz, .tar.xz or .tar file.",
+        hint="Give the archive that shipenv build wrote, or an unpacked bundle directory.",
+    )
+
+
+class _TarFile(tarfile.TarFile):
+    """Remembers whether the reader got to the end-of-archive marker."""
+
+    ended = False
+
+    def next(self) -> tarfile.TarInfo | None:
+        member = super().next()
+        if member is None:
+            self.ended = True
+        return member
+
+
+@contextlib.contextmanager
+def open_stream(path: Path) -> Iterator[tarfile.TarFile]:
+    """The archive as a streaming ``tarfile`` (``"r|"``): members in order, each read once.
+
+    Damaged data raises :class:`ArchiveError` with one sentence, never a
+    zstd/zlib/lzma/tarfile exception. When the caller reads every member,
+    the rest of the stream (padding, checksums, trailers) is read and checked
+    on exit too; a caller that stops early (``inspect``) does not pay for it.
+    """
+    fmt = detect(path)
+    with path.open("rb") as f:
+        if fmt == "tar":
+            _check_plain_tar(f, path)
+        stream = io.BufferedReader(_codecs.decoder(fmt, f, path), CHUNK)
+        try:
+            tar = _TarFile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
+        except (tarfile.TarError, EOFError) as exc:
+            raise _tar_error(path, fmt, exc) from exc
+        assert isinstance(tar, _TarFile)
+        with tar:
+            try:
+                yield tar
+            except (tarfile.ReadError, tarfile.HeaderError, tarfile.CompressionError, EOFError) as exc:
+                raise _tar_error(path, fmt, exc) from exc
+            if tar.ended:
+                while stream.read(CHUNK):
+                    pass
+
+
+def _tar_error(path: Path, fmt: str, exc: BaseException) -> ArchiveError:
+    text = str(exc)
+    if isinstance(exc, EOFError) or "unexpected end of data" in text:
+        return _codecs.truncated(path, fmt)
+    if "empty file" in text:
+        return _codecs.corrupt(path, f"the {fmt} stream holds no tar data")
+    return _codecs.corrupt(path, text or type(exc).__name__)
+
+
+def _check_plain_tar(f: BinaryIO, path: Path) -> None:
+    """An uncompressed tar ends with two zero blocks; without them it was cut short."""
+    size = os.fstat(f.fileno()).st_size
+    end = 2 * tarfile.BLOCKSIZE
+    if size < end or size % tarfile.BLOCKSIZE or os.pread(f.fileno(), end, size - end) != bytes(end):
+        raise _codecs.truncated(path, "tar")
