@@ -239,6 +239,6 @@ def test_sdist_that_fails_to_build(tmp_path: Path) -> None:
 def test_editable_install_in_venv_is_refused(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([str(pyenv_python("3.12")), "-m", "venv", "--without-pip", str(venv)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "-q", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-build-isolation", "-e", str(PACKAGES / "srcapp")], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "-q", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "-e", str(PACKAGES / "srcapp")], check=True)
     msg = _fails(tmp_path, "--venv", venv, "--name", "a", "--version", "1", "--format", "dir")
     assert "editable" in msg and "srcapp" in msg
