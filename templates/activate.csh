@@ -39,7 +39,7 @@ else
 
     # One line, as aliases are; each `test ... &&` expands its variables only
     # when it runs, so unset ones are skipped instead of being errors.
-    alias deactivate 'test $?_shipenv_old_path = 1 && setenv PATH "$_shipenv_old_path" && unset _shipenv_old_path; test $?_shipenv_old_pythonhome = 1 && setenv PYTHONHOME "$_shipenv_old_pythonhome" && unset _shipenv_old_pythonhome; test $?_shipenv_old_prompt = 1 && set prompt = "$_shipenv_old_prompt" && unset _shipenv_old_prompt; unsetenv SHIPENV_BUNDLE; rehash; test "\!:*" != nondestructive && unalias deactivate'
+    alias deactivate 'test $?_shipenv_old_path = 1 && setenv PATH "$_shipenv_old_path" && unset _shipenv_old_path; test $?_shipenv_old_pythonhome = 1 && setenv PYTHONHOME "$_shipenv_old_pythonhome" && unset _shipenv_old_pythonhome; test $?_shipenv_old_prompt = 1 && set prompt = $_shipenv_old_prompt:q && unset _shipenv_old_prompt; unsetenv SHIPENV_BUNDLE; rehash; test "\!:*" != nondestructive && unalias deactivate'
 
     setenv SHIPENV_BUNDLE "$_shipenv_root"
     set _shipenv_old_path = "$PATH"
@@ -55,12 +55,13 @@ else
         if ("$SHIPENV_DISABLE_PROMPT" != "") set _shipenv_t = 0
     endif
     if ($_shipenv_t) then
-        set _shipenv_old_prompt = "$prompt"
+        # :q keeps a prompt with a newline in it as one word.
+        set _shipenv_old_prompt = $prompt:q
         # The same name as the other shells show: \ $ ` % ! replaced by _
         # (tcsh expands % in a prompt, both csh expand !). Octal escapes keep
         # csh's own history expansion out of it.
         set _shipenv_t = "`printenv SHIPENV_BUNDLE | tr '\134\044\140\045\041' _____`"
-        set prompt = "($_shipenv_t:t) $prompt"
+        set prompt = "($_shipenv_t:t) "$prompt:q
     endif
 
     rehash

@@ -13,7 +13,7 @@
 set -l _shipenv_src (status --current-filename)
 set -l _shipenv_root
 if test -n "$_shipenv_src"; and test "$_shipenv_src" != -
-    set _shipenv_root (builtin realpath $_shipenv_src 2>/dev/null | string replace -r '/[^/]*/[^/]*$' '')
+    set _shipenv_root (builtin realpath -- $_shipenv_src 2>/dev/null | string replace -r '/[^/]*/[^/]*$' '')
 end
 if test -z "$_shipenv_root"; or not test -f "$_shipenv_root/.shipenv/manifest.json"
     echo "activate.fish: cannot find the shipenv bundle from '$_shipenv_src' (no .shipenv/manifest.json beside its bin/); source this file from the bundle's bin/, or run the bundle's bin/ commands directly" >&2

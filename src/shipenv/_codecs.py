@@ -29,7 +29,11 @@ asked for at most the caller's buffer size (``max_length``) and zstd's stream
 reader works the same way, so a small hostile archive cannot inflate into
 memory. python-zstandard's reader reports a clean end when the input stops
 inside a frame, so zstd archives are first walked frame by frame
-(:func:`check_zstd_frames`, a few bytes per 128 KiB block) to catch that.
+(:func:`check_zstd_frames`, a few bytes per 128 KiB block) to catch that; an
+xz file must end with its footer magic. Both checks run before the first byte
+is unpacked, so even ``inspect``, which reads only the front, sees a cut-off
+file. A gzip file has no such footer: a truncated ``.tar.gz`` is caught when
+the stream is read to its end (``verify``, ``deploy``).
 """
 
 from __future__ import annotations
@@ -258,6 +262,14 @@ def check_zstd_frames(fd: int, path: Path) -> None:
         raise truncated(path, "zstd")
 
 
+def check_xz_footer(fd: int, path: Path) -> None:
+    """An xz file ends with a stream footer ending in ``YZ`` (then only zero padding): cheap to check up front."""
+    size = os.fstat(fd).st_size
+    tail = os.pread(fd, 4096, max(0, size - 4096)).rstrip(b"\0")
+    if not tail.endswith(b"YZ"):
+        raise truncated(path, "xz")
+
+
 class ZstdReader(io.RawIOBase):
     def __init__(self, f: BinaryIO, path: Path) -> None:
         check_zstd_frames(f.fileno(), path)
@@ -346,6 +358,9 @@ def decoder(fmt: str, f: BinaryIO, path: Path) -> io.RawIOBase:
     """The tar stream inside ``f`` (``fmt`` as :func:`shipenv.archive.detect` says)."""
     if fmt == "tar.zst":
         return ZstdReader(f, path)
-    if fmt in ("tar.gz", "tar.xz"):
-        return Inflater(f, path, "gzip" if fmt == "tar.gz" else "xz")
+    if fmt == "tar.xz":
+        check_xz_footer(f.fileno(), path)
+        return Inflater(f, path, "xz")
+    if fmt == "tar.gz":
+        return Inflater(f, path, "gzip")
     return cast(io.RawIOBase, f)

@@ -240,8 +240,12 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     plat = info["platform"]
     print(f"{info['name']} {info['version']}")
     print(f"  python     {py['implementation']} {py['version']} ({py['abi']})")
-    print(f"  platform   {plat['arch']}, glibc >= {plat['glibc_floor']} ({plat['tag']})")
+    floor = f"glibc >= {plat['glibc_floor']}" if plat.get("glibc_floor") else "no glibc requirement"
+    print(f"  platform   {plat['arch']}, {floor} ({plat['tag']})")
     print(f"  size       {info['size'] / 1e6:,.1f} MB in {info['files']:,} files")
+    packed = info.get("archive")
+    if packed:
+        print(f"  archive    {packed['format']}, {packed['size'] / 1e6:,.1f} MB, sha256 {packed['sha256']}")
     print(f"  built      {info['build']['time']} by shipenv {info['build']['shipenv_version']}")
     dists = info.get("distributions", [])
     print(f"  packages   {len(dists)}")

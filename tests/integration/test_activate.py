@@ -343,6 +343,26 @@ def test_csh_without_a_prompt_gets_none(places: Places, tmp_path: Path) -> None:
     assert v["during_path"] == f"{places.root}/bin:{v['before_path']}", proc.stdout
 
 
+@pytest.mark.parametrize("shell", ("csh", "tcsh"))
+def test_csh_prompt_on_two_lines_comes_back(shell: str, places: Places, tmp_path: Path) -> None:
+    """A csh prompt with a newline in it breaks "$prompt" quoting; it must survive the round trip."""
+    src = quote(shell, places.link / "bin" / "activate.csh")
+    text = (
+        'set prompt = "top %~\\\n%# "\n'
+        "set before = $prompt:q\n"
+        f"source {src}\n"
+        'if ("$SHIPENV_BUNDLE" != "") echo active\n'
+        'if ($prompt:q == "(hello-1.0) "$before:q) echo prefixed\n'
+        "deactivate\n"
+        "if ($prompt:q == $before:q) echo restored\n"
+    )
+    need(shell)
+    script = tmp_path / "driver.csh"
+    script.write_text(text)
+    proc = subprocess.run([*RUN[shell], str(script)], capture_output=True, text=True, env=environment(places), timeout=60, check=False)
+    assert proc.stdout.split() == ["active", "prefixed", "restored"], proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("shell", ("bash", "fish", "tcsh"))
 def test_deactivate_nondestructive_restores_but_stays(shell: str, places: Places, tmp_path: Path) -> None:
     src = quote(shell, places.link / "bin" / SCRIPT[shell])

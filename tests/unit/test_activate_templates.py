@@ -21,7 +21,7 @@ from tests.conftest import REPO
 
 TEMPLATES = REPO / "templates"
 NAMES = ("activate", "activate.fish", "activate.csh")
-PACKAGES = "apt-get install -y dash zsh ksh fish csh shellcheck"
+PACKAGES = "apt-get install -y dash zsh ksh fish tcsh shellcheck"
 
 
 def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
@@ -42,9 +42,9 @@ def run(*argv: str | Path) -> subprocess.CompletedProcess[str]:
         ("shellcheck", "--shell=sh", "--severity=warning", "activate"),
         ("shellcheck", "--shell=bash", "--severity=warning", "activate"),
         ("fish", "--no-execute", "activate.fish"),
-        # BSD csh's -n catches lexical errors (quotes, parentheses) only; tcsh's
-        # -n is not used because it runs some commands anyway.
-        ("csh", "-n", "-f", "activate.csh"),
+        # tcsh's -n catches lexical errors (quotes, parentheses), not unclosed
+        # blocks. BSD csh's -n is not used: it runs some of the commands.
+        ("tcsh", "-n", "-f", "activate.csh"),
     ],
     ids=lambda argv: " ".join(argv[:-1]),
 )
@@ -60,7 +60,7 @@ def test_names_no_machine_and_needs_no_rendering(name: str) -> None:
     for pattern in (r"/tmp\b", r"/work\b", r"/root\b", r"/home/", r"\.pyenv", r"/opt/", r"site-packages", r"python3\.\d+", re.escape(str(REPO))):
         assert not re.search(pattern, text), f"templates/{name} names {pattern!r}: it is copied into every bundle as is"
     # Copied verbatim, never rendered: no placeholders waiting for a value.
-    assert not re.search(r"__[A-Z_]+__|@[A-Z_]+@", text)
+    assert not re.search(r"__[A-Z][A-Z_]*__|@[A-Z][A-Z_]*@", text)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,0 +1,466 @@
+"""``shipenv inspect`` and ``shipenv verify``: what a bundle says it is, and whether it still is.
+
+Both take an archive or an unpacked bundle directory. An archive is read as a
+stream and never unpacked: ``inspect`` stops after the first entries, where
+:func:`shipenv.archive.write` puts ``manifest.json`` and ``RECORD``; ``verify``
+hashes each member as it passes. Only ``verify --run`` writes the bundle to
+disk, into a temporary directory whose path has a space, and removes it after.
+
+``verify`` checks three things and reports all problems found in one error:
+
+1. Every file, symlink and its target against ``.shipenv/RECORD``: what is
+   missing, what changed, what was added.
+2. A relocation audit that needs no knowledge of the build host (the
+   manifest records none of its paths): no ELF file may search an absolute
+   RPATH/RUNPATH, no symlink may point outside the bundle, and no executable
+   in ``bin/`` or ``.shipenv/`` may start with ``#!`` naming an absolute
+   interpreter other than the shells every POSIX host has. Scripts elsewhere
+   are not run by path (the stdlib carries ``#! /usr/local/bin/python`` in
+   ``cgi.py``), so they are not held to this.
+3. With ``run``, that a command works in a copy moved to a new place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from elftools.common.exceptions import ELFError
+
+from shipenv import archive, elf, manifest
+from shipenv.errors import ArchiveError, UsageError, VerifyError, listing
+from shipenv.manifest import RecordEntry
+from shipenv.model import ElfInfo
+
+Progress = Callable[[int, int], None]
+
+_CHUNK = 1 << 20
+_MANIFEST = manifest.MANIFEST.as_posix()
+_RECORD = manifest.RECORD.as_posix()
+#: manifest.json and RECORD are read into memory; a real RECORD is about 100 bytes a file.
+_HEAD_LIMIT = 64 << 20
+#: ELF members are parsed from memory up to this size, from a temporary file above it.
+_ELF_IN_MEMORY = 32 << 20
+#: Interpreters every POSIX host has at these paths; a bundle's scripts may name them.
+SYSTEM_INTERPRETERS = frozenset({"/bin/sh", "/bin/bash", "/bin/dash", "/usr/bin/sh", "/usr/bin/bash", "/usr/bin/env", "/bin/env"})
+_RUN_TAIL = 20  # lines of a failed --run command's output that are shown
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    name: str  #: NAME-VERSION
+    files: int  #: entries of RECORD, all of which matched
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a bundle holds at one path."""
+
+    kind: Literal["file", "symlink", "other"]
+    sha256: str | None = None
+    size: int | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    missing: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.changed or self.extra)
+
+
+def compare(record: Mapping[str, RecordEntry], seen: Mapping[str, Seen]) -> Mismatch:
+    """What differs between RECORD and what was found, each list sorted."""
+    changed = []
+    for path in sorted(record.keys() & seen.keys()):
+        want, got = record[path], seen[path]
+        if want.symlink is not None:
+            ok = got.kind == "symlink" and got.target == want.symlink
+        elif want.sha256 is None:  # RECORD itself: it cannot hold its own digest
+            ok = got.kind == "file"
+        else:
+            ok = got.kind == "file" and got.sha256 == want.sha256 and got.size == want.size
+        if not ok:
+            changed.append(path)
+    return Mismatch(
+        missing=tuple(sorted(record.keys() - seen.keys())),
+        changed=tuple(changed),
+        extra=tuple(sorted(seen.keys() - record.keys())),
+    )
+
+
+# -- the relocation audit --------------------------------------------------------------------
+
+
+def elf_findings(rel: str, info: ElfInfo) -> list[str]:
+    """Absolute search paths or NEEDED entries: the loader would look on the host, not in the bundle."""
+    found = [f"{rel} (RPATH {p})" for p in info.rpath if p.startswith("/")]
+    found += [f"{rel} (RUNPATH {p})" for p in info.runpath if p.startswith("/")]
+    found += [f"{rel} (NEEDED {n})" for n in info.needed if n.startswith("/")]
+    return found
+
+
+def shebang_finding(rel: str, mode: int, head: bytes) -> str | None:
+    """An executable in ``bin/`` or ``.shipenv/`` whose ``#!`` names an interpreter outside the bundle."""
+    if not head.startswith(b"#!") or not mode & 0o111 or not rel.startswith(("bin/", ".shipenv/")):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    interpreter = words[0].decode("utf-8", "replace") if words else ""
+    if interpreter.startswith("/") and interpreter not in SYSTEM_INTERPRETERS:
+        return f"{rel} (#!{interpreter})"
+    return None
+
+
+def symlink_finding(rel: str, target: str) -> str | None:
+    """A symlink that leaves the bundle works only where its target happens to exist."""
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+    if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+        return f"{rel} (-> {target})"
+    return None
+
+
+def _elf_of(rel: str, stream: IO[bytes]) -> list[str]:
+    try:
+        info = elf.read_stream(stream)
+    except (ELFError, OSError, ValueError, KeyError, AssertionError):
+        return []  # not an ELF the loader would use either
+    return elf_findings(rel, info)
+
+
+# -- reading a bundle --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Head:
+    top: str  #: NAME-VERSION for an archive; the directory's name for a tree
+    metadata: dict[str, Any]
+    record: dict[str, RecordEntry]
+
+
+def _exists(bundle: Path) -> None:
+    if not os.path.lexists(bundle):
+        raise UsageError(f"{bundle} does not exist.", hint="Give a bundle archive or an unpacked bundle directory.")
+
+
+def _parse_head(label: Path, manifest_bytes: bytes | None, record_bytes: bytes | None, top: str) -> _Head:
+    if manifest_bytes is None:
+        raise VerifyError(f"{label} is not a shipenv bundle: it has no {_MANIFEST}.", hint="Give what shipenv build wrote.")
+    if record_bytes is None:
+        raise VerifyError(f"{label} is not a complete shipenv bundle: it has no {_RECORD}.", hint="Give what shipenv build wrote.")
+    try:
+        metadata = json.loads(manifest_bytes)
+    except (ValueError, UnicodeDecodeError):
+        raise VerifyError(f"The {_MANIFEST} of {label} is not valid JSON.") from None
+    if not isinstance(metadata, dict) or not {"name", "version"} <= metadata.keys():
+        raise VerifyError(f"The {_MANIFEST} of {label} does not say the bundle's name and version.")
+    try:
+        record = manifest.parse_record(record_bytes)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VerifyError(f"The {_RECORD} of {label} cannot be read ({exc}).") from None
+    return _Head(top, metadata, record)
+
+
+def _read_small(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.is_file() else None
+    except OSError as exc:
+        raise VerifyError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
+
+
+def _tree_head(root: Path) -> _Head:
+    return _parse_head(root, _read_small(root / _MANIFEST), _read_small(root / _RECORD), root.name)
+
+
+def _split(name: str) -> tuple[str, str] | None:
+    """``NAME-VERSION/a/b`` → (``NAME-VERSION``, ``a/b``); None for a name that could escape."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or not parts or ".." in parts:
+        return None
+    return parts[0], "/".join(parts[1:])
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, label: Path) -> bytes:
+    if member.size > _HEAD_LIMIT:
+        raise VerifyError(f"{member.name} in {label} is implausibly large for a manifest ({member.size:,} bytes).")
+    f = tar.extractfile(member)
+    return f.read() if f is not None else b""
+
+
+def _archive_head(path: Path) -> _Head:
+    """manifest.json and RECORD from the front of the archive; stops reading as soon as both are in."""
+    found: dict[str, bytes] = {}
+    top = ""
+    with archive.open_stream(path) as tar:
+        for member in tar:
+            split = _split(member.name)
+            if split is None:
+                continue
+            top = top or split[0]
+            if split[0] == top and split[1] in (_MANIFEST, _RECORD) and member.isreg():
+                found[split[1]] = _read_member(tar, member, path)
+                if len(found) == 2:
+                    break
+    if _MANIFEST not in found:
+        raise ArchiveError(
+            f"{path} is not a shipenv bundle: it holds no NAME-VERSION/{_MANIFEST}.",
+            hint="Give the archive that shipenv build wrote.",
+        )
+    return _parse_head(path, found.get(_MANIFEST), found.get(_RECORD), top)
+
+
+def inspect(bundle: Path) -> dict[str, Any]:
+    """The bundle's manifest, plus ``size`` and ``files`` from RECORD and, for an archive, ``archive``.
+
+    >>> inspect(Path("dist/app-2.0.0.tar.zst"))["platform"]["glibc_floor"]  # doctest: +SKIP
+    '2.36'
+    """
+    _exists(bundle)
+    if bundle.is_dir():
+        head = _tree_head(bundle)
+        packed = None
+    else:
+        fmt = archive.detect(bundle)
+        head = _archive_head(bundle)
+        packed = {"format": fmt, "size": bundle.stat().st_size, "sha256": _sha256(bundle)}
+    info = dict(head.metadata)
+    info["size"] = sum(e.size or 0 for e in head.record.values())
+    info["files"] = len(head.record)
+    info["archive"] = packed
+    return info
+
+
+def _sha256(path: Path) -> str:
+    return manifest.hash_file(path)[0]
+
+
+# -- verify -------------------------------------------------------------------------------------
+
+
+class _Tally:
+    """Counts files and bytes checked; calls ``progress`` at most ten times a second, and at the end."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.files = 0
+        self.bytes = 0
+        self._last = 0.0
+
+    def add(self, files: int = 0, nbytes: int = 0) -> None:
+        self.files += files
+        self.bytes += nbytes
+        now = time.monotonic()
+        if self.progress is not None and now - self._last >= 0.1:
+            self._last = now
+            self.progress(self.files, self.bytes)
+
+    def done(self) -> None:
+        if self.progress is not None:
+            self.progress(self.files, self.bytes)
+
+
+def _scan_tree(root: Path, tally: _Tally) -> tuple[dict[str, Seen], list[str], list[str]]:
+    seen: dict[str, Seen] = {}
+    audit: list[str] = []
+    for rel, full in manifest.walk(root):
+        st = full.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(full)
+            seen[rel] = Seen("symlink", target=target)
+            audit += filter(None, [symlink_finding(rel, target)])
+        elif stat.S_ISREG(st.st_mode):
+            digest, size = manifest.hash_file(full)
+            seen[rel] = Seen("file", digest, size)
+            with full.open("rb") as f:
+                head = f.read(4096)
+                if head.startswith(b"\x7fELF"):
+                    f.seek(0)
+                    audit += _elf_of(rel, f)
+            audit += filter(None, [shebang_finding(rel, st.st_mode, head)])
+            tally.add(1, size)
+        else:
+            seen[rel] = Seen("other")
+    return seen, audit, []
+
+
+def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo, rel: str, tally: _Tally) -> tuple[Seen, list[str]]:
+    """sha256 and size of one member as it streams past, plus what the audit finds in it."""
+    f = tar.extractfile(member)
+    assert f is not None
+    digest = hashlib.sha256()
+    size = 0
+    first = f.read(_CHUNK)
+    spool: IO[bytes] | None = None
+    with contextlib.ExitStack() as stack:
+        if first.startswith(b"\x7fELF"):
+            spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=_ELF_IN_MEMORY))
+        chunk = first
+        while chunk:
+            digest.update(chunk)
+            size += len(chunk)
+            if spool is not None:
+                spool.write(chunk)
+            tally.add(0, len(chunk))
+            chunk = f.read(_CHUNK)
+        findings = list(filter(None, [shebang_finding(rel, member.mode, first)]))
+        if spool is not None:
+            spool.seek(0)
+            findings += _elf_of(rel, spool)
+    tally.add(1)
+    return Seen("file", digest.hexdigest(), size), findings
+
+
+def _scan_archive(path: Path, tally: _Tally) -> tuple[_Head | None, str, dict[str, Seen], list[str], list[str]]:
+    """One pass over the archive: (head, top, seen, audit findings, layout problems)."""
+    seen: dict[str, Seen] = {}
+    audit: list[str] = []
+    layout: list[str] = []
+    head_bytes: dict[str, bytes] = {}
+    top = ""
+    with archive.open_stream(path) as tar:
+        for member in tar:
+            split = _split(member.name)
+            if split is None:
+                layout.append(f"{member.name} (an unsafe path)")
+                continue
+            top = top or split[0]
+            if split[0] != top:
+                layout.append(f"{member.name} (outside {top}/)")
+                continue
+            rel = split[1]
+            if not rel or member.isdir():
+                continue
+            if rel in seen:
+                layout.append(f"{member.name} (twice)")
+            if member.isreg():
+                if rel in (_MANIFEST, _RECORD):
+                    data = _read_member(tar, member, path)
+                    head_bytes[rel] = data
+                    seen[rel] = Seen("file", hashlib.sha256(data).hexdigest(), len(data))
+                    tally.add(1, len(data))
+                else:
+                    seen[rel], found = _hash_member(tar, member, rel, tally)
+                    audit += found
+            elif member.issym():
+                seen[rel] = Seen("symlink", target=member.linkname)
+                audit += filter(None, [symlink_finding(rel, member.linkname)])
+            elif member.islnk():  # a hard link to a file stored earlier: same content
+                target = _split(member.linkname)
+                earlier = seen.get(target[1]) if target and target[0] == top else None
+                seen[rel] = earlier if earlier is not None and earlier.kind == "file" else Seen("other")
+            else:
+                seen[rel] = Seen("other")
+    head = None
+    if _MANIFEST in head_bytes or _RECORD in head_bytes:
+        head = _parse_head(path, head_bytes.get(_MANIFEST), head_bytes.get(_RECORD), top)
+    return head, top, seen, audit, layout
+
+
+def verify(bundle: Path, *, run: str | None = None, progress: Progress | None = None) -> VerifyReport:
+    """Check every file of a bundle against its RECORD and audit it; optionally run ``run`` in a moved copy.
+
+    Raises :class:`VerifyError` naming what is missing, changed or extra, and
+    what still depends on absolute paths.
+    """
+    _exists(bundle)
+    tally = _Tally(progress)
+    is_dir = bundle.is_dir()
+    if is_dir:
+        head = _tree_head(bundle)
+        seen, audit, layout = _scan_tree(bundle, tally)
+        name = f"{head.metadata['name']}-{head.metadata['version']}"
+    else:
+        archive.detect(bundle)
+        maybe, top, seen, audit, layout = _scan_archive(bundle, tally)
+        if maybe is None:
+            raise ArchiveError(
+                f"{bundle} is not a shipenv bundle: it holds no NAME-VERSION/{_MANIFEST}.",
+                hint="Give the archive that shipenv build wrote.",
+            )
+        head = maybe
+        name = f"{head.metadata['name']}-{head.metadata['version']}"
+        if top != name:
+            layout.append(f"{top}/ (the manifest says {name})")
+    tally.done()
+    problems = _describe(compare(head.record, seen), audit, layout)
+    if problems:
+        raise VerifyError(
+            f"{bundle} {'; and it '.join(problems)}.",
+            hint="Rebuild the bundle, or copy it again from the build's output; a file changed after the build.",
+        )
+    if run is not None:
+        _run_moved(bundle, name, is_dir, run)
+    return VerifyReport(name, len(head.record))
+
+
+def _describe(mismatch: Mismatch, audit: list[str], layout: list[str]) -> list[str]:
+    problems = []
+    if mismatch:
+        parts = [
+            f"{len(items)} {what} ({listing(list(items))})"
+            for what, items in (("changed", mismatch.changed), ("missing", mismatch.missing), ("extra", mismatch.extra))
+            if items
+        ]
+        problems.append(f"does not match its manifest: {', '.join(parts)}")
+    if layout:
+        problems.append(f"has entries out of place: {listing(layout)}")
+    if audit:
+        problems.append(f"depends on paths outside itself: {listing(sorted(audit))}")
+    return problems
+
+
+# -- --run ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def moved_copy(bundle: Path, name: str, is_dir: bool) -> Iterator[Path]:
+    """The bundle unpacked (or copied) to a fresh temporary path with a space in it; removed after."""
+    base = Path(tempfile.mkdtemp(prefix="shipenv verify "))
+    try:
+        dest = base / "moved copy" / name
+        if is_dir:
+            shutil.copytree(bundle, dest, symlinks=True)
+        else:
+            _extract(bundle, dest.parent)
+        yield dest
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _extract(path: Path, dest: Path) -> None:
+    """Unpack an archive that :func:`verify` has just checked (names, types, links, contents)."""
+    dest.mkdir(parents=True)
+    options: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    try:
+        with archive.open_stream(path) as tar:
+            for member in tar:
+                tar.extract(member, dest, **options)
+    except tarfile.TarError as exc:  # the data filter refusing something
+        raise VerifyError(f"{path} cannot be unpacked safely ({exc}).") from exc
+
+
+def _run_moved(bundle: Path, name: str, is_dir: bool, command: str) -> None:
+    with moved_copy(bundle, name, is_dir) as root:
+        proc = subprocess.run(["sh", "-c", command], cwd=root, capture_output=True, check=False)
+        if proc.returncode != 0:
+            output = (proc.stderr or proc.stdout).decode("utf-8", "replace").rstrip().splitlines()
+            tail = "\n".join(f"  {line}" for line in output[-_RUN_TAIL:]) or "  (no output)"
+            raise VerifyError(
+                f"{command!r} exited with status {proc.returncode} in a copy of {name} moved to {root.parent}; it printed:\n{tail}",
+                hint="The bundle's files match its manifest; the command itself fails in the moved copy.",
+            )

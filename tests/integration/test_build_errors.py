@@ -1,0 +1,100 @@
+"""Every mistake a user can make in ``shipenv build`` gets one sentence, a non-zero
+exit, no traceback, and nothing half-written where the artifact would go."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import subprocess
+import zipfile
+from pathlib import Path
+
+from tests.conftest import pyenv_python, run_shipenv
+
+
+def _fails(out: Path, *args: str | Path) -> str:
+    proc = run_shipenv("build", "-o", out, *args, check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    leftovers = [p.name for p in out.iterdir()] if out.is_dir() else []
+    assert not [n for n in leftovers if n.endswith("shipenv-tmp")], leftovers
+    return errors[0]
+
+
+def test_python_that_does_not_exist(tmp_path: Path) -> None:
+    msg = _fails(tmp_path / "out", "--python", "/nonexistent/python3.12", "--format", "dir")
+    assert "/nonexistent/python3.12 does not exist" in msg
+    msg = _fails(tmp_path / "out", "--python", "python9.99", "--format", "dir")
+    assert "python9.99 was not found" in msg
+
+
+def test_python_that_is_not_cpython(tmp_path: Path) -> None:
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\necho 'I am not Python' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    msg = _fails(tmp_path / "out", "--python", fake, "--format", "dir")
+    assert "is not a working CPython" in msg
+    msg = _fails(tmp_path / "out", "--python", "/bin/ls", "--format", "dir")
+    assert "/bin/ls" in msg
+
+
+def test_output_that_exists_and_is_not_empty(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "hello-1.0").mkdir(parents=True)
+    (out / "hello-1.0" / "keep.txt").write_text("precious")
+    msg = _fails(out, "--python", pyenv_python("3.12"), "--name", "hello", "--version", "1.0", "--format", "dir")
+    assert "exists and is not empty" in msg
+    assert (out / "hello-1.0" / "keep.txt").read_text() == "precious"
+
+
+def _wheel_needing_missing_library(tmp: Path) -> Path:
+    """A wheel whose extension needs a library that was deleted after linking."""
+    (tmp / "gone.c").write_text("int shipenv_gone(void) { return 1; }\n")
+    (tmp / "ext.c").write_text("int shipenv_gone(void);\nint use(void) { return shipenv_gone(); }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libshipenvgone.so.1", "-o", "libshipenvgone.so.1", "gone.c"], cwd=tmp, check=True)
+    so = "_needsgone.cpython-312-x86_64-linux-gnu.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", so, "ext.c", "-L.", "-l:libshipenvgone.so.1"], cwd=tmp, check=True)
+    (tmp / "libshipenvgone.so.1").unlink()
+    house = tmp / "house"
+    house.mkdir()
+    wheel = house / "needsgone-1.0-cp312-cp312-linux_x86_64.whl"
+    files = {
+        "needsgone/__init__.py": b"",
+        f"needsgone/{so}": (tmp / so).read_bytes(),
+        "needsgone-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: needsgone\nVersion: 1.0\n",
+        "needsgone-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: false\nTag: cp312-cp312-linux_x86_64\n",
+    }
+    record = []
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(data)}")
+        record.append("needsgone-1.0.dist-info/RECORD,,")
+        zf.writestr("needsgone-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+    return house
+
+
+def test_missing_system_library(tmp_path: Path) -> None:
+    house = _wheel_needing_missing_library(tmp_path)
+    msg = _fails(tmp_path / "out", "--wheels", house, "--python", pyenv_python("3.12"), "--name", "a", "--version", "1", "--format", "dir")
+    assert "libshipenvgone.so.1" in msg
+    assert "_needsgone.cpython-312-x86_64-linux-gnu.so" in msg
+
+
+def test_max_glibc_exceeded(tmp_path: Path) -> None:
+    msg = _fails(tmp_path / "out", "--python", pyenv_python("3.12"), "--name", "a", "--version", "1", "--format", "dir", "--max-glibc", "2.31")
+    assert "above --max-glibc 2.31" in msg
+    assert "GLIBC_2." in msg  # names the files that need more, with what they need
+
+
+def test_max_glibc_that_is_not_a_version(tmp_path: Path) -> None:
+    proc = run_shipenv("build", "-o", tmp_path, "--max-glibc", "new", check=False)
+    assert proc.returncode == 2 and "is not a glibc version" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_keep_stdlib_and_missing_requirements_file(tmp_path: Path) -> None:
+    msg = _fails(tmp_path / "out", "-r", tmp_path / "nope.txt", "--format", "dir")
+    assert "nope.txt does not exist" in msg
