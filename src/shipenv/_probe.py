@@ -7,7 +7,7 @@ import sys
 import sysconfig
 
 
-def main():
+def main():  # type: () -> None
     cv = sysconfig.get_config_var
     dynload = None
     for entry in sys.path:

@@ -211,6 +211,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, required=True, metavar="N")
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
     p.set_defaults(func=_cmd_prune)
+
+    m = sub.add_parser(
+        "modulefile", parents=[common], help="write Environment Modules / Lmod files for a release",
+        description="Write a Tcl modulefile (Environment Modules, Lmod) and a Lua one (Lmod) as DIR/NAME/VERSION "
+        "and DIR/NAME/VERSION.lua. Loading one puts a release's bin/ first on PATH; unloading takes it out. "
+        "By default the module pins the release ROOT/current points to now; --current follows ROOT/current instead.",
+        epilog="examples:\n  shipenv modulefile --root /srv/app -o /etc/modulefiles      # then: module load app/2.0.0\n"
+        "  shipenv modulefile --root /srv/app --release 1.0.0 -o /etc/modulefiles\n"
+        "  shipenv modulefile --root /srv/app --current -o /etc/modulefiles  # module load app/current\n"
+        "  shipenv modulefile --root /opt/app-2.0.0 --syntax lua -o ~/modulefiles",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("--root", type=Path, required=True, help="a deploy root (shipenv deploy --root) or an unpacked bundle")
+    which = m.add_mutually_exclusive_group()
+    which.add_argument("--release", metavar="VERSION", help="this release (a version or NAME-VERSION) instead of the current one")
+    which.add_argument("--current", action="store_true", help="point at ROOT/current, following deploys and rollbacks (module version: current)")
+    m.add_argument("--name", help="module name (default: the bundle's name)")
+    m.add_argument("--version", dest="module_version", metavar="VERSION", help="module version (default: the release's version)")
+    m.add_argument("--syntax", choices=["tcl", "lua", "both"], default="both", help="which modulefiles to write (default: both)")
+    m.add_argument("-o", "--output", type=Path, default=Path("modulefiles"), metavar="DIR", help="the directory for 'module use' (default: modulefiles/)")
+    m.set_defaults(func=_cmd_modulefile)
     return parser
 
 
@@ -303,6 +324,17 @@ def _cmd_prune(args: argparse.Namespace, console: Console) -> int:
     from shipenv import deploy
 
     print(deploy.prune(args.root, keep=args.keep, wait=args.wait).message)
+    return 0
+
+
+def _cmd_modulefile(args: argparse.Namespace, console: Console) -> int:
+    from shipenv import modulefile
+
+    target = modulefile.find_target(args.root, release=args.release, follow_current=args.current, name=args.name, version=args.module_version)
+    syntaxes = modulefile.SYNTAXES if args.syntax == "both" else (args.syntax,)
+    for path in modulefile.write(target, args.output, syntaxes):
+        print(f"Wrote {path}")
+    print(f"Use it with: module use {args.output}; module load {target.module}")
     return 0
 
 

@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
@@ -40,7 +40,7 @@ def read(path: Path) -> ElfInfo:
         return read_stream(f)
 
 
-def read_stream(stream: object) -> ElfInfo:
+def read_stream(stream: IO[bytes]) -> ElfInfo:
     elf = ELFFile(stream)
     needed: list[str] = []
     rpath: list[str] = []
@@ -51,13 +51,13 @@ def read_stream(stream: object) -> ElfInfo:
         if isinstance(section, DynamicSection):
             for tag in section.iter_tags():
                 if tag.entry.d_tag == "DT_NEEDED":
-                    needed.append(tag.needed)
+                    needed.append(getattr(tag, "needed"))
                 elif tag.entry.d_tag == "DT_RPATH":
-                    rpath.extend(p for p in tag.rpath.split(":") if p)
+                    rpath.extend(p for p in getattr(tag, "rpath").split(":") if p)
                 elif tag.entry.d_tag == "DT_RUNPATH":
-                    runpath.extend(p for p in tag.runpath.split(":") if p)
+                    runpath.extend(p for p in getattr(tag, "runpath").split(":") if p)
                 elif tag.entry.d_tag == "DT_SONAME":
-                    soname = tag.soname
+                    soname = getattr(tag, "soname")
         elif isinstance(section, GNUVerNeedSection):
             for _verneed, aux_iter in section.iter_versions():
                 for aux in aux_iter:

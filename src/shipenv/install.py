@@ -28,6 +28,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from installer import install as installer_install
+from installer.destinations import SchemeDictionaryDestination
+from installer.exceptions import InstallerError
+from installer.records import RecordEntry
+from installer.sources import WheelFile
+from installer.utils import Scheme as InstallerScheme
 from packaging.tags import Tag, compatible_tags, cpython_tags, platform_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
@@ -349,26 +355,20 @@ def select_wheels(directory: Path, py: PythonInfo) -> list[Path]:
     return [best[n][1] for n in sorted(best)]
 
 
-class _Destination:
-    """installer's scheme destination, with shipenv launchers instead of absolute-shebang scripts."""
+class _Destination(SchemeDictionaryDestination):
+    """installer's scheme destination, writing shipenv launchers instead of absolute-shebang scripts."""
 
-    def __new__(cls, scheme_dict: dict[str, str], py: PythonInfo) -> object:
-        from installer.destinations import SchemeDictionaryDestination
-        from installer.utils import Scheme as InstallerScheme
+    def __init__(self, scheme_dict: dict[str, str], py: PythonInfo) -> None:
+        super().__init__(scheme_dict, interpreter="/bin/false", script_kind="posix")
+        self.py = py
 
-        class Destination(SchemeDictionaryDestination):  # type: ignore[misc]
-            def write_script(self, name: str, module: str, attr: str, section: str) -> object:
-                text = script_launcher(py, name, module, attr).encode()
-                return self.write_to_fs(InstallerScheme("scripts"), name, io.BytesIO(text), is_executable=True)
-
-        return Destination(scheme_dict, interpreter="/bin/false", script_kind="posix")
+    def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:
+        text = script_launcher(self.py, name, module, attr).encode()
+        entry: RecordEntry = self.write_to_fs(InstallerScheme("scripts"), name, io.BytesIO(text), is_executable=True)
+        return entry
 
 
 def install_wheel(wheel: Path, root: Path, scheme: Scheme, py: PythonInfo, source: str) -> Distribution:
-    from installer import install as installer_install
-    from installer.exceptions import InstallerError
-    from installer.sources import WheelFile
-
     scheme_dict = {
         "purelib": str(root / scheme.purelib),
         "platlib": str(root / scheme.platlib),

@@ -54,17 +54,11 @@ class HostLibraries:
     default_dirs: tuple[Path, ...]
 
     def find(self, soname: str, search: Iterable[str] = ()) -> Path | None:
-        for d in search:
-            candidate = Path(d, soname)
-            if candidate.is_file():
-                return candidate
-        if soname in self.cache and self.cache[soname].is_file():
-            return self.cache[soname]
-        for d in self.default_dirs:
-            candidate = d / soname
-            if candidate.is_file():
-                return candidate
-        return None
+        candidates = [Path(d, soname) for d in search]
+        if soname in self.cache:
+            candidates.append(self.cache[soname])
+        candidates.extend(d / soname for d in self.default_dirs)
+        return next((c for c in candidates if c.is_file()), None)
 
 
 @functools.cache

@@ -234,13 +234,13 @@ def fish_unescape(text: str) -> str:
     return subprocess.run(["fish", "--no-config", "-c", "string unescape -- $argv[1]", text], capture_output=True, text=True, check=True).stdout.removesuffix("\n")
 
 
-def driver(shell: str, src: str, **kwargs: object) -> str:
+def driver(shell: str, src: str, *, times: int = 1) -> str:
+    """The round-trip driver for ``shell``, sourcing ``src`` (already quoted) ``times`` times."""
     if shell == "fish":
-        kwargs.pop("prompt", None)
-        return fish_driver(src, **kwargs)  # type: ignore[arg-type]
+        return fish_driver(src, times=times)
     if shell in ("csh", "tcsh"):
-        return csh_driver(src, **kwargs)  # type: ignore[arg-type]
-    return sh_driver(src, **kwargs)  # type: ignore[arg-type]
+        return csh_driver(src, times=times)
+    return sh_driver(src, times=times)
 
 
 def strip_ksh_quotes(text: str) -> str:

@@ -1,0 +1,254 @@
+"""Environment Modules files for a deployed bundle: ``module load app/2.0.0``.
+
+Clusters and shared login hosts put software on ``PATH`` with environment
+modules rather than by hand. ``shipenv modulefile`` writes, for one release of
+a deploy root (or for any unpacked bundle directory), a Tcl modulefile (read by
+Environment Modules and by Lmod) and a Lua one (Lmod's own)::
+
+    modulefiles/app/2.0.0          #%Module1.0 ... prepend-path PATH /srv/app/releases/app-2.0.0/bin
+    modulefiles/app/2.0.0.lua      prepend_path("PATH", "/srv/app/releases/app-2.0.0/bin")
+
+Loading one puts the release's ``bin/`` first on ``PATH`` and nothing else:
+the bundle needs no other variable, and exports none (its launchers find
+everything from their own location). Unloading takes that entry out again.
+Help and whatis text come from the release's manifest.
+
+Which directory the module points at:
+
+- by default, the release ``ROOT/current`` points to now, by its real path,
+  named by its version: it keeps loading that release after later deploys;
+- ``release="1.0.0"`` (a version or ``NAME-VERSION``): that release;
+- ``follow_current=True``: ``ROOT/current`` itself, named ``current``: it
+  loads whatever release is current when a command runs, following deploys
+  and rollbacks.
+
+Finding the target reads the file system; rendering is pure (text in, text
+out), so tests can check the files without a module system and then load them
+with a real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from shipenv import __version__, templates
+from shipenv.errors import ShipenvError, UsageError, listing
+
+Syntax = Literal["tcl", "lua"]
+SYNTAXES: tuple[Syntax, ...] = ("tcl", "lua")
+
+#: Files in a bundle's bin/ that are not commands to advertise.
+_NOT_COMMANDS = re.compile(r"^(activate(\..*)?|python[\d.]*-config)$")
+#: Module names and versions become file names, and Tcl/Lua words.
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a modulefile points at, and what to say about it."""
+
+    path: Path  #: the bundle directory whose bin/ goes on PATH (absolute)
+    name: str  #: module name: app in app/2.0.0
+    version: str  #: module version: 2.0.0 in app/2.0.0
+    release: str  #: NAME-VERSION of the bundle that path holds now
+    follows_current: bool
+    metadata: dict[str, Any]  #: the bundle's manifest.json
+    commands: tuple[str, ...]  #: what bin/ offers
+
+    @property
+    def module(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+def find_target(
+    root: Path,
+    *,
+    release: str | None = None,
+    follow_current: bool = False,
+    name: str | None = None,
+    version: str | None = None,
+) -> Target:
+    """Resolve ``root`` (a deploy root or an unpacked bundle) to what the modulefile loads."""
+    root = Path(os.path.abspath(root))
+    if release is not None and follow_current:
+        raise UsageError("--release and --current exclude each other.", hint="--release pins one release; --current follows ROOT/current.")
+    if (root / ".shipenv" / "manifest.json").is_file():
+        if release is not None or follow_current:
+            raise UsageError(
+                f"{root} is a bundle, not a deploy root, so there is no release to choose.",
+                hint="Drop --release/--current, or give the root that shipenv deploy manages.",
+            )
+        path, follows = root, False
+    elif (root / "releases").is_dir():
+        path, follows = _in_deploy_root(root, release, follow_current), follow_current
+    else:
+        raise UsageError(
+            f"{root} is neither a deploy root (no releases/) nor a bundle (no .shipenv/manifest.json).",
+            hint="Give the --root of shipenv deploy, or an unpacked bundle directory.",
+        )
+    real = Path(os.path.realpath(path))
+    try:
+        metadata: dict[str, Any] = json.loads((real / ".shipenv" / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ShipenvError(f"Cannot read the manifest of {real}: {exc}.", hint="Is it a complete shipenv bundle? shipenv verify will tell.") from exc
+    bundle_name = str(metadata.get("name") or real.name)
+    bundle_version = str(metadata.get("version") or "")
+    module_name = name or bundle_name
+    module_version = version or ("current" if follows else bundle_version)
+    for what, value in (("name", module_name), ("version", module_version)):
+        if not _NAME.fullmatch(value):
+            raise UsageError(
+                f"The module {what} {value!r} cannot be a modulefile name.",
+                hint=f"Use letters, digits and . _ + - (set it with --{what}).",
+            )
+    bin_dir = real / "bin"
+    commands = tuple(sorted(p.name for p in bin_dir.iterdir() if not _NOT_COMMANDS.match(p.name))) if bin_dir.is_dir() else ()
+    return Target(
+        path=path, name=module_name, version=module_version, release=f"{bundle_name}-{bundle_version}",
+        follows_current=follows, metadata=metadata, commands=commands,
+    )  # fmt: skip
+
+
+def _in_deploy_root(root: Path, release: str | None, follow_current: bool) -> Path:
+    current = root / "current"
+    if follow_current or release is None:
+        if not current.is_dir():
+            raise UsageError(f"{current} does not exist: nothing is deployed in {root} yet.", hint=f"shipenv deploy ARCHIVE --root {root}")
+        # Pinned: the release current points to now, by its own path.
+        return current if follow_current else Path(os.path.realpath(current))
+    names = sorted(e.name for e in os.scandir(root / "releases") if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+    if release in names:
+        return root / "releases" / release
+    found = [n for n in names if _version_of(root / "releases" / n) == release]
+    if len(found) == 1:
+        return root / "releases" / found[0]
+    if found:
+        raise UsageError(f"Several releases have version {release}: {listing(found)}.", hint="Name one as --release NAME-VERSION.")
+    raise UsageError(f"There is no release {release} in {root / 'releases'}; there are: {listing(names) or 'none'}.")
+
+
+def _version_of(release: Path) -> str | None:
+    try:
+        return str(json.loads((release / ".shipenv" / "manifest.json").read_text()).get("version"))
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def help_text(target: Target) -> str:
+    """What ``module help NAME/VERSION`` prints."""
+    meta = target.metadata
+    py = meta.get("python", {})
+    plat = meta.get("platform", {})
+    build = meta.get("build", {})
+    dists = [f"{d.get('name')} {d.get('version')}" for d in meta.get("distributions", [])]
+    where = str(target.path)
+    if target.follows_current:
+        where += f" (now {target.release}; follows deploys and rollbacks)"
+    lines = [
+        f"{target.release}: a relocatable Python application bundle made by shipenv.",
+        "",
+        f"  bundle     {where}",
+        f"  python     {py.get('implementation', 'CPython')} {py.get('version', '?')} ({py.get('abi', '?')}), "
+        f"{plat.get('arch', '?')}, glibc >= {plat.get('glibc_floor') or '?'}",
+        f"  commands   {', '.join(target.commands) or '(none)'}",
+        f"  packages   {listing(dists, limit=8) if dists else '(none)'}",
+    ]
+    if build.get("time"):
+        lines.append(f"  built      {build['time']} by shipenv {build.get('shipenv_version', '?')}")
+    lines += ["", "Loading puts the bundle's bin/ first on PATH; unloading takes it out again."]
+    return "\n".join(lines)
+
+
+def whatis(target: Target) -> list[str]:
+    """``module whatis`` lines, in the Name/Version/Description form Lmod's spider reads."""
+    py = target.metadata.get("python", {})
+    return [
+        f"Name: {target.name}",
+        f"Version: {target.version}",
+        f"Description: {target.release}, Python {py.get('version', '?')} application bundle (shipenv)",
+    ]
+
+
+def tcl_quote(text: str) -> str:
+    """A Tcl word that is exactly ``text``: double quotes, with ``\\ $ [ ] "`` and newlines escaped."""
+    escaped = re.sub(r'([\\$\[\]"])', r"\\\1", text).replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def lua_quote(text: str) -> str:
+    """A Lua string literal that is exactly ``text``."""
+    out = []
+    for ch in text:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\{ord(ch):03d}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def render(target: Target, syntax: Syntax) -> str:
+    """The modulefile text for ``target`` in Tcl or Lua, from ``templates/modulefile.*``."""
+    bin_dir = str(target.path / "bin")
+    if syntax == "tcl":
+        quote, whatis_line = tcl_quote, "module-whatis {}"
+        extra = f"conflict {tcl_quote(target.name)}"
+    elif syntax == "lua":
+        quote, whatis_line = lua_quote, "whatis({})"
+        extra = ""  # Lmod's one-name rule already swaps app/1.0.0 for app/2.0.0
+    else:
+        raise ValueError(f"unknown modulefile syntax {syntax!r}")
+    return templates.render(
+        f"modulefile.{syntax}",
+        module=target.module,
+        source=str(target.path),
+        shipenv_version=__version__,
+        help=quote(help_text(target)),
+        whatis="\n".join(whatis_line.format(quote(line)) for line in whatis(target)),
+        conflict=extra,
+        bin=quote(bin_dir),
+    )
+
+
+def file_name(target: Target, syntax: Syntax) -> str:
+    """Where a modulefile goes under the directory given to ``module use``."""
+    return f"{target.name}/{target.version}" + (".lua" if syntax == "lua" else "")
+
+
+def write(target: Target, out_dir: Path, syntaxes: tuple[Syntax, ...] = SYNTAXES) -> list[Path]:
+    """Write the modulefiles under ``out_dir``; each replaces an older one in one rename.
+
+    Both syntaxes can share a directory: Lmod prefers ``2.0.0.lua`` to
+    ``2.0.0``, and Environment Modules skips files without its ``#%Module``
+    header.
+    """
+    written = []
+    for syntax in syntaxes:
+        dest = out_dir / file_name(target, syntax)
+        text = render(target, syntax)
+        tmp: str | None = None
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise ShipenvError(f"Cannot write {dest}: {exc.strerror}.", hint="Choose another -o directory.") from exc
+        written.append(dest)
+    return written

@@ -1,0 +1,13 @@
+-- -*- lua -*-
+--
+-- ${module}: a shipenv bundle in ${source}
+-- Written by `shipenv modulefile` (shipenv ${shipenv_version}); write it again
+-- rather than edit it. Loading puts the bundle's bin/ first on PATH, and that
+-- is all: the bundle needs no other variable, and unloading undoes it.
+--
+
+help(${help})
+
+${whatis}
+
+prepend_path("PATH", ${bin})
