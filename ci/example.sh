@@ -26,8 +26,10 @@ if ! "$venv/bin/shipenv" --version >/dev/null 2>&1; then
     say "no shipenv in $venv yet: running ci/setup.sh"
     bash ci/setup.sh
 fi
-shipenv=$repo/$venv/bin/shipenv
-[[ $venv == /* ]] && shipenv=$venv/bin/shipenv
+case $venv in
+    /*) shipenv=$venv/bin/shipenv ;;
+    *) shipenv=$repo/$venv/bin/shipenv ;;
+esac
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/shipenv-example.XXXXXX")
 server=

@@ -19,8 +19,11 @@ readonly SETUP_VERSION=1
 # and tcsh run the activate scripts for those shells; lmod runs module
 # files. Debian's environment-modules declares a conflict with lmod, so only
 # one of the two can be installed: lmod, as it reads both Lua and Tcl
-# module files.
-readonly APT_PACKAGES=(debootstrap zstd xz-utils pigz fish csh tcsh lmod)
+# module files. zsh, ksh and shellcheck check the sh activate script in every
+# shell it supports; gcc and zlib1g-dev build the test sdist whose C extension
+# links a system library (tests/packages/zext); curl fetches from the example
+# service.
+readonly APT_PACKAGES=(debootstrap zstd xz-utils pigz fish csh tcsh zsh ksh shellcheck lmod gcc zlib1g-dev curl)
 readonly ROOT_KINDS=(glibc bookworm bullseye)
 
 cd "$(dirname "$0")/.."

@@ -97,6 +97,17 @@ take_lock() {
         fi
     fi
     printf '%s\n' "$$" >"$root/.shipenv.lock"
+    locked=1
+}
+
+# On any exit: remove the temporary directory; forget our pid in the lock file.
+on_exit() {
+    if [ -n "$work" ]; then
+        rm -rf -- "$work"
+    fi
+    if [ -n "$locked" ]; then
+        : >"$root/.shipenv.lock"
+    fi
 }
 
 # Leftovers of a run that was killed; only ever removed under the lock.
@@ -426,8 +437,6 @@ cmd_deploy() {
     previous=$(current_name)
     if [ -n "$previous" ]; then state="$root/current still points to $previous"; else state="$root/current was not created"; fi
     work=$(mktemp -d "$root/.deploy-XXXXXXXXXX") || die "Cannot create a temporary directory in $root."
-    trap 'rm -rf -- "$work"' EXIT
-    trap 'exit 130' INT TERM HUP
 
     check_listing
     untar -xof - -C "$work" "$top/.shipenv/manifest.json" "$top/.shipenv/RECORD" ||
@@ -559,6 +568,10 @@ parse_options() {
 
 main() {
     [ $# -ge 1 ] || usage
+    work=
+    locked=
+    trap on_exit EXIT
+    trap 'exit 130' INT TERM HUP
     _command=$1
     shift
     case $_command in

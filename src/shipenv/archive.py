@@ -17,7 +17,8 @@ the archive:
   whole archive;
 - owners are 0/0 with empty names; modes are 0755 for directories and for
   files with any execute bit, 0644 for other files (never group/world
-  writable, never setuid, setgid or sticky); mtimes are clamped to ``mtime``
+  writable, never setuid, setgid or sticky), 0777 for symlinks (as ``ln -s``
+  makes them; Linux ignores it); mtimes are clamped to ``mtime``
   (``SOURCE_DATE_EPOCH``); hard links are stored as plain files, symlinks as
   symlinks; the tar format is always PAX (POSIX.1-2001, read by GNU tar,
   bsdtar and busybox), whose extended headers Python writes without host data;
@@ -49,7 +50,7 @@ from shipenv._codecs import CHUNK, Encoder
 from shipenv.errors import ArchiveError, UsageError, listing
 
 Progress = Callable[[int, int], None]
-Kind = Literal["dir", "file", "symlink"]
+Kind = Literal["dir", "file", "symlink", "other"]
 
 FORMATS = ("tar.zst", "tar.gz", "tar.xz", "tar")
 #: zstd's and gzip's own defaults; xz's default preset.
@@ -89,7 +90,7 @@ class Entry:
     mtime: int
     size: int = 0
     linkname: str = ""
-    source: Path | None = None
+    source: str | None = None  #: the file to read, for kind "file"
 
 
 def cpu_count() -> int:
@@ -130,53 +131,44 @@ def codec(fmt: str, level: int | None = None, threads: int = 0) -> Codec:
 def plan(root: Path, arcname: str, mtime: int) -> Iterator[Entry]:
     """The archive's members, in archive order, with normalized metadata.
 
-    Unsupported files (sockets, FIFOs, devices) are yielded as nothing and
-    reported by :func:`unsupported`; see :func:`write`.
+    Sockets, FIFOs and devices come out as ``kind="other"``: :func:`write`
+    refuses them, naming every one.
     """
-    yield _entry(arcname, root.lstat(), root, mtime, kind="dir")
-    first = [rel for rel in _FIRST if _exists(root / rel)]
+    top = os.fspath(root)
+    yield Entry(arcname, "dir", 0o755, _clamp(os.lstat(top), mtime))
+    first = [rel for rel in _FIRST if os.path.lexists(os.path.join(top, rel))]
     for rel in first:
-        full = root / rel
-        yield _entry(f"{arcname}/{rel}", full.lstat(), full, mtime)
-    for rel, st, full in _walk(root, ""):
-        if rel in first:
-            continue
-        if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        full = os.path.join(top, rel)
+        yield _entry(f"{arcname}/{rel}", os.lstat(full), full, mtime)
+    for rel, st, full in _walk(top, ""):
+        if rel not in first:
             yield _entry(f"{arcname}/{rel}", st, full, mtime)
 
 
-def unsupported(root: Path) -> list[str]:
-    """Paths under root that a tar of a bundle must not hold (sockets, FIFOs, devices)."""
-    return [
-        rel
-        for rel, st, _ in _walk(root, "")
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode))
-    ]
-
-
-def _exists(path: Path) -> bool:
-    return os.path.lexists(path)
-
-
-def _walk(directory: Path, prefix: str) -> Iterator[tuple[str, os.stat_result, Path]]:
+def _walk(directory: str, prefix: str) -> Iterator[tuple[str, os.stat_result, str]]:
     """Depth-first, names sorted by bytes, each directory before its contents; symlinks not followed."""
     for name in sorted(os.listdir(directory), key=os.fsencode):
-        full = directory / name
-        st = full.lstat()
+        full = os.path.join(directory, name)
+        st = os.lstat(full)
         rel = prefix + name
         yield rel, st, full
         if stat.S_ISDIR(st.st_mode):
             yield from _walk(full, rel + "/")
 
 
-def _entry(name: str, st: os.stat_result, full: Path, mtime: int, kind: Kind | None = None) -> Entry:
-    clamped = min(max(int(st.st_mtime), 0), mtime)
-    if kind == "dir" or stat.S_ISDIR(st.st_mode):
-        return Entry(name, "dir", 0o755, clamped)
+def _clamp(st: os.stat_result, mtime: int) -> int:
+    return min(max(int(st.st_mtime), 0), mtime)
+
+
+def _entry(name: str, st: os.stat_result, full: str, mtime: int) -> Entry:
+    if stat.S_ISDIR(st.st_mode):
+        return Entry(name, "dir", 0o755, _clamp(st, mtime))
     if stat.S_ISLNK(st.st_mode):
-        return Entry(name, "symlink", 0o777, clamped, linkname=os.readlink(full))
-    mode = 0o755 if st.st_mode & 0o111 else 0o644
-    return Entry(name, "file", mode, clamped, size=st.st_size, source=full)
+        return Entry(name, "symlink", 0o777, _clamp(st, mtime), linkname=os.readlink(full))
+    if stat.S_ISREG(st.st_mode):
+        mode = 0o755 if st.st_mode & 0o111 else 0o644
+        return Entry(name, "file", mode, _clamp(st, mtime), size=st.st_size, source=full)
+    return Entry(name, "other", 0, 0)
 
 
 def header(entry: Entry) -> bytes:
@@ -190,9 +182,6 @@ def header(entry: Entry) -> bytes:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-
-# -- compressors ---------------------------------------------------------------------------
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -260,7 +249,7 @@ class _TarStream:
             self.files += 1
         self.tick()
 
-    def _copy(self, source: Path, size: int, rel: str) -> None:
+    def _copy(self, source: str, size: int, rel: str) -> None:
         """The file's bytes, read straight into the chunk buffer."""
         left = size
         try:
@@ -335,9 +324,13 @@ def write(
             sink = _Sink(f, dest)
             out = _codecs.encoder(c.fmt, c.level, c.threads, sink)
             tar = _TarStream(out, progress)
+            bad = []
             for entry in plan(root, arcname, mtime):
-                tar.add(entry, entry.name[len(arcname) + 1 :] or ".")
-            bad = unsupported(root)
+                rel = entry.name[len(arcname) + 1 :] or "."
+                if entry.kind == "other":
+                    bad.append(rel)
+                else:
+                    tar.add(entry, rel)
             if bad:
                 raise ArchiveError(
                     f"Cannot pack {listing(bad)}: only files, directories and symlinks go into a bundle.",

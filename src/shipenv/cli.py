@@ -214,9 +214,9 @@ def _parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser(
         "modulefile", parents=[common], help="write Environment Modules / Lmod files for a release",
-        description="Write a Tcl modulefile (Environment Modules, Lmod) and a Lua one (Lmod) as DIR/NAME/VERSION "
-        "and DIR/NAME/VERSION.lua. Loading one puts a release's bin/ first on PATH; unloading takes it out. "
-        "By default the module pins the release ROOT/current points to now; --current follows ROOT/current instead.",
+        description="Write DIR/NAME/VERSION (Tcl: Environment Modules, Lmod) and DIR/NAME/VERSION.lua (Lmod).\n"
+        "Loading one puts a release's bin/ first on PATH and sets nothing else; unloading takes it out.\n"
+        "By default it pins the release ROOT/current points to now; --current follows ROOT/current.",
         epilog="examples:\n  shipenv modulefile --root /srv/app -o /etc/modulefiles      # then: module load app/2.0.0\n"
         "  shipenv modulefile --root /srv/app --release 1.0.0 -o /etc/modulefiles\n"
         "  shipenv modulefile --root /srv/app --current -o /etc/modulefiles  # module load app/current\n"
@@ -328,13 +328,15 @@ def _cmd_prune(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_modulefile(args: argparse.Namespace, console: Console) -> int:
+    import shlex
+
     from shipenv import modulefile
 
     target = modulefile.find_target(args.root, release=args.release, follow_current=args.current, name=args.name, version=args.module_version)
     syntaxes = modulefile.SYNTAXES if args.syntax == "both" else (args.syntax,)
     for path in modulefile.write(target, args.output, syntaxes):
         print(f"Wrote {path}")
-    print(f"Use it with: module use {args.output}; module load {target.module}")
+    print(f"Use it with: module use {shlex.quote(str(args.output))}; module load {target.module}")
     return 0
 
 

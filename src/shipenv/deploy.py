@@ -20,7 +20,8 @@ directory, which the next run removes under the lock.
 
 History, not mtimes, decides where a rollback goes: ``history.jsonl`` is
 append-only, one line per switch (``{"action", "from", "time", "to"}``), and
-the POSIX ``deploy.sh`` carried in every bundle writes the same lines. Replayed,
+the POSIX ``deploy.sh`` carried in every bundle writes the same lines
+(:mod:`shipenv._layout` holds what both must agree on). Replayed,
 it is a stack: a deploy pushes, a rollback pops the release it leaves, so
 repeated rollbacks walk further back and never return to a release rolled
 back from (``rollback --to`` can).
@@ -29,32 +30,47 @@ back from (``rollback --to`` can).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shipenv import _extract, _lock, manifest
+from shipenv._layout import (
+    CURRENT,
+    HISTORY,
+    RELEASES,
+    TMP_PREFIX,
+    TRASH_PREFIX,
+    HistoryEntry,
+    append_history,
+    clean_stale,
+    current_release,
+    fsync_dir,
+    read_history,
+    rollback_stack,
+    rollback_target,
+    switch,
+    syncfs,
+)
 from shipenv.errors import DeployError, HostError, UsageError, listing
 from shipenv.manifest import RecordEntry
+
+__all__ = [
+    "CURRENT", "HISTORY", "RELEASES", "DeployResult", "HistoryEntry", "HostFacts", "PruneResult", "Release",
+    "SwitchResult", "check_host", "current_release", "deploy", "prune", "read_history", "releases", "rollback",
+    "rollback_stack", "rollback_target",
+]
 
 Step = Callable[[str], None]
 Progress = Callable[[int, int], None]
 
-RELEASES = "releases"
-CURRENT = "current"
-HISTORY = "history.jsonl"
-#: Names of leftovers of an interrupted run, removed by the next one under the lock.
-_STALE = (".deploy-", ".prune-", ".current.new.")
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
@@ -113,134 +129,6 @@ def check_host(metadata: dict[str, Any], host: HostFacts, release: str) -> None:
     if host.glibc < need:
         have = manifest.format_version(host.glibc)
         raise HostError(f"This host has glibc {have} but {release} needs {floor} or newer; deploy it on a newer distribution or rebuild it on an older one.")
-
-
-# -- the layout: current, history ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    time: str
-    action: str  #: "deploy", "rollback", "rollback-to"
-    from_: str | None
-    to: str
-
-
-def current_release(root: Path) -> str | None:
-    """Name of the release ``ROOT/current`` points to, or None when there is none yet."""
-    link = root / CURRENT
-    try:
-        target = os.readlink(link)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        raise DeployError(f"{link} is not a symlink; shipenv manages it as one.", hint="Move it away, then deploy again.") from None
-    name = os.path.basename(target.rstrip("/"))
-    if os.path.realpath(os.path.dirname(os.path.join(root, target.rstrip("/")))) != os.path.realpath(root / RELEASES):
-        raise DeployError(f"{link} points to {target}, outside {root / RELEASES}.", hint="Point it at a release there (or remove it), then try again.")
-    return name
-
-
-def read_history(root: Path) -> list[HistoryEntry]:
-    """Every well-formed line of the history; a line torn by a crash is skipped."""
-    try:
-        text = (root / HISTORY).read_text(errors="replace")
-    except FileNotFoundError:
-        return []
-    entries = []
-    for line in text.splitlines():
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and isinstance(data.get("to"), str) and isinstance(data.get("action"), str):
-            frm = data.get("from")
-            entries.append(HistoryEntry(str(data.get("time", "")), data["action"], frm if isinstance(frm, str) else None, data["to"]))
-    return entries
-
-
-def _append_history(root: Path, action: str, frm: str | None, to: str) -> None:
-    entry = {"action": action, "from": frm, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "to": to}
-    line = json.dumps(entry, sort_keys=True) + "\n"
-    fd = os.open(root / HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = "\n" + line  # a crash tore the last line: do not glue this one to it
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def rollback_stack(history: list[HistoryEntry], current: str | None) -> list[str]:
-    """Replay the history: the releases a rollback would go through, the current one last."""
-    stack: list[str] = []
-
-    def to_top(name: str) -> None:
-        if name in stack:
-            stack.remove(name)
-        stack.append(name)
-
-    for entry in history:
-        if entry.action.startswith("rollback"):
-            if entry.from_ in stack:
-                stack.remove(entry.from_)
-        elif entry.from_ and entry.from_ not in stack:
-            stack.append(entry.from_)
-        to_top(entry.to)
-    if current is not None and (not stack or stack[-1] != current):
-        to_top(current)  # a crash between the switch and its history line
-    return stack
-
-
-def rollback_target(root: Path, history: list[HistoryEntry] | None = None) -> str | None:
-    current = current_release(root)
-    stack = rollback_stack(read_history(root) if history is None else history, current)
-    for name in reversed(stack[:-1]):
-        if name != current and (root / RELEASES / name).is_dir():
-            return name
-    return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _syncfs(path: Path) -> None:
-    """Flush the file system holding ``path`` (all files of a release, in one call)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
-            os.sync()
-    except (OSError, AttributeError):
-        os.sync()
-    finally:
-        os.close(fd)
-
-
-def _switch(root: Path, name: str) -> None:
-    """Point ``current`` at ``releases/NAME`` with one rename: never absent, never half-made."""
-    tmp = root / f".current.new.{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    os.symlink(f"{RELEASES}/{name}", tmp)
-    os.replace(tmp, root / CURRENT)
-    _fsync_dir(root)
-
-
-def _clean_stale(root: Path) -> None:
-    for entry in os.scandir(root):
-        if entry.name.startswith(_STALE):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
 
 
 def _prepare_root(root: Path) -> Path:
@@ -345,7 +233,7 @@ def deploy(archive: Path, root: Path, *, check: str | None = None, keep: int | N
         raise UsageError(f"{archive} is not a file.")
     root = _prepare_root(root)
     with _lock.hold(root, wait=wait):
-        _clean_stale(root)
+        clean_stale(root)
         previous = current_release(root)
         state = f"{root / CURRENT} still points to {previous}" if previous else f"{root / CURRENT} was not created"
         tmp: Path | None = None
@@ -370,20 +258,20 @@ def deploy(archive: Path, root: Path, *, check: str | None = None, keep: int | N
                 else:
                     share = root / RELEASES / previous if previous else None
                     share_record = _record_of(share)[1] if share is not None else {}
-                    tmp = Path(tempfile.mkdtemp(prefix=_STALE[0], dir=root))
+                    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
                     say(f"Unpacking {name} ({_mb(head.size)}) and checking every file against its RECORD")
                     stats = reader.extract(tmp / name, share=share, share_record=share_record, progress=progress)
             if tmp is not None:
-                _syncfs(tmp)
+                syncfs(tmp)
             if check:
                 say(f"Running the check: {check}")
                 _run_check(check, tmp / name if tmp is not None else final, name, state)
             if tmp is not None:
                 os.rename(tmp / name, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
             say(f"Switching {root / CURRENT} to {name}")
-            _switch(root, name)
-            _append_history(root, "deploy", previous, name)
+            switch(root, name)
+            append_history(root, "deploy", previous, name)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -441,7 +329,7 @@ def rollback(root: Path, *, to: str | None = None, wait: float = 0.0) -> SwitchR
     """Switch ``current`` back to the release before it (by history), or to ``to``."""
     root = _existing_root(root)
     with _lock.hold(root, wait=wait):
-        _clean_stale(root)
+        clean_stale(root)
         current = current_release(root)
         if current is None:
             raise DeployError(f"{root / CURRENT} does not exist, so there is nothing to roll back from.")
@@ -454,8 +342,8 @@ def rollback(root: Path, *, to: str | None = None, wait: float = 0.0) -> SwitchR
             if found is None:
                 raise DeployError(f"There is no earlier release to roll back to from {current} in {root}.", hint="Deploy the version you want instead.")
             target = found
-        _switch(root, target)
-        _append_history(root, "rollback-to" if to is not None else "rollback", current, target)
+        switch(root, target)
+        append_history(root, "rollback-to" if to is not None else "rollback", current, target)
     return SwitchResult(current, target, f"Switched {root / CURRENT} from {current} to {target}.")
 
 
@@ -475,7 +363,7 @@ def _prune(root: Path, keep: int) -> tuple[str, ...]:
         if r.name in kept:
             continue
         # Renamed away first, so a crash never leaves a half-deleted release in releases/.
-        trash = Path(tempfile.mkdtemp(prefix=_STALE[1], dir=root))
+        trash = Path(tempfile.mkdtemp(prefix=TRASH_PREFIX, dir=root))
         os.rename(r.path, trash / r.name)
         shutil.rmtree(trash, ignore_errors=True)
         removed.append(r.name)
@@ -488,7 +376,7 @@ def prune(root: Path, *, keep: int, wait: float = 0.0) -> PruneResult:
         raise UsageError(f"--keep {keep}: keep at least 1 release (the current one).")
     root = _existing_root(root)
     with _lock.hold(root, wait=wait):
-        _clean_stale(root)
+        clean_stale(root)
         removed = _prune(root, keep)
     kept = tuple(r.name for r in releases(root))
     if removed:

@@ -189,38 +189,35 @@ def write_python_launchers(py: PythonInfo, root: Path) -> None:
 # --------------------------------------------------------------------------- install
 
 
-def install(
-    sources: Sources,
-    options: BuildOptions,
-    py: PythonInfo,
-    root: Path,
-    scheme: Scheme,
-    say: Say,
-) -> list[Distribution]:
-    """Install every package the options name; return what is installed."""
-    python = root / "bin" / f"python{py.xy}"
+def prepare_tree(py: PythonInfo, root: Path, scheme: Scheme) -> None:
+    """Launchers for ``bin/python`` and the start-up module that re-applies safe settings."""
     write_python_launchers(py, root)
     _install_runtime(root, scheme)
-    installed: list[Distribution] = []
-    with tempfile.TemporaryDirectory(prefix="shipenv-wheels-") as tmp:
-        wheel_dir = Path(tmp)
-        wheels: list[tuple[Path, str]] = []
-        if options.venv is not None:
-            say(f"Copying packages from {options.venv}")
-            installed += copy_venv(sources.venv_site or _venv_site(options.venv), root, scheme, py)
-        if options.wheels is not None and not options.requirements and options.project is None:
-            wheels += [(w, "wheelhouse") for w in select_wheels(options.wheels, py)]
-        elif options.requirements or options.project is not None:
-            say("Resolving and building wheels")
-            wheels += pip_wheel(python, options, wheel_dir)
-        if wheels:
-            say(f"Installing {len(wheels)} wheels")
-            for wheel, source in wheels:
-                installed.append(install_wheel(wheel, root, scheme, py, source))
+
+
+def collect_wheels(
+    sources: Sources, options: BuildOptions, py: PythonInfo, python: Path, wheel_dir: Path, say: Say
+) -> list[tuple[Path, str]]:
+    """Every wheel to install, with where it came from: resolved by pip, or a wheelhouse."""
+    if options.wheels is not None and not options.requirements and options.project is None:
+        return [(w, "wheelhouse") for w in select_wheels(options.wheels, py)]
+    if options.requirements or options.project is not None:
+        say("Resolving and building wheels")
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        return pip_wheel(python, options, wheel_dir)
+    return []
+
+
+def wheel_distribution(wheel: Path, source: str) -> Distribution:
+    name, version, _b, _t = parse_wheel_filename(wheel.name)
+    return Distribution(canonicalize_name(str(name)), str(version), source)
+
+
+def write_entries(options: BuildOptions, py: PythonInfo, root: Path, scheme: Scheme) -> None:
+    """``--entry NAME=module:function`` commands in ``bin/``."""
     for name, target in options.entries:
         module, _, attr = target.partition(":")
         _write_launcher(root / scheme.scripts / name, script_launcher(py, name, module, attr))
-    return sorted(installed, key=lambda d: canonicalize_name(d.name))
 
 
 def _install_runtime(root: Path, scheme: Scheme) -> None:
@@ -376,7 +373,6 @@ def install_wheel(wheel: Path, root: Path, scheme: Scheme, py: PythonInfo, sourc
         "data": str(root / scheme.data),
         "headers": str(root / scheme.headers / "site" / f"python{py.xy}"),
     }
-    name, version, _b, _t = parse_wheel_filename(wheel.name)
     try:
         with WheelFile.open(wheel) as source_wheel:
             installer_install(source_wheel, _Destination(scheme_dict, py), {"INSTALLER": b"shipenv\n"})
@@ -384,7 +380,7 @@ def install_wheel(wheel: Path, root: Path, scheme: Scheme, py: PythonInfo, sourc
         raise InstallError(f"Installing {wheel.name} would overwrite {exc.filename}, which another package installed.") from exc
     except (zipfile.BadZipFile, InstallerError, ValueError, KeyError) as exc:
         raise InstallError(f"Cannot install {wheel.name} ({exc}).", hint="The wheel may be corrupt; download it again.") from exc
-    return Distribution(canonicalize_name(str(name)), str(version), source)
+    return wheel_distribution(wheel, source)
 
 
 # --------------------------------------------------------------------------- venv

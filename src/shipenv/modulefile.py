@@ -22,6 +22,11 @@ Which directory the module points at:
   loads whatever release is current when a command runs, following deploys
   and rollbacks.
 
+Lmod reads Tcl modulefiles by translating them to Lua, and that translation
+turns a path holding ``"`` or ``\\`` into another path; for such a path only the
+Lua file can be written, and asking for the Tcl one is an error, not a
+modulefile that loads the wrong directory.
+
 Finding the target reads the file system; rendering is pure (text in, text
 out), so tests can check the files without a module system and then load them
 with a real one.
@@ -45,6 +50,9 @@ SYNTAXES: tuple[Syntax, ...] = ("tcl", "lua")
 
 #: Files in a bundle's bin/ that are not commands to advertise.
 _NOT_COMMANDS = re.compile(r"^(activate(\..*)?|python[\d.]*-config)$")
+#: Valid in Tcl, but Lmod's Tcl-to-Lua translation turns them into another path.
+_TCL_AWKWARD = '"\\\n'
+_IMPLEMENTATIONS = {"cpython": "CPython", "pypy": "PyPy"}
 #: Module names and versions become file names, and Tcl/Lua words.
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
@@ -157,7 +165,8 @@ def help_text(target: Target) -> str:
         f"{target.release}: a relocatable Python application bundle made by shipenv.",
         "",
         f"  bundle     {where}",
-        f"  python     {py.get('implementation', 'CPython')} {py.get('version', '?')} ({py.get('abi', '?')}), "
+        f"  python     {_IMPLEMENTATIONS.get(str(py.get('implementation')), py.get('implementation', '?'))} "
+        f"{py.get('version', '?')} ({py.get('abi', '?')}), "
         f"{plat.get('arch', '?')}, glibc >= {plat.get('glibc_floor') or '?'}",
         f"  commands   {', '.join(target.commands) or '(none)'}",
         f"  packages   {listing(dists, limit=8) if dists else '(none)'}",
@@ -203,6 +212,13 @@ def render(target: Target, syntax: Syntax) -> str:
     """The modulefile text for ``target`` in Tcl or Lua, from ``templates/modulefile.*``."""
     bin_dir = str(target.path / "bin")
     if syntax == "tcl":
+        awkward = sorted(set(bin_dir) & set(_TCL_AWKWARD))
+        if awkward:
+            raise UsageError(
+                f"{bin_dir} contains {' and '.join(repr(c) for c in awkward)}, which Lmod's reader of Tcl modulefiles "
+                "mangles (it loads a different path).",
+                hint="Write only the Lua modulefile (--syntax lua), or deploy under a plainer path.",
+            )
         quote, whatis_line = tcl_quote, "module-whatis {}"
         extra = f"conflict {tcl_quote(target.name)}"
     elif syntax == "lua":
@@ -234,10 +250,10 @@ def write(target: Target, out_dir: Path, syntaxes: tuple[Syntax, ...] = SYNTAXES
     ``2.0.0``, and Environment Modules skips files without its ``#%Module``
     header.
     """
+    texts = {syntax: render(target, syntax) for syntax in syntaxes}  # refuse before writing anything
     written = []
-    for syntax in syntaxes:
+    for syntax, text in texts.items():
         dest = out_dir / file_name(target, syntax)
-        text = render(target, syntax)
         tmp: str | None = None
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from shipenv import __version__, elf, interpreter, manifest, policy, relocate, templates
-from shipenv.errors import PolicyError, ShipenvError, UsageError, listing
+from shipenv import __version__, cache, elf, interpreter, manifest, policy, relocate, templates
+from shipenv.errors import InstallError, PolicyError, RelocateError, UsageError, listing
 from shipenv.model import BuildOptions, BuildResult, PythonInfo
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,55 @@ def build(options: BuildOptions, step: Step | None = None) -> BuildResult:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
+    """Everything that changes the bytes of the interpreter layer."""
+    return cache.key(
+        "interpreter",
+        cache.file_digest(py.executable),
+        cache.tree_fingerprint(py.stdlib),
+        cache.tree_fingerprint(py.dynload) if py.dynload and not _is_within(py.dynload, py.stdlib) else None,
+        sorted(options.keep_stdlib),
+        sorted(options.system_libs),
+        (Path(policy.__file__).with_name("linux.json")).read_text(),
+        cache.tree_fingerprint(templates.directory()),
+    )
+
+
+def _is_within(path: Path, parent: Path) -> bool:
+    try:
+        path.relative_to(parent)
+    except ValueError:
+        return False
+    return True
+
+
+def _interpreter_layer(
+    py: PythonInfo, options: BuildOptions, root: Path, lib_policy: policy.LibraryPolicy, store: cache.BuildCache | None, say: Step
+) -> str:
+    """Copy, relocate and byte-compile the base interpreter, or reuse it from the cache."""
+    from shipenv import install
+
+    layer_key = _interpreter_key(py, options)
+    hit = store.get("interpreter", layer_key) if store else None
+    if hit is not None:
+        say(f"Reusing Python {py.version_str} from the cache")
+        cache.merge_tree(hit, root)
+        return layer_key
+    say(f"Copying Python {py.version_str} from {py.executable}")
+    interpreter.apply_copy(interpreter.plan_copy(py, options.keep_stdlib), root)
+    say("Making the interpreter relocatable")
+    plan = relocate.plan(root, lib_policy, machine=py.machine)
+    relocate.apply(plan, root, elf.LiefPatcher())
+    python = root / "bin" / f"python{py.xy}"
+    scheme = install.tree_scheme(python, root)
+    install.prepare_tree(py, root, scheme)
+    say("Byte-compiling the standard library")
+    byte_compile(python, [root])
+    if store is not None:
+        store.put("interpreter", layer_key, root, host_files=[v.src for v in plan.vendor] + [py.executable])
+    return layer_key
+
+
 def _build_tree(
     options: BuildOptions,
     py: PythonInfo,
@@ -120,30 +169,55 @@ def _build_tree(
 ) -> dict[str, Any]:
     from shipenv import audit, install
 
-    say(f"Copying Python {py.version_str} from {py.executable}")
-    plan = interpreter.plan_copy(py, options.keep_stdlib)
-    interpreter.apply_copy(plan, root)
-
-    say("Making the interpreter relocatable")
+    store = cache.open_cache(options.cache_dir, options.use_cache)
     lib_policy = policy.load(options.system_libs)
-    patcher = elf.LiefPatcher()
-    relocate.apply(relocate.plan(root, lib_policy, machine=py.machine), root, patcher)
+    layer_key = _interpreter_layer(py, options, root, lib_policy, store, say)
     python = root / "bin" / f"python{py.xy}"
     scheme = install.tree_scheme(python, root)
 
-    distributions = install.install(sources, options, py, root, scheme, say)
+    distributions = []
+    with tempfile.TemporaryDirectory(prefix="shipenv-stage-", dir=root.parent) as tmp:
+        work = Path(tmp)
+        wheels = install.collect_wheels(sources, options, py, python, work / "wheels", say)
+        if wheels:
+            say(f"Installing {len(wheels)} wheels")
+        staged: list[tuple[Path, str, list[Path]]] = []
+        for index, (wheel, source) in enumerate(wheels):
+            wheel_key = cache.key("wheel", layer_key, cache.file_digest(wheel), sorted(options.system_libs))
+            hit = store.get("wheel", wheel_key) if store else None
+            distributions.append(install.wheel_distribution(wheel, source))
+            if hit is not None:
+                _merge(hit, root, wheel.name)
+                continue
+            stage = work / f"stage-{index}"
+            install.install_wheel(wheel, stage, scheme, py, source)
+            plan = relocate.plan(stage, lib_policy, machine=py.machine, provided=root / relocate.LIB_DIR)
+            relocate.apply(plan, stage, elf.LiefPatcher())
+            staged.append((stage, wheel_key, [v.src for v in plan.vendor]))
+        if staged:
+            say(f"Byte-compiling {len(staged)} packages")
+            byte_compile(python, [stage for stage, _, _ in staged])
+        for stage, wheel_key, host_files in staged:
+            if store is not None:
+                store.put("wheel", wheel_key, stage, host_files=host_files)
+            _merge(stage, root, stage.name)
 
-    say("Making packages relocatable")
-    relocate.apply(relocate.plan(root, lib_policy, machine=py.machine), root, patcher)
+    if options.venv is not None:
+        say(f"Copying packages from {options.venv}")
+        copied = install.copy_venv(sources.venv_site, root, scheme, py)
+        distributions += copied
+        plan = relocate.plan(root, lib_policy, machine=py.machine)
+        relocate.apply(plan, root, elf.LiefPatcher())
+        byte_compile(python, [root / scheme.purelib], relative_to=root)
+    install.write_entries(options, py, root, scheme)
     install.relocate_text(root, scheme, py, sources)
+    distributions.sort(key=lambda d: d.name)
 
-    say("Byte-compiling")
-    byte_compile(python, root)
-
+    say("Auditing for build-host paths")
     findings = audit.audit(root, audit.needles(py, sources, root))
     runs = [f for f in findings if f.kind == "runs"]
     if runs:
-        raise ShipenvError(
+        raise RelocateError(
             f"The bundle still names the build host in files that run: {listing([f'{f.path} ({f.needle})' for f in runs])}.",
             hint="Run with --report to see every finding; please report this as a shipenv bug.",
         )
@@ -194,31 +268,45 @@ def _build_tree(
     return {"floor": floor, "audit": tuple(findings), "skipped": (), "vendored": tuple(vendored)}
 
 
+def _merge(layer: Path, root: Path, what: str) -> None:
+    clashes = cache.merge_tree(layer, root)
+    if clashes:
+        raise InstallError(
+            f"{what} would overwrite files that another package installed: {listing(clashes)}.",
+            hint="Two requirements ship the same files; drop one of them.",
+        )
+
+
 def _platform_tag(floor: tuple[int, int] | None, machine: str) -> str:
     if floor is None:
         return f"linux_{machine}"
     return f"manylinux_{floor[0]}_{floor[1]}_{machine}"
 
 
-def byte_compile(python: Path, root: Path) -> None:
-    """Compile every ``.py`` in the tree with the bundle's own interpreter.
+def byte_compile(python: Path, roots: list[Path], *, relative_to: Path | None = None) -> None:
+    """Compile every ``.py`` under ``roots`` with the bundle's own interpreter.
 
     ``unchecked-hash`` pycs do not depend on file mtimes, so they stay valid
-    after an archive clamps mtimes, and are identical from build to build;
-    ``-s root`` keeps the build path out of them (tracebacks name the file
-    where it is at run time).
+    after an archive clamps mtimes and are identical from build to build; the
+    path recorded in each is relative to its root, so no build path ends up in
+    a pyc (tracebacks name the file where it is at run time).
     """
+    args = [str(r) for r in roots]
+    if relative_to is not None:
+        # Only these directories, with paths inside the pycs relative to the bundle.
+        args = [f"{relative_to}::{r.relative_to(relative_to)}" for r in roots]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     proc = subprocess.run(
-        [str(python), "-I", "-B", "-m", "compileall", "-f", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
-         "-s", str(root), "-x", r"(/|^)(test|tests)/data/", str(root / "lib")],
+        [str(python), "-I", "-B", str(Path(__file__).with_name("_compile.py")), *args],
         capture_output=True, text=True, env=env, check=False,
     )
     if proc.returncode != 0:
+        raise RelocateError(f"Byte-compiling the bundle failed ({(proc.stderr.strip().splitlines() or ['no output'])[-1]}).")
+    failed = proc.stdout.split()
+    if failed:
         # A package may ship files that are not Python 3 (templates, py2 leftovers):
         # pip tolerates them too; they simply stay uncompiled.
-        failed = [line for line in proc.stdout.splitlines() if line.startswith("***")]
-        log.warning("byte-compilation skipped %d file(s): %s", len(failed), "; ".join(failed[:3]))
+        log.warning("byte-compilation skipped %d file(s), e.g. %s", len(failed), failed[0])
 
 
 def rel(path: Path, root: Path) -> PurePosixPath:

@@ -120,6 +120,7 @@ class _Planner:
     policy: LibraryPolicy
     host: HostLibraries
     read: Callable[[Path], ElfInfo | None]
+    provided: Path | None = None  #: the final tree's lib/, when planning a layer of it
 
     def __post_init__(self) -> None:
         self.infos: dict[PurePosixPath, ElfInfo] = {}
@@ -171,7 +172,11 @@ class _Planner:
                 continue
             if any((self.root / d / soname).exists() for d in tree_dirs):
                 continue
-            if soname in self.vendor or (self.root / LIB_DIR / soname).is_file():
+            if (
+                soname in self.vendor
+                or (self.root / LIB_DIR / soname).is_file()
+                or (self.provided is not None and (self.provided / soname).is_file())
+            ):
                 needs_lib_dir = True
                 continue
             found = self.host.find(soname, host_dirs)
@@ -205,9 +210,14 @@ def plan(
     files: Iterable[PurePosixPath] | None = None,
     read: Callable[[Path], ElfInfo | None] = elf.try_read,
     host: HostLibraries | None = None,
+    provided: Path | None = None,
 ) -> RelocationPlan:
-    """Plan the ELF edits for every ELF in ``root`` (or only ``files``)."""
-    planner = _Planner(root, policy, host or host_libraries(machine), read)
+    """Plan the ELF edits for every ELF in ``root`` (or only ``files``).
+
+    ``provided`` is the final tree's ``lib/`` when ``root`` is one layer of a
+    tree (a wheel installed on its own): libraries already there are reused.
+    """
+    planner = _Planner(root, policy, host or host_libraries(machine), read, provided)
     for rel in files if files is not None else iter_elves(root):
         planner.add_tree_file(rel)
     return planner.run()

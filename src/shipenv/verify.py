@@ -274,7 +274,7 @@ class _Tally:
             self.progress(self.files, self.bytes)
 
 
-def _scan_tree(root: Path, tally: _Tally) -> tuple[dict[str, Seen], list[str], list[str]]:
+def _scan_tree(root: Path, tally: _Tally) -> tuple[dict[str, Seen], list[str]]:
     seen: dict[str, Seen] = {}
     audit: list[str] = []
     for rel, full in manifest.walk(root):
@@ -283,6 +283,7 @@ def _scan_tree(root: Path, tally: _Tally) -> tuple[dict[str, Seen], list[str], l
             target = os.readlink(full)
             seen[rel] = Seen("symlink", target=target)
             audit += filter(None, [symlink_finding(rel, target)])
+            tally.add(1)
         elif stat.S_ISREG(st.st_mode):
             digest, size = manifest.hash_file(full)
             seen[rel] = Seen("file", digest, size)
@@ -295,7 +296,7 @@ def _scan_tree(root: Path, tally: _Tally) -> tuple[dict[str, Seen], list[str], l
             tally.add(1, size)
         else:
             seen[rel] = Seen("other")
-    return seen, audit, []
+    return seen, audit
 
 
 def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo, rel: str, tally: _Tally) -> tuple[Seen, list[str]]:
@@ -359,6 +360,7 @@ def _scan_archive(path: Path, tally: _Tally) -> tuple[_Head | None, str, dict[st
             elif member.issym():
                 seen[rel] = Seen("symlink", target=member.linkname)
                 audit += filter(None, [symlink_finding(rel, member.linkname)])
+                tally.add(1)
             elif member.islnk():  # a hard link to a file stored earlier: same content
                 target = _split(member.linkname)
                 earlier = seen.get(target[1]) if target and target[0] == top else None
@@ -382,7 +384,8 @@ def verify(bundle: Path, *, run: str | None = None, progress: Progress | None = 
     is_dir = bundle.is_dir()
     if is_dir:
         head = _tree_head(bundle)
-        seen, audit, layout = _scan_tree(bundle, tally)
+        seen, audit = _scan_tree(bundle, tally)
+        layout: list[str] = []
         name = f"{head.metadata['name']}-{head.metadata['version']}"
     else:
         archive.detect(bundle)
@@ -397,12 +400,14 @@ def verify(bundle: Path, *, run: str | None = None, progress: Progress | None = 
         if top != name:
             layout.append(f"{top}/ (the manifest says {name})")
     tally.done()
-    problems = _describe(compare(head.record, seen), audit, layout)
+    mismatch = compare(head.record, seen)
+    problems = _describe(mismatch, audit, layout)
     if problems:
-        raise VerifyError(
-            f"{bundle} {'; and it '.join(problems)}.",
-            hint="Rebuild the bundle, or copy it again from the build's output; a file changed after the build.",
-        )
+        if mismatch or layout:
+            hint = "Copy the bundle again from the build's output, or rebuild it: it changed after the build."
+        else:
+            hint = "Rebuild the bundle; if shipenv build made it like this, please report it as a bug."
+        raise VerifyError(f"{bundle} {'; and it '.join(problems)}.", hint=hint)
     if run is not None:
         _run_moved(bundle, name, is_dir, run)
     return VerifyReport(name, len(head.record))

@@ -153,10 +153,11 @@ def bundle_args(build_argv: Sequence[str], project: Path) -> list[str]:
         if skip:
             skip = False
             continue
-        if word in ("-o", "--output"):
+        # Where the image build writes and caches is the test's business.
+        if word in ("-o", "--output", "--cache-dir"):
             skip = True
             continue
-        if word.startswith("--output=") or word == ".":
+        if word.startswith(("--output=", "--cache-dir=")) or word == ".":
             continue
         out.append(word)
     return [*out, str(project)]

@@ -1,0 +1,224 @@
+"""Issue #5, item 7: deploying with only sh, tar and coreutils (the bundle's .shipenv/deploy.sh).
+
+The real thing runs inside the Debian 12 minbase root (dash, GNU tar,
+coreutils; no Python, no zstd) and the Debian 11 one (glibc 2.31, older than
+the 2.36 a bundle built here needs). Hostile archives and the interplay with
+``shipenv deploy`` run on this host's dash, which is the same shell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from shipenv import _lock, archive, deploy
+from shipenv.manifest import RecordEntry
+from tests.chroots import OverlayRoot
+from tests.conftest import BuildFn, run_shipenv
+from tests.integration.test_deploy import ASK_VERSION, real_bundle
+from tests.unit.test_deploy import (
+    Member,
+    check_release,
+    entry,
+    file_member,
+    link_member,
+    make_tree,
+    members_of,
+    pack,
+    snapshot,
+    with_record,
+    write_tar,
+)
+
+SCRIPT = Path(__file__).resolve().parents[2] / "templates" / "deploy.sh"
+GLIBC_231 = "error: This host has glibc 2.31 but app-2.0 needs 2.36 or newer; deploy it on a newer distribution or rebuild it on an older one."
+
+
+def piped(archive: str, root: str = "/srv/app") -> list[str]:
+    """The README's one-liner: the script straight out of the archive into sh."""
+    top = Path(archive).name.removesuffix(".tar.gz")
+    return ["sh", "-c", f"tar -xzf {archive} -O {top}/.shipenv/deploy.sh | sh -s -- deploy {archive} {root}"]
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+    return done.stdout
+
+
+def test_deploy_sh_on_a_bare_debian_12(built_bundle: BuildFn, tmp_path: Path) -> None:
+    v1, v2 = real_bundle(built_bundle, "1.0"), real_bundle(built_bundle, "2.0")
+    zst = archive.write(make_tree(tmp_path / "z", "3.0"), tmp_path / "app-3.0.tar.zst", "tar.zst", level=3, threads=1,
+                        mtime=1577836800, arcname="app-3.0").path
+    binds = {v1: "/in/app-1.0.tar.gz", v2: "/in/app-2.0.tar.gz", zst: "/in/app-3.0.tar.zst"}
+    with OverlayRoot("bookworm") as server:
+
+        def sh(*argv: str) -> subprocess.CompletedProcess[str]:
+            return server.run(list(argv), binds=binds)
+
+        def answers() -> str:
+            return ok(sh("/srv/app/current/bin/python3.12", "-c", ASK_VERSION)).strip()
+
+        assert sh("sh", "-c", "command -v python3 || command -v zstd").returncode != 0  # really bare
+        out = ok(sh(*piped("/in/app-1.0.tar.gz")))
+        assert out.startswith("Deployed app-1.0 and pointed /srv/app/current to it (") and out.endswith(" files).\n")
+        assert answers() == "1.0 /srv/app/releases/app-1.0"
+
+        # Saved once, reused for any bundle.
+        ok(sh("sh", "-c", "tar -xzf /in/app-2.0.tar.gz -O app-2.0/.shipenv/deploy.sh > /root/deploy.sh"))
+        out = ok(sh("sh", "/root/deploy.sh", "deploy", "/in/app-2.0.tar.gz", "/srv/app"))
+        assert out.startswith("Deployed app-2.0 and switched /srv/app/current from app-1.0 to app-2.0 (")
+        assert answers() == "2.0 /srv/app/releases/app-2.0"
+        assert ok(sh("sh", "/root/deploy.sh", "deploy", "/in/app-2.0.tar.gz", "/srv/app")) == (
+            "app-2.0 is already deployed with the same content and is current in /srv/app; nothing changed.\n")
+
+        assert ok(sh("sh", "/root/deploy.sh", "rollback", "/srv/app")) == "Switched /srv/app/current from app-2.0 to app-1.0.\n"
+        assert answers() == "1.0 /srv/app/releases/app-1.0"
+        listing = ok(sh("sh", "/root/deploy.sh", "releases", "/srv/app")).splitlines()
+        assert len(listing) == 2 and listing[0].startswith("* app-1.0 ") and listing[1].startswith("  app-2.0 "), listing
+        assert ok(sh("sh", "/root/deploy.sh", "rollback", "/srv/app", "--to", "2.0")) == "Switched /srv/app/current from app-1.0 to app-2.0.\n"
+        assert answers() == "2.0 /srv/app/releases/app-2.0"
+
+        done = sh("sh", "/root/deploy.sh", "deploy", "/in/app-3.0.tar.zst", "/srv/app")
+        assert done.returncode == 1
+        assert done.stderr == ("error: /in/app-3.0.tar.zst is compressed with zstd, which this server lacks; "
+                               "install zstd (apt-get install zstd) or build the bundle with --format tar.gz.\n")
+
+        # shipenv reads what deploy.sh wrote: same layout, same history, releases that verify.
+        root = server.upper_path("/srv/app")
+        assert [(e.action, e.from_, e.to) for e in deploy.read_history(root)] == [
+            ("deploy", None, "app-1.0"), ("deploy", "app-1.0", "app-2.0"),
+            ("rollback", "app-2.0", "app-1.0"), ("rollback-to", "app-1.0", "app-2.0"),
+        ]
+        assert sorted(os.listdir(root)) == [".shipenv.lock", "current", "history.jsonl", "releases"]
+        run_shipenv("verify", root / "current")
+        assert [(r.name, r.current) for r in deploy.releases(root)] == [("app-2.0", True), ("app-1.0", False)]
+
+
+def test_deploy_sh_on_debian_11_refuses_a_newer_glibc_before_the_switch(built_bundle: BuildFn, tmp_path: Path) -> None:
+    v2 = real_bundle(built_bundle, "2.0")
+    old = pack(make_tree(tmp_path / "t", "0.9", floor="2.17"), tmp_path / "dist")
+    binds = {v2: "/in/app-2.0.tar.gz", old: "/in/app-0.9.tar.gz"}
+    with OverlayRoot("bullseye") as server:
+        assert ok(server.run(["getconf", "GNU_LIBC_VERSION"])) == "glibc 2.31\n"
+        ok(server.run(piped("/in/app-0.9.tar.gz"), binds=binds))
+        done = server.run(piped("/in/app-2.0.tar.gz"), binds=binds)
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines()[-1] == GLIBC_231
+        assert ok(server.run(["readlink", "/srv/app/current"])) == "releases/app-0.9\n"
+        assert ok(server.run(["ls", "-A", "/srv/app", "/srv/app/releases"])) == (
+            "/srv/app:\n.shipenv.lock\ncurrent\nhistory.jsonl\nreleases\n\n/srv/app/releases:\napp-0.9\n")
+        assert ok(server.run(["/srv/app/current/bin/app"])) == "app 0.9\n"
+
+
+# -- on this host's dash --------------------------------------------------------------------------
+
+
+def run_sh(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["dash", str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """app-1.0 deployed by deploy.sh into tmp_path/srv."""
+    root = tmp_path / "srv"
+    ok(run_sh("deploy", pack(make_tree(tmp_path / "t1", "1.0"), tmp_path / "dist"), root))
+    return root
+
+
+def _escape(members: list[Member], tmp_path: Path) -> list[Member]:
+    (tmp_path / "outside").mkdir()
+    up = "../" * 6
+    return with_record(members + [link_member("app-2.0/lib/esc", f"{up}outside"), file_member("app-2.0/lib/esc/planted", b"pwned\n")],
+                       RecordEntry("lib/esc", symlink=f"{up}outside"), entry("lib/esc/planted", b"pwned\n"))
+
+
+def _device(members: list[Member], tmp_path: Path) -> list[Member]:
+    info = tarfile.TarInfo("app-2.0/lib/null")
+    info.type = tarfile.CHRTYPE
+    info.devmajor, info.devminor = 1, 3
+    return members + [(info, None)]
+
+
+def _tampered(members: list[Member], tmp_path: Path) -> list[Member]:
+    out = []
+    for info, data in members:
+        if info.name == "app-2.0/lib/app/__init__.py":
+            data = b"VERSION = 'evil'\n"
+            info.size = len(data)
+        out.append((info, data))
+    return out
+
+
+HOSTILE = {
+    "dotdot": (lambda m, t: m + [file_member("app-2.0/../../escaped", b"x\n")], "entry 'app-2.0/../../escaped' climbs out of its directory with '..'"),
+    "absolute": (lambda m, t: m + [file_member(str(t / "abs-escape"), b"x\n")], "abs-escape' is an absolute path"),
+    "symlink-then-write-through": (_escape, "a path would be written through the symlink 'app-2.0/lib/esc'"),
+    "symlink-via-symlink": (lambda m, t: with_record(m + [link_member("app-2.0/here", "."), link_member("app-2.0/up", "here/..")],
+                                                     RecordEntry("here", symlink="."), RecordEntry("up", symlink="here/..")),
+                            "the symlink 'app-2.0/up' resolves outside the release"),
+    "hard-link": (lambda m, t: with_record(m + [link_member("app-2.0/lib/passwd", "/etc/passwd", tarfile.LNKTYPE)],
+                                           entry("lib/passwd", Path("/etc/passwd").read_bytes())),
+                  "'app-2.0/lib/passwd' is a hard link; a bundle holds only files, directories and symlinks"),
+    "device": (_device, "entry 'app-2.0/lib/null' is a device node"),
+    "setuid": (lambda m, t: with_record(m + [file_member("app-2.0/bin/rootme", b"id\n", 0o4755)], entry("bin/rootme", b"id\n")),
+               "'app-2.0/bin/rootme' has the setuid or setgid bit set"),
+    "bytes-differ": (_tampered, "files differ from RECORD: lib/app/__init__.py: FAILED"),
+    "missing-file": (lambda m, t: with_record(m, entry("lib/app/ghost.py", b"boo\n")), "RECORD lists 'lib/app/ghost.py', which the archive lacks"),
+    "not-in-record": (lambda m, t: m + [file_member("app-2.0/lib/app/extra.py", b"x = 1\n")], "'app-2.0/lib/app/extra.py' is not listed in RECORD"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_deploy_sh_refuses_a_hostile_archive(case: str, site: Path, tmp_path: Path) -> None:
+    craft, reason = HOSTILE[case]
+    members = craft(members_of(make_tree(tmp_path / "t2", "2.0")), tmp_path)
+    archive_path = write_tar(tmp_path / "app-2.0.tar.gz", members)
+    before = snapshot(tmp_path)
+    done = run_sh("deploy", archive_path, site)
+    assert done.returncode == 1, done
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: Refused app-2.0.tar.gz: ") and message.endswith("; nothing was deployed."), done.stderr
+    assert reason in message, message
+    assert snapshot(tmp_path) == before
+    assert os.readlink(site / "current") == "releases/app-1.0"
+    check_release(site / "current")
+
+
+def test_deploy_sh_honours_the_glibc_override(site: Path, tmp_path: Path) -> None:
+    newer = pack(make_tree(tmp_path / "t2", "2.0", floor="2.36"), tmp_path / "dist")
+    done = run_sh("deploy", newer, site, env=dict(os.environ, SHIPENV_HOST_GLIBC="2.17"))
+    assert done.returncode == 1
+    assert done.stderr == "error: This host has glibc 2.17 but app-2.0 needs 2.36 or newer; deploy it on a newer distribution or rebuild it on an older one.\n"
+    assert os.readlink(site / "current") == "releases/app-1.0"
+
+
+def test_deploy_sh_and_shipenv_take_turns_on_one_root(site: Path, tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    v2, v3 = (pack(make_tree(tmp_path / f"t{v}", v), dist) for v in ("2.0", "3.0"))
+    assert run_shipenv("deploy", v2, "--root", site).stdout.startswith("Deployed app-2.0 and switched")
+    assert ok(run_sh("deploy", v3, site)).startswith(f"Deployed app-3.0 and switched {site}/current from app-2.0 to app-3.0")
+    assert run_shipenv("rollback", "--root", site).stdout == f"Switched {site}/current from app-3.0 to app-2.0.\n"
+    assert ok(run_sh("rollback", site)) == f"Switched {site}/current from app-2.0 to app-1.0.\n"
+    assert [json.loads(line)["to"] for line in (site / "history.jsonl").read_text().splitlines()] == [
+        "app-1.0", "app-2.0", "app-3.0", "app-2.0", "app-1.0"]
+    # ...and exclude each other: deploy.sh waits on the lock shipenv holds.
+    with _lock.hold(site):
+        done = run_sh("deploy", v3, site)
+    assert done.returncode == 1
+    assert done.stderr == f"error: Another deploy is running on {site} (pid {os.getpid()}); try again or pass --wait SECONDS.\n"
+    assert os.readlink(site / "current") == "releases/app-1.0"
+
+
+def test_deploy_sh_check_failure_keeps_current(site: Path, tmp_path: Path) -> None:
+    v2 = pack(make_tree(tmp_path / "t2", "2.0"), tmp_path / "dist")
+    done = run_sh("deploy", v2, site, "--check", "bin/app && exit 7")
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == f"error: The check 'bin/app && exit 7' failed in app-2.0; {site}/current still points to app-1.0."
+    assert "app 2.0" in done.stderr  # the check ran the new release's own files
+    assert os.readlink(site / "current") == "releases/app-1.0" and os.listdir(site / "releases") == ["app-1.0"]
+    assert sorted(os.listdir(site)) == [".shipenv.lock", "current", "history.jsonl", "releases"]
