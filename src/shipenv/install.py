@@ -208,6 +208,24 @@ def collect_wheels(
     return []
 
 
+def wheel_content_key(wheel: Path) -> str:
+    """A digest of what a wheel installs: its RECORD lists every file's hash.
+
+    Unlike the wheel file's own digest this does not change when pip rebuilds
+    the same project from source (zip timestamps), so cached layers are reused.
+    """
+    import hashlib
+
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            records = sorted(n for n in zf.namelist() if n.endswith(".dist-info/RECORD") and n.count("/") == 1)
+            if len(records) == 1:
+                return hashlib.sha256(wheel.name.encode() + b"\0" + zf.read(records[0])).hexdigest()
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+
 def wheel_distribution(wheel: Path, source: str) -> Distribution:
     name, version, _b, _t = parse_wheel_filename(wheel.name)
     return Distribution(canonicalize_name(str(name)), str(version), source)

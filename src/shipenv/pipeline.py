@@ -183,7 +183,7 @@ def _build_tree(
             say(f"Installing {len(wheels)} wheels")
         staged: list[tuple[Path, str, list[Path]]] = []
         for index, (wheel, source) in enumerate(wheels):
-            wheel_key = cache.key("wheel", layer_key, cache.file_digest(wheel), sorted(options.system_libs))
+            wheel_key = cache.key("wheel", layer_key, install.wheel_content_key(wheel), sorted(options.system_libs))
             hit = store.get("wheel", wheel_key) if store else None
             distributions.append(install.wheel_distribution(wheel, source))
             if hit is not None:
