@@ -45,6 +45,12 @@
 # version. releases: lists releases, most recently current first ("*" marks
 # current, "<" where rollback would go).
 #
+# Limits: no prune (remove an old release with rm -rf ROOT/releases/NAME-VERSION,
+# never the one current points to, or use shipenv prune); no hard-link sharing
+# with the current release (shipenv deploy does it); without flock(1) (util-linux)
+# it warns and does not lock; file names with a comma, quote or newline are
+# refused (shipenv deploy takes them).
+#
 # Exit status: 0 done, 1 refused or failed (nothing changed), 2 usage.
 
 set -u
@@ -271,6 +277,13 @@ is_version() {
     return 0
 }
 
+# FILE as a pattern file for grep -Fx -f that is never empty (busybox grep matches
+# every line against an empty one); "//" is no path a listing or RECORD can hold.
+patterns() {
+    { printf '//\n'; cat "$1"; } >"$1.pat"
+    printf '%s\n' "$1.pat"
+}
+
 refuse() {
     die "Refused $(basename -- "$archive"): $*; nothing was deployed."
 }
@@ -286,6 +299,11 @@ check_listing() { # names and types of every entry, before anything is unpacked
     top=${top%%/*}
     valid_name "$top" || refuse "its first entry is not under a NAME-VERSION/ directory"
     cut -c1-10 "$work/.long" | paste -d ' ' - "$work/.names" >"$work/.entries"
+    # busybox tar lists a hard link as a plain file "NAME -> TARGET"; GNU tar as type h.
+    _hard=$(grep -n '^-.* -> ' "$work/.long" | head -n 1)
+    if [ -n "$_hard" ]; then
+        refuse "'$(sed -n "${_hard%%:*}p" "$work/.names")' is a hard link; a bundle holds only files, directories and symlinks"
+    fi
     : >"$work/.all"
     : >"$work/.files"
     : >"$work/.links"
@@ -323,9 +341,8 @@ check_listing() { # names and types of every entry, before anything is unpacked
     _dup=$(sort "$work/.all" | uniq -d | head -n 1)
     [ -z "$_dup" ] || refuse "'$top/$_dup' appears twice"
     # Every ancestor directory of every entry; one that is a symlink would be written through.
-    sed -n -e ':a' -e 's|/[^/]*$||' -e 't p' -e 'd' -e ':p' -e 'p' -e 'b a' "$work/.all" | sort -u >"$work/.parents"
-    sort -u "$work/.links" >"$work/.links.sorted"
-    _through=$(comm -12 "$work/.parents" "$work/.links.sorted" | head -n 1)
+    sed -n -e ':a' -e 's|/[^/]*$||' -e 't p' -e 'd' -e ':p' -e 'p' -e 'b a' "$work/.all" >"$work/.parents"
+    _through=$(grep -Fx -f "$(patterns "$work/.links")" "$work/.parents" | head -n 1)
     [ -z "$_through" ] || refuse "a path would be written through the symlink '$top/$_through'"
 }
 
@@ -338,11 +355,10 @@ check_record() {
     [ -z "$_bad" ] || refuse "its RECORD has a line deploy.sh cannot read: $_bad"
     sed -n 's/^\([^,]*\),sha256=\([0-9a-f]*\),[0-9]*$/\2  \1/p' "$_record" >"$work/.sha256"
     sed -n 's/^\([^,]*\),symlink=\([^,]*\),$/\1,\2/p' "$_record" >"$work/.symlinks"
-    sed -e 's/,.*//' "$_record" | sort >"$work/.recorded"
-    sort "$work/.files" >"$work/.files.sorted"
-    _extra=$(comm -23 "$work/.files.sorted" "$work/.recorded" | head -n 1)
+    sed -e 's/,.*//' "$_record" >"$work/.recorded"
+    _extra=$(grep -Fxv -f "$(patterns "$work/.recorded")" "$work/.files" | head -n 1)
     [ -z "$_extra" ] || refuse "'$top/$_extra' is not listed in RECORD"
-    _missing=$(comm -13 "$work/.files.sorted" "$work/.recorded" | head -n 1)
+    _missing=$(grep -Fxv -f "$(patterns "$work/.files")" "$work/.recorded" | head -n 1)
     [ -z "$_missing" ] || refuse "RECORD lists '$_missing', which the archive lacks"
     set -f
     while IFS=, read -r _path _target; do
@@ -392,19 +408,22 @@ check_host() {
 verify_unpacked() {
     _dir="$work/$top"
     if ! (cd -P -- "$_dir" && sha256sum -c "$work/.sha256") >"$work/.sumout" 2>&1; then
-        _failed=$(grep -v ': OK$' "$work/.sumout" | head -n 3 | tr '\n' ' ')
-        refuse "files differ from RECORD: $_failed"
+        _failed=$(grep ': FAILED' "$work/.sumout" | sed 's/: FAILED.*//')
+        _count=$(printf '%s\n' "$_failed" | grep -c .)
+        _failed=$(printf '%s\n' "$_failed" | head -n 3 | sed -e ':a' -e 'N' -e 's/\n/, /' -e 't a')
+        refuse "$_count file(s) differ from RECORD: $_failed"
     fi
     set -f
     while read -r _hash _path; do
         [ ! -L "$_dir/$_path" ] || refuse "'$top/$_path' is a symlink but RECORD lists it as a file"
     done <"$work/.sha256"
     _real_dir=$(cd -P -- "$_dir" && pwd)
+    if realpath -m / >/dev/null 2>&1; then _resolve="realpath -m"; else _resolve="readlink -f"; fi
     while IFS=, read -r _path _target; do
         [ -L "$_dir/$_path" ] || refuse "'$top/$_path' is not the symlink RECORD lists"
         [ "$(readlink "$_dir/$_path")" = "$_target" ] || refuse "the symlink '$top/$_path' differs from its RECORD entry"
         # Lexically fine links can still escape through another link ("s -> ." and "l -> s/..").
-        _real=$(realpath -m -- "$_dir/$_path" 2>/dev/null || readlink -f -- "$_dir/$_path")
+        _real=$($_resolve "$_dir/$_path") || refuse "the symlink '$top/$_path' cannot be resolved"
         case $_real in
             "$_real_dir" | "$_real_dir"/*) ;;
             *) refuse "the symlink '$top/$_path' resolves outside the release" ;;
@@ -428,7 +447,7 @@ cmd_deploy() {
     shift 2
     parse_options "$@"
     [ -f "$archive" ] || die "$archive is not a file."
-    need tar sed grep sha256sum od tr cut paste sort uniq comm mktemp readlink mv ln date
+    need tar sed grep sha256sum od tr cut paste sort uniq mktemp readlink mv ln date
     pick_decompressor
     mkdir -p -- "$root/releases" || die "Cannot create $root/releases."
     root=$(cd -P -- "$root" && pwd) || die "Cannot enter $root."

@@ -60,6 +60,7 @@ LEVEL_RANGES = {"tar.zst": (1, 22), "tar.gz": (1, 9), "tar.xz": (0, 9)}
 _TAR_RECORD = 20 * tarfile.BLOCKSIZE  # what GNU tar pads archives to
 _FIRST = (".shipenv", ".shipenv/manifest.json", ".shipenv/RECORD")
 _PROGRESS_EVERY = 0.1  # seconds between progress calls
+_CODEC_NAMES = {"tar.zst": "zstd", "tar.gz": "gzip", "tar.xz": "xz", "tar": "tar"}
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,10 @@ def plan(root: Path, arcname: str, mtime: int) -> Iterator[Entry]:
     """
     top = os.fspath(root)
     yield Entry(arcname, "dir", 0o755, _clamp(os.lstat(top), mtime))
-    first = [rel for rel in _FIRST if os.path.lexists(os.path.join(top, rel))]
+    meta = os.path.join(top, _FIRST[0])
+    # Only a real .shipenv/ directory goes first: never a path through a symlink.
+    real_meta = os.path.isdir(meta) and not os.path.islink(meta)
+    first = [rel for rel in _FIRST if real_meta and os.path.lexists(os.path.join(top, rel))]
     for rel in first:
         full = os.path.join(top, rel)
         yield _entry(f"{arcname}/{rel}", os.lstat(full), full, mtime)
@@ -405,7 +409,7 @@ def open_stream(path: Path) -> Iterator[tarfile.TarFile]:
         try:
             tar = _TarFile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
         except (tarfile.TarError, EOFError) as exc:
-            raise _tar_error(path, fmt, exc) from exc
+            raise _tar_error(path, fmt, exc, first=True) from exc
         assert isinstance(tar, _TarFile)
         with tar:
             try:
@@ -417,12 +421,12 @@ def open_stream(path: Path) -> Iterator[tarfile.TarFile]:
                     pass
 
 
-def _tar_error(path: Path, fmt: str, exc: BaseException) -> ArchiveError:
+def _tar_error(path: Path, fmt: str, exc: BaseException, *, first: bool = False) -> ArchiveError:
     text = str(exc)
     if isinstance(exc, EOFError) or "unexpected end of data" in text:
-        return _codecs.truncated(path, fmt)
-    if "empty file" in text:
-        return _codecs.corrupt(path, f"the {fmt} stream holds no tar data")
+        return _codecs.truncated(path, _CODEC_NAMES[fmt])
+    if first:  # decompressed fine, but what came out is not tar
+        return _codecs.corrupt(path, f"the {_CODEC_NAMES[fmt]} stream does not hold a tar archive: {text}")
     return _codecs.corrupt(path, text or type(exc).__name__)
 
 

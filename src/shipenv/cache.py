@@ -114,7 +114,7 @@ class BuildCache:
             entry.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{entry_key[:12]}.", dir=entry.parent))
             try:
-                shutil.copytree(tree, tmp / "tree", symlinks=True)
+                shutil.copytree(tree, tmp / "tree", symlinks=True, copy_function=link_or_copy)
                 (tmp / "RECORD").write_bytes(manifest.render_record(manifest.scan(tmp / "tree")))
                 meta = {"kind": kind, "shipenv": __version__, "host_files": host_files_state(host_files)}
                 (tmp / "entry.json").write_text(json.dumps(meta, indent=1))
@@ -141,8 +141,18 @@ def open_cache(cache_dir: Path | None, enabled: bool) -> BuildCache | None:
     return BuildCache(root)
 
 
-def merge_tree(src: Path, dest: Path) -> list[str]:
-    """Copy every file of ``src`` into ``dest``; return paths that already existed with other content."""
+def link_or_copy(src: str, dest: str) -> None:
+    """Hard-link where possible: cache entries are never modified in place (and are
+    verified before use), and the tree's files are only ever replaced, never edited."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def merge_tree(src: Path, dest: Path, *, move: bool = False) -> list[str]:
+    """Put every file of ``src`` into ``dest`` (linked, copied, or moved when ``move``);
+    return the paths that already existed there with other content."""
     clashes = []
     for rel, full in manifest.walk(src):
         target = dest / rel
@@ -156,6 +166,8 @@ def merge_tree(src: Path, dest: Path) -> list[str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         if full.is_symlink():
             target.symlink_to(os.readlink(full))
+        elif move:
+            os.replace(full, target)
         else:
-            shutil.copy2(full, target)
+            link_or_copy(str(full), str(target))
     return clashes

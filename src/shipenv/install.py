@@ -37,7 +37,7 @@ from installer.utils import Scheme as InstallerScheme
 from packaging.tags import Tag, compatible_tags, cpython_tags, platform_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from shipenv import interpreter, templates
+from shipenv import interpreter, resolver, templates
 from shipenv.errors import InstallError, ResolveError, listing
 from shipenv.model import BuildOptions, Distribution, PythonInfo
 
@@ -196,16 +196,61 @@ def prepare_tree(py: PythonInfo, root: Path, scheme: Scheme) -> None:
 
 
 def collect_wheels(
-    sources: Sources, options: BuildOptions, py: PythonInfo, python: Path, wheel_dir: Path, say: Say
+    sources: Sources,
+    options: BuildOptions,
+    py: PythonInfo,
+    python: Path,
+    wheel_dir: Path,
+    say: Say,
+    store: Path | None = None,
 ) -> list[tuple[Path, str]]:
-    """Every wheel to install, with where it came from: resolved by pip, or a wheelhouse."""
+    """Every wheel to install, with where it came from: resolved, or a wheelhouse.
+
+    With uv available, uv resolves (in well under a second) and only the wheels
+    missing from ``store`` (shipenv's wheel cache) are fetched or built by pip;
+    without uv, or if uv cannot resolve, pip does everything and has the last word.
+    """
     if options.wheels is not None and not options.requirements and options.project is None:
         return [(w, "wheelhouse") for w in select_wheels(options.wheels, py)]
-    if options.requirements or options.project is not None:
-        say("Resolving and building wheels")
-        wheel_dir.mkdir(parents=True, exist_ok=True)
-        return pip_wheel(python, options, wheel_dir)
-    return []
+    if not (options.requirements or options.project is not None):
+        return []
+    say("Resolving and building wheels")
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    uv = resolver.find_uv()
+    if uv is not None:
+        pins = resolver.uv_compile(uv, python, options)
+        if pins is not None:
+            return _wheels_for_pins(pins, python, options, py, wheel_dir, store)
+    return pip_wheel(python, options, wheel_dir)
+
+
+def _wheels_for_pins(
+    pins: list[str], python: Path, options: BuildOptions, py: PythonInfo, wheel_dir: Path, store: Path | None
+) -> list[tuple[Path, str]]:
+    found: list[Path] = []
+    missing: list[str] = []
+    tags = target_tags(py)
+    for pin in pins:
+        cached = resolver.lookup(store, pin, tags) if store is not None else None
+        if cached is not None:
+            found.append(cached)
+        else:
+            missing.append(pin)
+    if missing:
+        built = pip_wheel(python, options, wheel_dir, pins=missing)
+        for wheel, _source in built:
+            if store is not None and resolver.is_index_pin_wheel(wheel, missing):
+                resolver.remember(store, wheel)
+        found += [w for w, _ in built]
+    return [(w, _source_of(w, options)) for w in found]
+
+
+def _source_of(wheel: Path, options: BuildOptions) -> str:
+    if options.project is not None:
+        meta = _project_metadata(options.project)
+        if "name" in meta and canonicalize_name(meta["name"]) == canonicalize_name(parse_wheel_filename(wheel.name)[0]):
+            return "project"
+    return "index"
 
 
 def wheel_content_key(wheel: Path) -> str:
@@ -269,8 +314,13 @@ _PIP_MAIN = (
 )
 
 
-def pip_wheel(python: Path, options: BuildOptions, wheel_dir: Path) -> list[tuple[Path, str]]:
-    """Resolve and build every wheel with pip running inside the bundled interpreter."""
+def pip_wheel(
+    python: Path, options: BuildOptions, wheel_dir: Path, *, pins: list[str] | None = None
+) -> list[tuple[Path, str]]:
+    """Resolve and build every wheel with pip running inside the bundled interpreter.
+
+    With ``pins`` (a resolution already made), fetch or build exactly those, without dependencies.
+    """
     with tempfile.TemporaryDirectory(prefix="shipenv-pip-") as tmp:
         pip_copy = Path(tmp) / "pip-home"
         pip_copy.mkdir()
@@ -279,12 +329,17 @@ def pip_wheel(python: Path, options: BuildOptions, wheel_dir: Path) -> list[tupl
                 "--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
         if options.wheels is not None:
             args += ["--no-index", "--find-links", str(options.wheels)]
-        for req in options.requirements:
-            args += ["-r", str(req)]
-        for con in options.constraints:
-            args += ["-c", str(con)]
-        if options.project is not None:
-            args.append(str(options.project.resolve()))
+        if pins is not None:
+            pin_file = Path(tmp) / "pins.txt"
+            pin_file.write_text("\n".join(pins) + "\n")
+            args += ["--no-deps", "-r", str(pin_file)]
+        else:
+            for req in options.requirements:
+                args += ["-r", str(req)]
+            for con in options.constraints:
+                args += ["-c", str(con)]
+            if options.project is not None:
+                args.append(str(options.project.resolve()))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     log.debug("pip wheel output:\n%s%s", proc.stdout, proc.stderr)

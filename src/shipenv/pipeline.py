@@ -178,10 +178,12 @@ def _build_tree(
     distributions = []
     with tempfile.TemporaryDirectory(prefix="shipenv-stage-", dir=root.parent) as tmp:
         work = Path(tmp)
-        wheels = install.collect_wheels(sources, options, py, python, work / "wheels", say)
+        wheels = install.collect_wheels(
+            sources, options, py, python, work / "wheels", say, store=store.root / "wheels" if store else None
+        )
         if wheels:
             say(f"Installing {len(wheels)} wheels")
-        staged: list[tuple[Path, str, list[Path]]] = []
+        staged: list[tuple[Path, str, list[Path], str]] = []
         for index, (wheel, source) in enumerate(wheels):
             wheel_key = cache.key("wheel", layer_key, install.wheel_content_key(wheel), sorted(options.system_libs))
             hit = store.get("wheel", wheel_key) if store else None
@@ -193,14 +195,14 @@ def _build_tree(
             install.install_wheel(wheel, stage, scheme, py, source)
             plan = relocate.plan(stage, lib_policy, machine=py.machine, provided=root / relocate.LIB_DIR)
             relocate.apply(plan, stage, elf.LiefPatcher())
-            staged.append((stage, wheel_key, [v.src for v in plan.vendor]))
+            staged.append((stage, wheel_key, [v.src for v in plan.vendor], wheel.name))
         if staged:
             say(f"Byte-compiling {len(staged)} packages")
-            byte_compile(python, [stage for stage, _, _ in staged])
-        for stage, wheel_key, host_files in staged:
+            byte_compile(python, [stage for stage, _, _, _ in staged])
+        for stage, wheel_key, host_files, wheel_name in staged:
             if store is not None:
                 store.put("wheel", wheel_key, stage, host_files=host_files)
-            _merge(stage, root, stage.name)
+            _merge(stage, root, wheel_name, move=True)
 
     if options.venv is not None:
         say(f"Copying packages from {options.venv}")
@@ -268,8 +270,8 @@ def _build_tree(
     return {"floor": floor, "audit": tuple(findings), "skipped": (), "vendored": tuple(vendored)}
 
 
-def _merge(layer: Path, root: Path, what: str) -> None:
-    clashes = cache.merge_tree(layer, root)
+def _merge(layer: Path, root: Path, what: str, *, move: bool = False) -> None:
+    clashes = cache.merge_tree(layer, root, move=move)
     if clashes:
         raise InstallError(
             f"{what} would overwrite files that another package installed: {listing(clashes)}.",

@@ -223,6 +223,21 @@ def test_two_deploys_at_once_one_fails_cleanly(tmp_path: Path) -> None:
     check_release(root / "current")
     assert sorted(os.listdir(root)) == [".shipenv.lock", "current", "history.jsonl", "releases"]
 
+    # The same, made certain: the second starts while the first holds the lock (its --check sleeps).
+    v4 = pack(make_tree(tmp_path / "t4", "4.0"), dist)
+    first = _deploy_proc(v4, root, "--check", "sleep 2")
+    deadline = time.monotonic() + 30
+    while (root / ".shipenv.lock").read_text().strip() != str(first.pid):
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.01)
+    second = run_shipenv("deploy", v2, "--root", root, check=False)
+    assert second.returncode == 1
+    assert second.stderr == f"error: {LOCKED.format(root=root)}{first.pid}); try again or pass --wait SECONDS.\n"
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, (out, err)
+    assert current(root) == "releases/app-4.0"
+    check_release(root / "current")
+
 
 def test_two_deploys_at_once_with_wait_both_land_in_turn(tmp_path: Path) -> None:
     dist = tmp_path / "dist"

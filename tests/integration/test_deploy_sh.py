@@ -167,7 +167,7 @@ HOSTILE = {
     "device": (_device, "entry 'app-2.0/lib/null' is a device node"),
     "setuid": (lambda m, t: with_record(m + [file_member("app-2.0/bin/rootme", b"id\n", 0o4755)], entry("bin/rootme", b"id\n")),
                "'app-2.0/bin/rootme' has the setuid or setgid bit set"),
-    "bytes-differ": (_tampered, "files differ from RECORD: lib/app/__init__.py: FAILED"),
+    "bytes-differ": (_tampered, "1 file(s) differ from RECORD: lib/app/__init__.py; nothing was deployed."),
     "missing-file": (lambda m, t: with_record(m, entry("lib/app/ghost.py", b"boo\n")), "RECORD lists 'lib/app/ghost.py', which the archive lacks"),
     "not-in-record": (lambda m, t: m + [file_member("app-2.0/lib/app/extra.py", b"x = 1\n")], "'app-2.0/lib/app/extra.py' is not listed in RECORD"),
 }

@@ -164,7 +164,9 @@ python -c 'import sys; print(sys.prefix)'
     assert path == f"{release(root, '2.0.0') / 'bin'}:{CLEAN_PATH}"
     assert current == str(release(root, "2.0.0"))
 
-    run_shipenv("rollback", "--root", root)
+    # --to: the module root is shared by the tests of this file, and its
+    # history decides where a plain rollback goes.
+    run_shipenv("rollback", "--root", root, "--to", "1.0.0")
     try:
         shell = lmod(
             f"""

@@ -200,6 +200,16 @@ def test_a_tree_without_manifest_is_simply_sorted(tmp_path: Path) -> None:
     assert names == [rel for rel, _ in manifest_order(root)]
 
 
+def test_a_symlinked_metadata_directory_is_not_followed(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, with_manifest=False)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "manifest.json").write_text("{}")
+    os.symlink(tmp_path / "elsewhere", root / ".shipenv")
+    found = {m.name: m for m in members(pack(root, tmp_path / "a.tar").path)}
+    assert found["demo-1.0/.shipenv"].issym()
+    assert "demo-1.0/.shipenv/manifest.json" not in found
+
+
 @pytest.mark.parametrize("fmt, flag", [("tar.zst", "--zstd"), ("tar.gz", "-z"), ("tar.xz", "-J"), ("tar", "")])
 def test_system_tar_unpacks_it_identically(tree: Path, tmp_path: Path, fmt: str, flag: str) -> None:
     path = pack(tree, tmp_path / f"a.{fmt}", fmt).path

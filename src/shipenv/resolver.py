@@ -1,0 +1,152 @@
+"""Fast resolution with uv, and a store of the wheels pip fetched or built.
+
+pip is the reference: it runs inside the bundled interpreter and reads the
+machine's pip configuration. uv, where installed, answers the same question
+(which distributions, at which versions, for this interpreter) an order of
+magnitude faster; it is given the same indexes and find-links that pip's
+configuration names. Anything uv cannot do is left to pip, whose answer and
+error messages are authoritative.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from packaging.tags import Tag
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from shipenv.model import BuildOptions
+
+log = logging.getLogger(__name__)
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;]+)$")
+
+
+def find_uv() -> Path | None:
+    """uv from the ``uv`` package next to shipenv, or on PATH; ``SHIPENV_RESOLVER=pip`` opts out."""
+    if os.environ.get("SHIPENV_RESOLVER", "").lower() == "pip":
+        return None
+    candidate = Path(sys.executable).with_name("uv")
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which("uv")
+    return Path(found) if found else None
+
+
+def pip_locations() -> dict[str, list[str]]:
+    """index-url, extra-index-url and find-links from pip's environment and config files."""
+    result: dict[str, list[str]] = {"index-url": [], "extra-index-url": [], "find-links": []}
+    files = [Path("/etc/pip.conf"), Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "pip" / "pip.conf",
+             Path.home() / ".pip" / "pip.conf"]
+    if os.environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(os.environ["PIP_CONFIG_FILE"]))
+    for path in files:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path)
+        except configparser.Error:
+            continue
+        for section in ("global", "wheel", "install"):
+            for key in result:
+                if parser.has_option(section, key):
+                    result[key] = parser.get(section, key).split()
+    for key in result:
+        env = os.environ.get("PIP_" + key.upper().replace("-", "_"))
+        if env:
+            result[key] = env.split()
+    return result
+
+
+def uv_compile(uv: Path, python: Path, options: BuildOptions) -> list[str] | None:
+    """Pinned requirement lines for the bundled interpreter, or None to let pip decide."""
+    args = [str(uv), "pip", "compile", "-q", "--no-header", "--no-annotate", "--python", str(python)]
+    locations = pip_locations()
+    if options.wheels is not None:
+        args += ["--no-index", "--find-links", str(options.wheels)]
+    else:
+        for url in locations["index-url"][:1]:
+            args += ["--index-url", url]
+        for url in locations["extra-index-url"]:
+            args += ["--extra-index-url", url]
+        for link in locations["find-links"]:
+            args += ["--find-links", link]
+    inputs = [str(r) for r in options.requirements]
+    for con in options.constraints:
+        args += ["-c", str(con)]
+    tmp_req = None
+    if options.project is not None:
+        import tempfile
+
+        tmp_req = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+        tmp_req.write(str(options.project.resolve()) + "\n")
+        tmp_req.close()
+        inputs.append(tmp_req.name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    try:
+        proc = subprocess.run([*args, *inputs], capture_output=True, text=True, env=env, check=False, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.info("uv could not run (%s); resolving with pip", exc)
+        return None
+    finally:
+        if tmp_req is not None:
+            os.unlink(tmp_req.name)
+    if proc.returncode != 0:
+        log.info("uv could not resolve; pip will (and report why):\n%s", proc.stderr.strip())
+        return None
+    pins = [line.strip() for line in proc.stdout.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    log.debug("uv resolved: %s", pins)
+    return pins
+
+
+def lookup(store: Path, pin: str, tags: list[Tag]) -> Path | None:
+    """A stored wheel for ``name==version`` that this interpreter accepts, best tag first."""
+    m = _PIN.match(pin)
+    if not m:
+        return None  # a path or URL: always built by pip
+    name, version = canonicalize_name(m.group(1)), m.group(3)
+    rank = {tag: i for i, tag in enumerate(tags)}
+    best: tuple[int, Path] | None = None
+    for wheel in (store / name).glob("*.whl") if (store / name).is_dir() else []:
+        try:
+            _n, wversion, _b, wtags = parse_wheel_filename(wheel.name)
+        except ValueError:
+            continue
+        if str(wversion) != version:
+            continue
+        ranks = [rank[t] for t in wtags if t in rank]
+        if ranks and (best is None or min(ranks) < best[0]):
+            best = (min(ranks), wheel)
+    return best[1] if best else None
+
+
+def is_index_pin_wheel(wheel: Path, pins: list[str]) -> bool:
+    """True when the wheel answers a ``name==version`` pin (not a local path build)."""
+    name, version, _b, _t = parse_wheel_filename(wheel.name)
+    for pin in pins:
+        m = _PIN.match(pin)
+        if m and canonicalize_name(m.group(1)) == name and m.group(3) == str(version):
+            return True
+    return False
+
+
+def remember(store: Path, wheel: Path) -> None:
+    """Keep a copy of a fetched wheel (renamed into place: readers never see half a file)."""
+    name = parse_wheel_filename(wheel.name)[0]
+    dest_dir = store / name
+    dest = dest_dir / wheel.name
+    if dest.exists():
+        return
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        tmp = dest_dir / f".{wheel.name}.{os.getpid()}.tmp"
+        shutil.copyfile(wheel, tmp)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        log.warning("cache: could not keep %s (%s)", wheel.name, exc)
