@@ -22,8 +22,10 @@ readonly SETUP_VERSION=1
 # module files. zsh, ksh and shellcheck check the sh activate script in every
 # shell it supports; gcc and zlib1g-dev build the test sdist whose C extension
 # links a system library (tests/packages/zext); curl fetches from the example
-# service.
-readonly APT_PACKAGES=(debootstrap zstd xz-utils pigz fish csh tcsh zsh ksh shellcheck lmod gcc zlib1g-dev curl)
+# service; systemd's systemd-analyze checks the example unit; Java runs the
+# Spark test's local cluster.
+readonly APT_PACKAGES=(debootstrap zstd xz-utils pigz fish csh tcsh zsh ksh shellcheck lmod gcc zlib1g-dev curl
+    systemd openjdk-17-jre-headless)
 readonly ROOT_KINDS=(glibc bookworm bullseye)
 
 cd "$(dirname "$0")/.."
