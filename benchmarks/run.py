@@ -98,8 +98,31 @@ def pyenv_python() -> Path:
 
 
 PY = pyenv_python()
-SHIPENV = Path(sys.executable).with_name("shipenv")
 SHIP_PY = Path(sys.executable)
+#: shipenv as it was when the run started: src/shipenv and templates/ copied (mtimes kept) into the
+#: scratch dir and run by the dev venv's interpreter. Other engineers edit the working tree while a
+#: run takes half an hour; without the snapshot, builds would mix versions, and an edit to a
+#: template (part of the cache keys) would turn every warm-cache rebuild into a miss.
+SNAPSHOT = RUN / "shipenv-snapshot"
+SHIPENV_MAIN = "import sys; sys.path.insert(0, sys.argv.pop(1)); sys.argv[0] = 'shipenv'; from shipenv.cli import main; sys.exit(main())"
+
+
+def shipenv_cmd(*args: str) -> list[str]:
+    return [str(SHIP_PY), "-c", SHIPENV_MAIN, str(SNAPSHOT), *args]
+
+
+def take_snapshot() -> str:
+    """Copy the package and its templates; return a digest of what was copied."""
+    import hashlib
+
+    src = REPO / "src" / "shipenv"
+    shutil.copytree(src, SNAPSHOT / "shipenv", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "templates", SNAPSHOT / "shipenv" / "templates", ignore=shutil.ignore_patterns("__pycache__"))
+    digest = hashlib.sha256()
+    for path in sorted((SNAPSHOT / "shipenv").rglob("*")):
+        if path.is_file():
+            digest.update(path.relative_to(SNAPSHOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def sh(cmd: str, log: Path | None = None, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -316,6 +339,11 @@ def skip(key: str, label: str, why: str) -> Figure:
     return fig
 
 
+#: shipenv's archive writer alone, in a fresh process: argv = SNAPSHOT ROOT DEST FMT ARCNAME.
+WRITE_CODE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from pathlib import Path; from shipenv import archive; "
+              "archive.write(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], level=None, threads=0, "
+              f"mtime={EPOCH}, arcname=sys.argv[4])")
+
 STEP_RE = re.compile(r"^• (.*) \[(\d+(?:\.\d+)?)s\]\s*$")
 
 
@@ -403,7 +431,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def shipenv_build(req: Path, version: str, out: Path, *extra: str) -> list[str]:
-    return [str(SHIPENV), "build", "-v", "-r", str(req), "--python", str(PY), "--name", NAME, "--version", version, "-o", str(out), *extra]
+    return shipenv_cmd("build", "-v", "-r", str(req), "--python", str(PY), "--name", NAME, "--version", version, "-o", str(out), *extra)
 
 
 def group_build(ctx: dict[str, Any], runs: int, warm: int, quick: bool) -> None:
@@ -548,10 +576,7 @@ def group_pack(ctx: dict[str, Any], runs: int, warm: int) -> None:
     parent, name = shlex.quote(str(tree.parent)), shlex.quote(tree.name)
 
     def writer(fmt: str, out: Path) -> list[str]:
-        code = ("import sys; from pathlib import Path; from shipenv import archive; "
-                "archive.write(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], level=None, threads=0, "
-                f"mtime={EPOCH}, arcname=sys.argv[4])")
-        return [str(SHIP_PY), "-c", code, str(tree), str(out), fmt, tree.name]
+        return [str(SHIP_PY), "-c", WRITE_CODE, str(SNAPSHOT), str(tree), str(out), fmt, tree.name]
 
     outs = {"pack.shipenv_zst": p / "shipenv.tar.zst", "pack.tar_zstd": p / "tar.tar.zst", "pack.shipenv_gz": p / "shipenv.tar.gz",
             "pack.tar_gz": p / "tar.tar.gz", "pack.tar_pigz": p / "pigz.tar.gz"}
@@ -586,7 +611,7 @@ def group_deploy(ctx: dict[str, Any], runs: int, warm: int) -> None:
         return
 
     def deploy_cmd(archive: Path, root: Path) -> list[str]:
-        return [str(SHIPENV), "deploy", "-v", str(archive), "--root", str(root)]
+        return shipenv_cmd("deploy", "-v", str(archive), "--root", str(root))
 
     def steps_into(key: str) -> Callable[[int, str], None]:
         return lambda i, out: FIG[key].extra.setdefault("steps", []).append(output_steps(out))
@@ -672,20 +697,17 @@ def group_big(ctx: dict[str, Any], runs: int, warm: int) -> None:
         return
     VAL["big.tree_bytes"] = du(tree, apparent=True)
     VAL["big.tree_files"] = count_files(tree)
-    code = ("import sys; from pathlib import Path; from shipenv import archive; "
-            "archive.write(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], level=None, threads=0, "
-            f"mtime={EPOCH}, arcname=sys.argv[4])")
     zst, gz = g / "big.tar.zst", g / "big.tar.gz"
     for key, fmt, out in (("big.pack_zst", "tar.zst", zst), ("big.pack_gz", "tar.gz", gz)):
         f = measure(key, f"shipenv archive.write {fmt} of the {VAL['big.tree_bytes'] / 1e9:.2f} GB tree",
-                    [[str(SHIP_PY), "-c", code, str(tree), str(out), fmt, tree.name]], runs=1, warm=0,
+                    [[str(SHIP_PY), "-c", WRITE_CODE, str(SNAPSHOT), str(tree), str(out), fmt, tree.name]], runs=1, warm=0,
                     setup=lambda i, o=out: o.unlink(missing_ok=True))
         if f.ok:
             f.extra["size"] = out.stat().st_size
             f.extra["mb_per_s"] = round(VAL["big.tree_bytes"] / 1e6 / f.median, 1)
     if FIG["big.pack_zst"].ok:
         measure("big.deploy", "shipenv deploy of the >1 GB .tar.zst (empty root)",
-                [[str(SHIPENV), "deploy", "-v", str(zst), "--root", str(g / "root")]], runs=1, warm=0,
+                [shipenv_cmd("deploy", "-v", str(zst), "--root", str(g / "root"))], runs=1, warm=0,
                 setup=lambda i: discard(g / "root"))
     else:
         skip("big.deploy", "shipenv deploy of the >1 GB bundle", "its packing failed")
@@ -964,8 +986,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_warm = 0 if args.quick else warm
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
 
-    if not SHIPENV.exists():
-        print(f"error: {SHIPENV} not found; run this with the dev venv's python (/work/main/.venv/bin/python).", file=sys.stderr)
+    try:
+        import shipenv  # noqa: F401 - its dependencies (zstandard, lief, ...) must import here
+    except ImportError as exc:
+        print(f"error: {exc}; run this with the dev venv's python (/work/main/.venv/bin/python).", file=sys.stderr)
         return 2
     if not PY.exists():
         print(f"error: CPython {PYVER} not found at {PY}.", file=sys.stderr)
@@ -977,11 +1001,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "src", "templates"], capture_output=True, text=True).stdout
-    shipenv_v = subprocess.run([str(SHIPENV), "--version"], capture_output=True, text=True, env=ENV).stdout.strip()
+    snap = take_snapshot()
+    shipenv_v = subprocess.run(shipenv_cmd("--version"), capture_output=True, text=True, env=ENV).stdout.strip()
     meta: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}",
-        "git": git + (f" + {len(dirty.splitlines())} uncommitted change(s) in src/templates" if dirty.strip() else ""),
+        "git": git + (f" + {len(dirty.splitlines())} uncommitted change(s) in src/templates" if dirty.strip() else "") + f", snapshot {snap}",
         "shipenv": shipenv_v, "runs": runs, "warm": warm, "build_warm": build_warm, "quick": args.quick, "groups": groups,
         "load_start": loadavg(), "bench_dir": str(BENCH),
     }

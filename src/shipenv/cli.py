@@ -15,11 +15,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from shipenv import __version__
-from shipenv.errors import ShipenvError, UsageError
-from shipenv.model import FORMATS, STDLIB_OPTIONAL, BuildOptions
+from shipenv.errors import ShipenvError
+from shipenv.model import FORMATS, STDLIB_OPTIONAL
 
 log = logging.getLogger("shipenv")
 

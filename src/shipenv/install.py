@@ -13,18 +13,15 @@ bundle from their own location.
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import logging
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -37,27 +34,14 @@ from installer.utils import Scheme as InstallerScheme
 from packaging.tags import Tag, compatible_tags, cpython_tags, platform_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from shipenv import interpreter, resolver, templates
+from shipenv import interpreter, launchers, resolver, venv
 from shipenv.errors import InstallError, ResolveError, listing
-from shipenv.model import BuildOptions, Distribution, PythonInfo
+from shipenv.model import BuildOptions, Distribution, PythonInfo, Scheme
 
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
 
-#: Never copied from a venv: installing into a deployed release would break its RECORD.
-_VENV_SKIP = {"pip"}
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """Where the copied interpreter itself says things go, relative to the tree root."""
-
-    purelib: PurePosixPath
-    platlib: PurePosixPath
-    scripts: PurePosixPath
-    data: PurePosixPath
-    headers: PurePosixPath
 
 
 @dataclass(frozen=True)
@@ -81,10 +65,10 @@ def resolve_sources(options: BuildOptions) -> Sources:
         name, version = meta.get("name"), meta.get("version")
         host.append(options.project.resolve())
     if options.venv is not None:
-        venv = options.venv.resolve()
-        host.append(venv)
-        python = str(venv / "bin" / "python")
-        venv_site = _venv_site(venv)
+        venv_dir = options.venv.resolve()
+        host.append(venv_dir)
+        python = str(venv_dir / "bin" / "python")
+        venv_site = venv.site_packages(venv_dir)
     if options.wheels is not None:
         host.append(options.wheels.resolve())
     return Sources(name, version, python, tuple(host), venv_site)
@@ -106,13 +90,6 @@ def _project_metadata(project: Path) -> dict[str, str]:
     if isinstance(table.get("version"), str):
         out["version"] = table["version"]
     return out
-
-
-def _venv_site(venv: Path) -> Path:
-    found = sorted(venv.glob("lib/python3.*/site-packages"))
-    if not found:
-        raise InstallError(f"--venv {venv} has no lib/python3.X/site-packages.")
-    return found[-1]
 
 
 def tree_scheme(python: Path, root: Path) -> Scheme:
@@ -146,53 +123,7 @@ def tree_scheme(python: Path, root: Path) -> Scheme:
     )
 
 
-# --------------------------------------------------------------------------- launchers
-
-
-def launcher_env(py: PythonInfo) -> str:
-    """3.11+ takes ``__PYVENV_LAUNCHER__`` as ``sys.executable`` and unsets it at start-up,
-    so children that run ``sys.executable`` come back through ``bin/python``; older
-    versions would leave it in the environment for every child, so they get nothing."""
-    return '__PYVENV_LAUNCHER__="$d/python" ' if py.version[:2] >= (3, 11) else ""
-
-
-def python_launcher(py: PythonInfo) -> str:
-    return templates.render("python.sh", xy=py.xy, launcher_env=launcher_env(py))
-
-
-def script_launcher(py: PythonInfo, name: str, module: str, attr: str) -> str:
-    import_name = attr.split(".")[0] if attr else module.rsplit(".", 1)[-1]
-    if attr:
-        call = f"{attr}()"
-        module_text = module
-    else:
-        # "name = package.module" with no attribute: run the module's main().
-        module_text, _, import_name = module.rpartition(".")
-        call = f"{import_name}.main()" if module_text else f"{module}.main()"
-        if not module_text:
-            return templates.render("script.py", name=name, target=module, xy=py.xy, launcher_env=launcher_env(py),
-                                    module=module, import_name="main", call="main()")
-    return templates.render("script.py", name=name, target=f"{module}:{attr}", xy=py.xy,
-                            launcher_env=launcher_env(py), module=module_text, import_name=import_name, call=call)
-
-
-def write_python_launchers(py: PythonInfo, root: Path) -> None:
-    text = python_launcher(py)
-    for name in ("python", f"python{py.version[0]}"):
-        path = root / "bin" / name
-        if path.is_symlink() or path.exists():
-            path.unlink()
-        path.write_text(text)
-        os.chmod(path, 0o755)
-
-
 # --------------------------------------------------------------------------- install
-
-
-def prepare_tree(py: PythonInfo, root: Path, scheme: Scheme) -> None:
-    """Launchers for ``bin/python`` and the start-up module that re-applies safe settings."""
-    write_python_launchers(py, root)
-    _install_runtime(root, scheme)
 
 
 def collect_wheels(
@@ -274,28 +205,6 @@ def wheel_content_key(wheel: Path) -> str:
 def wheel_distribution(wheel: Path, source: str) -> Distribution:
     name, version, _b, _t = parse_wheel_filename(wheel.name)
     return Distribution(canonicalize_name(str(name)), str(version), source)
-
-
-def write_entries(options: BuildOptions, py: PythonInfo, root: Path, scheme: Scheme) -> None:
-    """``--entry NAME=module:function`` commands in ``bin/``."""
-    for name, target in options.entries:
-        module, _, attr = target.partition(":")
-        _write_launcher(root / scheme.scripts / name, script_launcher(py, name, module, attr))
-
-
-def _install_runtime(root: Path, scheme: Scheme) -> None:
-    site = root / scheme.purelib
-    site.mkdir(parents=True, exist_ok=True)
-    for name in ("_shipenv_runtime.py", "_shipenv_runtime.pth"):
-        (site / name).write_text(templates.read(name))
-
-
-def _write_launcher(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    path.write_text(text)
-    os.chmod(path, 0o755)
 
 
 def _pip_home() -> Path:
@@ -433,7 +342,7 @@ class _Destination(SchemeDictionaryDestination):
         self.py = py
 
     def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:
-        text = script_launcher(self.py, name, module, attr).encode()
+        text = launchers.script_launcher(self.py, name, module, attr).encode()
         entry: RecordEntry = self.write_to_fs(InstallerScheme("scripts"), name, io.BytesIO(text), is_executable=True)
         return entry
 
@@ -455,156 +364,3 @@ def install_wheel(wheel: Path, root: Path, scheme: Scheme, py: PythonInfo, sourc
         raise InstallError(f"Cannot install {wheel.name} ({exc}).", hint="The wheel may be corrupt; download it again.") from exc
     return wheel_distribution(wheel, source)
 
-
-# --------------------------------------------------------------------------- venv
-
-
-def copy_venv(site: Path, root: Path, scheme: Scheme, py: PythonInfo) -> list[Distribution]:
-    """Copy a venv's site-packages; regenerate its scripts as launchers; refuse what cannot move."""
-    editable = _editables(site)
-    if editable:
-        raise InstallError(
-            f"The venv has editable installs, which point at source directories on this machine: {listing(editable)}.",
-            hint="Install them normally (`pip install .` without -e) or build from the project directory with `shipenv build PROJECT`.",
-        )
-    bad_pth = _absolute_pth(site)
-    if bad_pth:
-        raise InstallError(
-            f"The venv has .pth files adding directories outside it: {listing(bad_pth)}.",
-            hint="Install those directories as packages, or remove the .pth files.",
-        )
-    venv_version = site.parent.name.removeprefix("python")
-    if venv_version != py.xy:
-        raise InstallError(f"The venv is for Python {venv_version}, but the bundle's Python is {py.xy}.", hint="Leave out --python or give the venv's own Python.")
-    dest = root / scheme.purelib
-    skip = {canonicalize_name(n) for n in _VENV_SKIP}
-    dists: list[Distribution] = []
-    skipped_files: set[str] = set()
-    for info in sorted(site.glob("*.dist-info")):
-        name, version = _dist_name_version(info)
-        if canonicalize_name(name) in skip:
-            skipped_files |= _record_files(info)
-            continue
-        dists.append(Distribution(canonicalize_name(name), version, "venv"))
-    for entry in sorted(site.iterdir()):
-        rel = entry.name
-        if rel in skipped_files or rel == "__pycache__" or any(rel.startswith(f"{s}-") and rel.endswith(".dist-info") for s in _VENV_SKIP):
-            continue
-        target = dest / rel
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-        else:
-            shutil.copy2(entry, target, follow_symlinks=False)
-    for info in sorted(site.glob("*.dist-info")):
-        name, _ = _dist_name_version(info)
-        if canonicalize_name(name) in skip:
-            continue
-        for script, module, attr in _entry_points(info):
-            _write_launcher(root / scheme.scripts / script, script_launcher(py, script, module, attr))
-    return dists
-
-
-def _record_files(info: Path) -> set[str]:
-    record = info / "RECORD"
-    if not record.is_file():
-        return set()
-    tops = set()
-    for row in csv.reader(io.StringIO(record.read_text(errors="replace"))):
-        if row and not row[0].startswith(".."):
-            tops.add(row[0].split("/")[0])
-    return tops
-
-
-def _dist_name_version(info: Path) -> tuple[str, str]:
-    meta = info / "METADATA"
-    name = version = ""
-    if meta.is_file():
-        for line in meta.read_text(errors="replace").splitlines():
-            if line.startswith("Name:") and not name:
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("Version:") and not version:
-                version = line.split(":", 1)[1].strip()
-            elif not line.strip():
-                break
-    if not name:
-        stem = info.name[: -len(".dist-info")]
-        name, _, version = stem.partition("-")
-    return name, version
-
-
-def _entry_points(info: Path) -> list[tuple[str, str, str]]:
-    path = info / "entry_points.txt"
-    if not path.is_file():
-        return []
-    import configparser
-
-    parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    parser.read_string(path.read_text())
-    result = []
-    for section in ("console_scripts", "gui_scripts"):
-        if parser.has_section(section):
-            for name, value in parser.items(section):
-                target = value.split("[")[0].strip()
-                module, _, attr = target.partition(":")
-                result.append((name.strip(), module.strip(), attr.strip()))
-    return result
-
-
-def _editables(site: Path) -> list[str]:
-    found = []
-    for info in sorted(site.glob("*.dist-info")):
-        direct = info / "direct_url.json"
-        if direct.is_file():
-            try:
-                data = json.loads(direct.read_text())
-            except ValueError:
-                continue
-            if data.get("dir_info", {}).get("editable"):
-                found.append(_dist_name_version(info)[0])
-    found += [p.name for p in sorted(site.glob("*.egg-link"))]
-    return found
-
-
-def _absolute_pth(site: Path) -> list[str]:
-    bad = []
-    for pth in sorted(site.glob("*.pth")):
-        for line in pth.read_text(errors="replace").splitlines():
-            line = line.strip()
-            if not line or line.startswith(("#", "import ", "import\t")):
-                continue
-            target = Path(line) if os.path.isabs(line) else site / line
-            try:
-                target.resolve().relative_to(site.parent.parent.parent.resolve())
-            except ValueError:
-                bad.append(f"{pth.name} ({line})")
-    return bad
-
-
-# --------------------------------------------------------------------------- text relocation
-
-_SHEBANG = re.compile(rb"^#!\s*(\S*python[\d.]*)\b")
-
-
-def relocate_text(root: Path, scheme: Scheme, py: PythonInfo, sources: Sources) -> None:
-    """Scripts in ``bin/`` whose ``#!`` names a host Python become bundle launchers.
-
-    Scripts that are not entry points (a wheel's ``.data/scripts``, a venv's
-    hand-written tools) keep their body; only the first line changes, to the
-    polyglot header that finds the bundle's interpreter.
-    """
-    bin_dir = root / scheme.scripts
-    for path in sorted(bin_dir.iterdir()) if bin_dir.is_dir() else []:
-        if path.is_symlink() or not path.is_file():
-            continue
-        with path.open("rb") as f:
-            head = f.read(512)
-        m = _SHEBANG.match(head)
-        if not m or not m.group(1).startswith(b"/"):
-            continue
-        body = path.read_bytes().split(b"\n", 1)[1] if b"\n" in path.read_bytes() else b""
-        header = templates.render("script.py", name=path.name, target="script", xy=py.xy, launcher_env=launcher_env(py),
-                                  module="sys", import_name="exit", call="0").split("'''\n", 2)
-        text = header[0] + "'''\n" + header[1] + "'''\n"
-        path.write_bytes(text.encode() + body)
-        os.chmod(path, 0o755)

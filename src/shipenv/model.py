@@ -140,6 +140,19 @@ class RelocationPlan:
 
 
 @dataclass(frozen=True)
+class Scheme:
+    """Where the copied interpreter itself says things go, relative to the tree root."""
+
+    purelib: PurePosixPath
+    platlib: PurePosixPath
+    scripts: PurePosixPath
+    data: PurePosixPath
+    headers: PurePosixPath
+
+
+
+
+@dataclass(frozen=True)
 class Distribution:
     name: str
     version: str

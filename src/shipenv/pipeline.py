@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from shipenv import __version__, cache, elf, interpreter, manifest, policy, relocate, templates
+from shipenv import __version__, cache, elf, interpreter, launchers, manifest, policy, relocate, templates, venv
 from shipenv.errors import InstallError, PolicyError, RelocateError, UsageError, listing
 from shipenv.model import BuildOptions, BuildResult, PythonInfo
 
@@ -149,7 +149,7 @@ def _interpreter_layer(
     relocate.apply(plan, root, elf.LiefPatcher())
     python = root / "bin" / f"python{py.xy}"
     scheme = install.tree_scheme(python, root)
-    install.prepare_tree(py, root, scheme)
+    launchers.prepare_tree(py, root, scheme)
     say("Byte-compiling the standard library")
     byte_compile(python, [root])
     if store is not None:
@@ -206,13 +206,13 @@ def _build_tree(
 
     if options.venv is not None:
         say(f"Copying packages from {options.venv}")
-        copied = install.copy_venv(sources.venv_site, root, scheme, py)
+        copied = venv.copy_venv(sources.venv_site, root, scheme, py)
         distributions += copied
         plan = relocate.plan(root, lib_policy, machine=py.machine)
         relocate.apply(plan, root, elf.LiefPatcher())
         byte_compile(python, [root / scheme.purelib], relative_to=root)
-    install.write_entries(options, py, root, scheme)
-    install.relocate_text(root, scheme, py, sources)
+    launchers.write_entries(options, py, root, scheme)
+    launchers.relocate_shebangs(root, scheme, py)
     distributions.sort(key=lambda d: d.name)
 
     say("Auditing for build-host paths")

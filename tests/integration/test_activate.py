@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import termios
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 

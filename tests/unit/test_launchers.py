@@ -6,7 +6,7 @@ import ast
 import subprocess
 from pathlib import Path
 
-from shipenv import install
+from shipenv import install, launchers
 from shipenv.model import PythonInfo
 
 
@@ -15,7 +15,7 @@ def py(version: tuple[int, int, int]) -> PythonInfo:
 
 
 def test_script_launcher_is_python_and_sh() -> None:
-    text = install.script_launcher(py((3, 12, 1)), "serve", "app.main", "run")
+    text = launchers.script_launcher(py((3, 12, 1)), "serve", "app.main", "run")
     ast.parse(text)  # valid Python: bin/python3.12 bin/serve works without a shell
     shell_part = text.split("\n" + "'" * 3 + "\n")[0]  # sh never reads past its exec line
     assert subprocess.run(["sh", "-n"], input=shell_part, text=True, check=False).returncode == 0
@@ -25,18 +25,18 @@ def test_script_launcher_is_python_and_sh() -> None:
 
 def test_old_pythons_get_no_launcher_variable() -> None:
     # 3.8-3.10 on Linux neither read nor unset it: it would leak into every child.
-    text = install.script_launcher(py((3, 10, 13)), "serve", "app", "main")
+    text = launchers.script_launcher(py((3, 10, 13)), "serve", "app", "main")
     assert "__PYVENV_LAUNCHER__" not in text.split("'''")[1]
 
 
 def test_dotted_attribute_entry_points() -> None:
-    text = install.script_launcher(py((3, 12, 1)), "x", "pkg.cli", "Main.run")
+    text = launchers.script_launcher(py((3, 12, 1)), "x", "pkg.cli", "Main.run")
     assert "from pkg.cli import Main" in text and "sys.exit(Main.run())" in text
     ast.parse(text)
 
 
 def test_python_launcher_is_posix_sh() -> None:
-    text = install.python_launcher(py((3, 11, 7)))
+    text = launchers.python_launcher(py((3, 11, 7)))
     assert text.startswith("#!/bin/sh\n")
     assert subprocess.run(["sh", "-n"], input=text, text=True, check=False).returncode == 0
     assert 'exec "$d/python3.11" -E -s "$@"' in text
