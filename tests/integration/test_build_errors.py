@@ -98,3 +98,12 @@ def test_max_glibc_that_is_not_a_version(tmp_path: Path) -> None:
 def test_unknown_keep_stdlib_and_missing_requirements_file(tmp_path: Path) -> None:
     msg = _fails(tmp_path / "out", "-r", tmp_path / "nope.txt", "--format", "dir")
     assert "nope.txt does not exist" in msg
+
+
+def test_report_prints_the_whole_audit(tmp_path: Path) -> None:
+    proc = run_shipenv("build", "-o", tmp_path, "--python", pyenv_python("3.12"), "--name", "r", "--version", "1", "--format", "dir", "--report")
+    findings = [line for line in proc.stdout.splitlines() if line.startswith(("metadata", "runs"))]
+    assert findings, proc.stdout
+    # Nothing that runs may remain; every leftover comes with its reason.
+    assert all(line.startswith("metadata ") and " — " in line for line in findings)
+    assert any("_sysconfigdata" in line for line in findings)
