@@ -51,7 +51,7 @@ class Console:
     def step(self, message: str) -> None:
         if self.quiet or not (self.tty or self.verbose):
             return
-        self._clear_progress()
+        self.end_progress()
         elapsed = time.monotonic() - self._started
         print(f"{self._paint('•', '36')} {message} {self._paint(f'[{elapsed:.1f}s]', '2')}", file=self.stream)
 
@@ -64,19 +64,19 @@ class Console:
         self.stream.flush()
         self._progress_shown = True
 
-    def _clear_progress(self) -> None:
+    def end_progress(self) -> None:
         if self._progress_shown:
             self.stream.write("\r\033[K")
             self._progress_shown = False
 
     def error(self, message: str, hint: str | None) -> None:
-        self._clear_progress()
+        self.end_progress()
         print(f"{self._paint('error:', '1;31')} {message}", file=self.stream)
         if hint:
             print(f"{self._paint('hint:', '1;33')} {hint}", file=self.stream)
 
     def warn(self, message: str) -> None:
-        self._clear_progress()
+        self.end_progress()
         print(f"{self._paint('warning:', '1;33')} {message}", file=self.stream)
 
 
@@ -239,7 +239,8 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
     from shipenv import config, pipeline
 
     options = config.build_options(args)
-    result = pipeline.build(options, step=console.step)
+    result = pipeline.build(options, step=console.step, progress=console.progress)
+    console.end_progress()
     if args.report:
         for finding in result.audit:
             print(f"{finding.kind:8} {finding.path}: {finding.needle} — {finding.reason}")
@@ -279,7 +280,7 @@ def _cmd_verify(args: argparse.Namespace, console: Console) -> int:
     from shipenv import verify
 
     report = verify.verify(args.bundle, run=args.run, progress=console.progress)
-    console._clear_progress()
+    console.end_progress()
     print(f"OK: {report.files:,} files match the manifest of {report.name}")
     return 0
 
@@ -290,7 +291,7 @@ def _cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     # SHIPENV_HOST_GLIBC: for hosts where detecting the C library's version fails or lies.
     host = deploy.HostFacts.detect(os.environ.get("SHIPENV_HOST_GLIBC"))
     result = deploy.deploy(args.archive, args.root, check=args.check, keep=args.keep, wait=args.wait, host=host, step=console.step, progress=console.progress)
-    console._clear_progress()
+    console.end_progress()
     print(result.message)
     return 0
 

@@ -9,6 +9,7 @@ interrupted build leaves nothing half-written where the artifact would go.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -20,12 +21,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from shipenv import __version__, cache, elf, interpreter, launchers, manifest, policy, relocate, templates, venv
-from shipenv.errors import InstallError, PolicyError, RelocateError, UsageError, listing
+from shipenv.errors import InstallError, PolicyError, RelocateError, ShipenvError, UsageError, listing
 from shipenv.model import BuildOptions, BuildResult, PythonInfo
 
 log = logging.getLogger(__name__)
 
 Step = Callable[[str], None]
+Progress = Callable[[int, int], None]
 
 #: Used when SOURCE_DATE_EPOCH is not set: 2020-01-01T00:00:00Z.
 DEFAULT_EPOCH = 1577836800
@@ -71,9 +73,28 @@ def _check_destination(path: Path) -> None:
         raise UsageError(f"The output {path} exists and is not empty.", hint="Remove it or choose another -o.")
 
 
-def build(options: BuildOptions, step: Step | None = None) -> BuildResult:
-    """Build a bundle as ``options`` say and return where it is."""
-    say = step or (lambda _msg: None)
+def build(options: BuildOptions, step: Step | None = None, progress: Progress | None = None) -> BuildResult:
+    """Build a bundle as ``options`` say and return where it is.
+
+    ``step`` hears about each stage and ``progress`` about packing (files,
+    bytes); neither is needed. A disk that fills up or an output directory that
+    cannot be written is reported in one sentence, with nothing left behind.
+    """
+    try:
+        return _build(options, step or (lambda _msg: None), progress)
+    except OSError as exc:
+        where = exc.filename or options.output
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ShipenvError(
+                f"The disk holding {where} is full; nothing was written.",
+                hint="Free some space (or choose another -o or --cache-dir) and build again.",
+            ) from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise UsageError(f"Cannot write to {where} ({exc.strerror}).", hint="Choose an -o you can write to.") from exc
+        raise
+
+
+def _build(options: BuildOptions, say: Step, progress: Progress | None) -> BuildResult:
     from shipenv import install  # the package stage; imported late to keep the core light
 
     sources = install.resolve_sources(options)
@@ -99,7 +120,10 @@ def build(options: BuildOptions, step: Step | None = None) -> BuildResult:
         from shipenv import archive
 
         say(f"Packing {artifact.name}")
-        packed = archive.write(root, staging / artifact.name, fmt, level=options.compress_level, threads=options.threads, mtime=epoch, arcname=tree_name)
+        packed = archive.write(
+            root, staging / artifact.name, fmt, level=options.compress_level, threads=options.threads,
+            mtime=epoch, arcname=tree_name, progress=progress,
+        )
         os.replace(packed.path, artifact)
         sha_file = artifact.with_name(artifact.name + ".sha256")
         sha_file.write_text(f"{packed.sha256}  {artifact.name}\n")

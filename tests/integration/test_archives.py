@@ -61,6 +61,9 @@ def test_system_tar_unpacks_a_bundle_that_runs_and_verifies(packed: tuple[str, P
         ok = run_shipenv("verify", target)
         assert ok.stdout.startswith("OK: ") and "match the manifest of hello-1.0" in ok.stdout
 
+    if fmt == "tar.xz":  # --level 2 reached lzma through the CLI and the pipeline: preset 2 means a 2 MiB dictionary
+        assert "--lzma2=dict=2MiB" in subprocess.run(["xz", "-lvv", str(path)], capture_output=True, text=True, check=True).stdout
+
 
 def test_verify_run_uses_a_moved_copy(built_bundle: BuildFn) -> None:
     path = hello(built_bundle, "tar.gz")

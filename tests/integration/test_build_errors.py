@@ -107,3 +107,15 @@ def test_report_prints_the_whole_audit(tmp_path: Path) -> None:
     # Nothing that runs may remain; every leftover comes with its reason.
     assert all(line.startswith("metadata ") and " — " in line for line in findings)
     assert any("_sysconfigdata" in line for line in findings)
+
+
+def test_full_disk(tmp_path: Path) -> None:
+    small = tmp_path / "small disk"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
+    try:
+        msg = _fails(small / "out", "--python", pyenv_python("3.12"), "--name", "a", "--version", "1", "--format", "dir", "--no-cache")
+        assert "is full" in msg
+        assert not [p for p in (small / "out").iterdir()], "the partial build was left on the full disk"
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
