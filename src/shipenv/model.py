@@ -205,5 +205,4 @@ class BuildResult:
     glibc_floor: tuple[int, int] | None
     sha256: str | None = None
     audit: tuple[AuditFinding, ...] = ()
-    skipped_stdlib: tuple[str, ...] = ()
     vendored: tuple[str, ...] = ()

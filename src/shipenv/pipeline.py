@@ -16,13 +16,17 @@ import shutil
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shipenv.install import Sources
 
 from shipenv import __version__, cache, elf, interpreter, launchers, manifest, policy, relocate, templates, venv
 from shipenv.errors import InstallError, PolicyError, RelocateError, ShipenvError, UsageError, listing
-from shipenv.model import BuildOptions, BuildResult, PythonInfo
+from shipenv.model import AuditFinding, BuildOptions, BuildResult, PythonInfo
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +115,12 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
     try:
         root = staging / tree_name
         root.mkdir()
-        result = _build_tree(options, py, sources, root, name, version, epoch, say)
+        tree = _build_tree(options, py, sources, root, name, version, epoch, say)
         if fmt == "dir":
             if artifact.is_dir():
                 artifact.rmdir()
             os.replace(root, artifact)
-            return BuildResult(artifact, tree_name, result["floor"], None, result["audit"], result["skipped"], result["vendored"])
+            return BuildResult(artifact, tree_name, tree.floor, None, tree.audit, tree.vendored)
         from shipenv import archive
 
         say(f"Packing {artifact.name}")
@@ -127,9 +131,18 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
         os.replace(packed.path, artifact)
         sha_file = artifact.with_name(artifact.name + ".sha256")
         sha_file.write_text(f"{packed.sha256}  {artifact.name}\n")
-        return BuildResult(artifact, tree_name, result["floor"], packed.sha256, result["audit"], result["skipped"], result["vendored"])
+        return BuildResult(artifact, tree_name, tree.floor, packed.sha256, tree.audit, tree.vendored)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class TreeResult:
+    """What the finished tree is, for the build's report."""
+
+    floor: tuple[int, int] | None
+    audit: tuple[AuditFinding, ...]
+    vendored: tuple[str, ...]
 
 
 def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
@@ -184,13 +197,13 @@ def _interpreter_layer(
 def _build_tree(
     options: BuildOptions,
     py: PythonInfo,
-    sources: Any,
+    sources: Sources,
     root: Path,
     name: str,
     version: str,
     epoch: int,
     say: Step,
-) -> dict[str, Any]:
+) -> TreeResult:
     from shipenv import audit, install
 
     store = cache.open_cache(options.cache_dir, options.use_cache)
@@ -291,7 +304,7 @@ def _build_tree(
     say("Writing the manifest")
     templates.install_bundle_files(root)
     manifest.write(root, metadata)
-    return {"floor": floor, "audit": tuple(findings), "skipped": (), "vendored": tuple(vendored)}
+    return TreeResult(floor, tuple(findings), tuple(vendored))
 
 
 def _merge(layer: Path, root: Path, what: str, *, move: bool = False) -> None:
