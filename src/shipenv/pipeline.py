@@ -241,7 +241,7 @@ def _build_tree(
                 store.put("wheel", wheel_key, stage, host_files=host_files)
             _merge(stage, root, wheel_name, move=True)
 
-    if options.venv is not None:
+    if options.venv is not None and sources.venv_site is not None:
         say(f"Copying packages from {options.venv}")
         copied = venv.copy_venv(sources.venv_site, root, scheme, py)
         distributions += copied
