@@ -57,7 +57,7 @@ class Result:
 def candidates(tree: Path) -> list[Candidate]:
     found = [
         Candidate("zst", "shipenv tar.zst (level 3, all cores)", ".tar.zst", (sys.executable, "-c", SHIPENV, "{tree}", "{out}", "tar.zst")),
-        Candidate("gz", "shipenv tar.gz (level 6, all cores)", ".tar.gz", (sys.executable, "-c", SHIPENV, "{tree}", "{out}", "tar.gz")),
+        Candidate("gz", "shipenv tar.gz (level 5, all cores)", ".tar.gz", (sys.executable, "-c", SHIPENV, "{tree}", "{out}", "tar.gz")),
         Candidate("xz", "shipenv tar.xz (preset 6, 1 thread)", ".tar.xz", (sys.executable, "-c", SHIPENV, "{tree}", "{out}", "tar.xz")),
     ]
     if shutil.which("zstd"):

@@ -53,8 +53,9 @@ Progress = Callable[[int, int], None]
 Kind = Literal["dir", "file", "symlink", "other"]
 
 FORMATS = ("tar.zst", "tar.gz", "tar.xz", "tar")
-#: zstd's and gzip's own defaults; xz's default preset.
-DEFAULT_LEVELS = {"tar.zst": 3, "tar.gz": 6, "tar.xz": 6}
+#: zstd's and xz's own defaults. For gzip, zlib-ng's level 5 comes within 2 % of
+#: ``gzip -6``'s size and runs about a fifth faster than its level 6 (_codecs).
+DEFAULT_LEVELS = {"tar.zst": 3, "tar.gz": 5, "tar.xz": 6}
 LEVEL_RANGES = {"tar.zst": (1, 22), "tar.gz": (1, 9), "tar.xz": (0, 9)}
 
 _TAR_RECORD = 20 * tarfile.BLOCKSIZE  # what GNU tar pads archives to
@@ -108,7 +109,7 @@ def codec(fmt: str, level: int | None = None, threads: int = 0) -> Codec:
     ``threads=0`` means every core this process may use.
 
     >>> codec("tar.gz", None, 4)
-    Codec(fmt='tar.gz', level=6, threads=4)
+    Codec(fmt='tar.gz', level=5, threads=4)
     """
     if fmt not in FORMATS:
         raise UsageError(f"{fmt!r} is not an archive format; use one of {', '.join(FORMATS)}.")

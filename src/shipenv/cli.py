@@ -282,6 +282,8 @@ def _cmd_verify(args: argparse.Namespace, console: Console) -> int:
     report = verify.verify(args.bundle, run=args.run, progress=console.progress)
     console.end_progress()
     print(f"OK: {report.files:,} files match the manifest of {report.name}")
+    if args.run is not None:
+        print(f"OK: {args.run!r} succeeded in a copy moved to a path with a space")
     return 0
 
 

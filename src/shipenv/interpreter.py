@@ -240,7 +240,7 @@ def plan_copy(info: PythonInfo, keep: frozenset[str]) -> CopyPlan:
         top = rel.parts[0]
         if top in _ALWAYS_SKIP or "__pycache__" in rel.parts:
             continue
-        if dynload is not None and _is_within(src, dynload):
+        if dynload is not None and is_within(src, dynload):
             continue  # copied below, from wherever lib-dynload lives
         hit = next((t for t in dropped_top if rel.as_posix() == t or rel.as_posix().startswith(t + "/")), None)
         if hit is None and "test" not in keep and _NESTED_TESTS.match(rel.as_posix()):
@@ -273,7 +273,7 @@ def _is_build_artifact(name: str) -> bool:
     return name.endswith((".a", ".o")) or ".so" in name
 
 
-def _is_within(path: Path, parent: Path) -> bool:
+def is_within(path: Path, parent: Path) -> bool:
     try:
         path.relative_to(parent)
     except ValueError:

@@ -151,20 +151,12 @@ def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
         "interpreter",
         cache.file_digest(py.executable),
         cache.tree_fingerprint(py.stdlib),
-        cache.tree_fingerprint(py.dynload) if py.dynload and not _is_within(py.dynload, py.stdlib) else None,
+        cache.tree_fingerprint(py.dynload) if py.dynload and not interpreter.is_within(py.dynload, py.stdlib) else None,
         sorted(options.keep_stdlib),
         sorted(options.system_libs),
         (Path(policy.__file__).with_name("linux.json")).read_text(),
         cache.tree_fingerprint(templates.directory()),
     )
-
-
-def _is_within(path: Path, parent: Path) -> bool:
-    try:
-        path.relative_to(parent)
-    except ValueError:
-        return False
-    return True
 
 
 def _interpreter_layer(

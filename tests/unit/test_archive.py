@@ -291,7 +291,7 @@ def test_xz_gets_the_preset(tree: Path, tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_codec_defaults_and_limits() -> None:
     assert archive.codec("tar.zst") == archive.Codec("tar.zst", 3, archive.cpu_count())
-    assert archive.codec("tar.gz", None, 2) == archive.Codec("tar.gz", 6, 2)
+    assert archive.codec("tar.gz", None, 2) == archive.Codec("tar.gz", 5, 2)
     assert archive.codec("tar.xz", 9, 8).threads == 1  # lzma has no threaded encoder
     for fmt, level in (("tar.zst", 23), ("tar.gz", 0), ("tar.xz", 10), ("tar.gz", 10)):
         with pytest.raises(UsageError, match=f"--level {level} is out of range for {fmt}"):
