@@ -1,5 +1,0 @@
-def main():
-    import idna
-    import yaml
-
-    print(yaml.safe_dump({"host": idna.encode("bücher.example").decode()}), end="")

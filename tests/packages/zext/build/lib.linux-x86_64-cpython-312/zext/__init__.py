@@ -1,3 +1,0 @@
-from zext._zext import zlib_version
-
-__all__ = ["zlib_version"]
