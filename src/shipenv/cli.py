@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     meta.add_argument("--version", dest="bundle_version", metavar="VERSION", help="bundle version (default: the project's version)")
     meta.add_argument("-o", "--output", type=Path, default=Path("dist"), metavar="PATH", help="directory for NAME-VERSION[.EXT], or a file name ending in .tar.zst/.tar.gz/.tar.xz (default: dist/)")
     meta.add_argument("--format", dest="fmt", choices=FORMATS, help="tar.zst (default), tar.gz, tar.xz, or dir for the unpacked tree")
-    meta.add_argument("--level", type=int, metavar="N", help="compression level (zstd 1-22, gzip/xz 1-9)")
+    meta.add_argument("--level", type=int, metavar="N", help="compression level: zstd 1-22 (default 3), gzip 1-9 (default 5), xz 0-9 (default 6)")
     meta.add_argument("--threads", type=int, default=0, metavar="N", help="compression threads (default 0: all cores)")
     checks = b.add_argument_group("checks")
     checks.add_argument("--max-glibc", type=_version_pair, metavar="X.Y", help="fail if the bundle needs a newer glibc than X.Y")

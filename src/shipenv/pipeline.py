@@ -107,6 +107,10 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
     version = options.version or sources.version or py.version_str
     tree_name = f"{name}-{version}"
     fmt, artifact = artifact_path(options, tree_name)
+    if fmt != "dir":
+        from shipenv import archive
+
+        archive.codec(fmt, options.compress_level, options.threads)  # a bad --level fails now, not after the build
     _check_destination(artifact)
     artifact.parent.mkdir(parents=True, exist_ok=True)
     epoch = source_date_epoch(options)

@@ -128,6 +128,7 @@ class _Planner:
         self.rpaths: list[SetRpath] = []
         self.missing: list[tuple[str, PurePosixPath]] = []
         self.queue: deque[tuple[PurePosixPath, Path, ElfInfo]] = deque()
+        self.vendored_paths: set[PurePosixPath] = set()
 
     def add_tree_file(self, rel: PurePosixPath) -> None:
         info = self.read(self.root / rel)
@@ -172,6 +173,11 @@ class _Planner:
                 continue
             if any((self.root / d / soname).exists() for d in tree_dirs):
                 continue
+            if rel not in self.vendored_paths and (self.root / file_dir / soname).is_file():
+                # A sibling in a wheel's ".libs" directory (auditwheel names them uniquely):
+                # the loader finds it already loaded by the extension that pulled this
+                # library in, exactly as in the wheel's own site-packages.
+                continue
             if (
                 soname in self.vendor
                 or (self.root / LIB_DIR / soname).is_file()
@@ -185,6 +191,7 @@ class _Planner:
                 continue
             dest = LIB_DIR / soname
             self.vendor[soname] = VendorLibrary(soname, found, dest, rel)
+            self.vendored_paths.add(dest)
             vendored_info = self.read(found)
             if vendored_info is not None:
                 self.infos[dest] = vendored_info

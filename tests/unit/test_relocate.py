@@ -115,3 +115,15 @@ def test_policy_is_data() -> None:
     assert policy.provided("libc.so.6")
     assert not policy.provided("libstdc++.so.6")  # vendored by default: absent from glibc-only roots
     assert not policy.provided("libssl.so.3")
+
+
+def test_siblings_in_a_wheels_libs_directory_are_found_as_the_loader_does(tmp_path: Path) -> None:
+    # scipy.libs/libgfortran needs libquadmath from the same directory, without an RPATH:
+    # the extension that loads libgfortran loads libquadmath first.
+    facts = {
+        "site/scipy/special/_ufuncs.so": info(("libgfortran-1a.so.5", "libquadmath-2b.so.0"), runpath=("$ORIGIN/../../scipy.libs",)),
+        "site/scipy.libs/libgfortran-1a.so.5": info(("libquadmath-2b.so.0",)),
+        "site/scipy.libs/libquadmath-2b.so.0": info(),
+    }
+    plan, _ = make(tmp_path / "t", facts, {})
+    assert plan.vendor == () and plan.rpaths == ()
