@@ -10,6 +10,7 @@ interrupted build leaves nothing half-written where the artifact would go.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 Step = Callable[[str], None]
 Progress = Callable[[int, int], None]
+
+STAGING_SUFFIX = ".shipenv-tmp"
 
 #: Used when SOURCE_DATE_EPOCH is not set: 2020-01-01T00:00:00Z.
 DEFAULT_EPOCH = 1577836800
@@ -115,7 +118,10 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
     artifact.parent.mkdir(parents=True, exist_ok=True)
     epoch = source_date_epoch(options)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{tree_name}.", suffix=".shipenv-tmp", dir=artifact.parent))
+    _remove_stale_staging(artifact.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{tree_name}.", suffix=STAGING_SUFFIX, dir=artifact.parent))
+    lock = (staging / ".lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held while this build runs; see _remove_stale_staging
     try:
         root = staging / tree_name
         root.mkdir()
@@ -138,6 +144,18 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
         return BuildResult(artifact, tree_name, tree.floor, packed.sha256, tree.audit, tree.vendored)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        lock.close()
+
+
+def _remove_stale_staging(directory: Path) -> None:
+    """Remove what builds killed with SIGKILL left behind (their lock is no longer held)."""
+    for candidate in directory.glob(f".*{STAGING_SUFFIX}"):
+        try:
+            with (candidate / ".lock").open("a") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(candidate, ignore_errors=True)
+        except OSError:
+            continue  # another build is using it, or it is not ours
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,22 @@ def test_full_disk(tmp_path: Path) -> None:
         assert not [p for p in (small / "out").iterdir()], "the partial build was left on the full disk"
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_killed_build_leaves_nothing_the_next_build_keeps(tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    args = ["build", "--python", str(pyenv_python("3.12")), "--name", "k", "--version", "1", "--format", "dir", "--no-cache", "-o", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "shipenv", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".*.shipenv-tmp/k-1/bin")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(out.glob(".*.shipenv-tmp")), "the build was killed before it started staging"
+    assert not (out / "k-1").exists()
+    run_shipenv(*args)
+    assert [p.name for p in out.iterdir()] == ["k-1"]
