@@ -10,7 +10,6 @@ with the reason.
 
 from __future__ import annotations
 
-import mmap
 import os
 import re
 from collections.abc import Iterable
@@ -63,6 +62,25 @@ def classify(rel: PurePosixPath, full: Path, needle: str) -> AuditFinding:
     return AuditFinding(rel, needle, "runs", "in a file that may be executed or read at run time")
 
 
+_CHUNK = 4 << 20
+
+
+def _search(path: Path, encoded: list[tuple[str, bytes]]) -> list[str]:
+    """Needles found in a file, read in fixed chunks (bounded memory whatever its size)."""
+    found: set[str] = set()
+    overlap = max((len(raw) for _, raw in encoded), default=1) - 1
+    tail = b""
+    with path.open("rb") as f:
+        while len(found) < len(encoded):
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                break
+            data = tail + chunk
+            found.update(needle for needle, raw in encoded if needle not in found and raw in data)
+            tail = data[-overlap:] if overlap else b""
+    return [needle for needle, _ in encoded if needle in found]
+
+
 def audit(root: Path, search: Iterable[str]) -> list[AuditFinding]:
     """Every occurrence of every needle in the tree, classified, sorted by path."""
     encoded = [(n, n.encode()) for n in search]
@@ -75,12 +93,8 @@ def audit(root: Path, search: Iterable[str]) -> list[AuditFinding]:
                     findings.append(AuditFinding(PurePosixPath(rel_text), needle, "runs", "a symlink pointing at the build host"))
             continue
         try:
-            size = full.stat().st_size
-            if size == 0:
-                continue
-            with full.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                hits = [needle for needle, raw in encoded if data.find(raw) != -1]
-        except (OSError, ValueError):
+            hits = _search(full, encoded)
+        except OSError:
             continue
         # Report the most specific path only: /a/b/c already says /a/b.
         hits = [h for h in hits if not any(h != o and o.startswith(h) for o in hits)]
