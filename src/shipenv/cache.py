@@ -18,6 +18,7 @@ upgrade (``apt-get upgrade``) invalidates the entry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -42,9 +43,23 @@ def default_dir() -> Path:
 
 
 def key(*parts: Any) -> str:
-    """A stable digest of JSON-able parts."""
-    text = json.dumps([_ENTRY_FORMAT, __version__, *parts], sort_keys=True, default=str)
+    """A stable digest of JSON-able parts, and of shipenv's own code.
+
+    The code's fingerprint (file names, sizes, mtimes) keeps a development
+    checkout from reusing layers that an older version of the code made.
+    """
+    text = json.dumps([_ENTRY_FORMAT, __version__, _code_fingerprint(), *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.cache
+def _code_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*")):
+        if path.suffix in (".py", ".json") and "__pycache__" not in path.parts:
+            st = path.stat()
+            digest.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def file_digest(path: Path) -> str:

@@ -129,6 +129,27 @@ class _Planner:
         self.missing: list[tuple[str, PurePosixPath]] = []
         self.queue: deque[tuple[PurePosixPath, Path, ElfInfo]] = deque()
         self.vendored_paths: set[PurePosixPath] = set()
+        self._tree_index: dict[str, list[PurePosixPath]] | None = None
+
+    def _in_tree(self, soname: str, rel: PurePosixPath) -> PurePosixPath | None:
+        """The directory of a library named ``soname`` elsewhere in the tree, nearest first."""
+        if rel in self.vendored_paths:
+            return None
+        if self._tree_index is None:
+            index: dict[str, list[PurePosixPath]] = {}
+            for path in self.infos:
+                if path not in self.vendored_paths:
+                    index.setdefault(path.name, []).append(path.parent)
+            self._tree_index = index
+        dirs = [d for d in self._tree_index.get(soname, []) if d != LIB_DIR]
+        if not dirs:
+            return None
+        here = rel.parent.as_posix() or "."
+
+        def closeness(d: PurePosixPath) -> tuple[int, str]:
+            return len(os.path.commonpath([d.as_posix() or ".", here])), d.as_posix()
+
+        return max(dirs, key=closeness)
 
     def add_tree_file(self, rel: PurePosixPath) -> None:
         info = self.read(self.root / rel)
@@ -168,6 +189,7 @@ class _Planner:
             elif entry.startswith("/"):
                 host_dirs.append(entry)
         needs_lib_dir = False
+        extra: list[str] = []
         for soname in info.needed:
             if self.policy.provided(soname):
                 continue
@@ -177,6 +199,14 @@ class _Planner:
                 # A sibling in a wheel's ".libs" directory (auditwheel names them uniquely):
                 # the loader finds it already loaded by the extension that pulled this
                 # library in, exactly as in the wheel's own site-packages.
+                continue
+            elsewhere = self._in_tree(soname, rel)
+            if elsewhere is not None:
+                # The package ships it, just not where this file looks (torch's test
+                # binaries): point the file at it rather than at a host copy.
+                entry = origin_path(rel, elsewhere)
+                if entry not in extra:
+                    extra.append(entry)
                 continue
             if (
                 soname in self.vendor
@@ -197,7 +227,7 @@ class _Planner:
                 self.infos[dest] = vendored_info
                 self.queue.append((dest, found, vendored_info))
             needs_lib_dir = True
-        new = list(kept)
+        new = list(kept) + extra
         if needs_lib_dir:
             lib_entry = origin_path(rel, LIB_DIR)
             if lib_entry not in new:

@@ -127,3 +127,15 @@ def test_siblings_in_a_wheels_libs_directory_are_found_as_the_loader_does(tmp_pa
     }
     plan, _ = make(tmp_path / "t", facts, {})
     assert plan.vendor == () and plan.rpaths == ()
+
+
+def test_a_library_the_package_ships_elsewhere_is_reached_there(tmp_path: Path) -> None:
+    # torch/bin/test_shim needs libtorch.so from torch/lib but only searches $ORIGIN.
+    facts = {
+        "site/torch/bin/test_shim": info(("libtorch.so", "libc.so.6"), runpath=("$ORIGIN",)),
+        "site/torch/lib/libtorch.so": info(),
+    }
+    plan, _ = make(tmp_path / "t", facts, {})
+    assert plan.vendor == ()
+    [edit] = plan.rpaths
+    assert edit.path.as_posix() == "site/torch/bin/test_shim" and edit.new == ("$ORIGIN", "$ORIGIN/../lib")
