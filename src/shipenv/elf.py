@@ -111,9 +111,9 @@ def _rewrite_in_place(path: Path, entries: tuple[str, ...]) -> bool:
     refused when another string in ``.dynstr`` shares the old one's bytes (a
     linker may merge string tails), and then lief does the work.
     """
-    new = ":".join(entries).encode()
-    if not new:
-        return False  # removing the entry needs the dynamic table rewritten
+    # Removing the entry would mean rewriting the dynamic table; "$ORIGIN" (the
+    # file's own directory) searches nothing outside the bundle and fits anywhere.
+    new = (":".join(entries) or "$ORIGIN").encode()
     with path.open("r+b") as f:
         elf = ELFFile(f)
         dynamic = next((sec for sec in elf.iter_sections() if isinstance(sec, DynamicSection)), None)
