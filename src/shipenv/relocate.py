@@ -35,6 +35,8 @@ from shipenv.policy import LibraryPolicy
 log = logging.getLogger(__name__)
 
 LIB_DIR = PurePosixPath("lib")
+#: Files at least this big are not rebuilt to lengthen their search path (see _copy_beside).
+LARGE_FILE = 32 << 20
 _LDCONFIG_ARCH = {"x86_64": "x86-64", "aarch64": "AArch64", "ppc64le": "64bit", "s390x": "64bit"}
 _DEFAULT_DIRS = (
     "/lib/{multiarch}",
@@ -130,6 +132,48 @@ class _Planner:
         self.queue: deque[tuple[PurePosixPath, Path, ElfInfo]] = deque()
         self.vendored_paths: set[PurePosixPath] = set()
         self._tree_index: dict[str, list[PurePosixPath]] | None = None
+        self.side_copies: dict[PurePosixPath, VendorLibrary] = {}
+
+    def _in_lib(self, soname: str) -> Path | None:
+        """Where a library already vendored into ``lib/`` (by this plan or an earlier layer) comes from."""
+        if soname in self.vendor:
+            return self.vendor[soname].src
+        for lib_dir in (self.root / LIB_DIR, self.provided):
+            if lib_dir is not None and (lib_dir / soname).is_file():
+                return lib_dir / soname
+        return None
+
+    def _copy_beside(
+        self,
+        rel: PurePosixPath,
+        tree_dirs: list[PurePosixPath],
+        from_lib: list[tuple[str, Path]],
+        old: tuple[str, ...],
+        new: list[str],
+    ) -> bool:
+        """For a huge library, put what it needs where it already looks instead of editing it.
+
+        A manylinux wheel's big libraries (torch's libtorch_cpu.so, 400+ MB)
+        search only ``$ORIGIN``; pointing them at ``lib/`` makes the string longer,
+        and rebuilding the file takes several times its size in memory. A copy
+        of the needed library in that directory is found without any edit; its
+        own dependencies come from ``lib/`` through the interpreter's DT_RPATH.
+        """
+        if not tree_dirs or rel in self.vendored_paths:
+            return False
+        lib_entry = origin_path(rel, LIB_DIR)
+        if len(":".join([*new, lib_entry])) <= len(":".join(old)):
+            return False  # fits in place: edit it
+        try:
+            if (self.root / rel).stat().st_size < LARGE_FILE:
+                return False
+        except OSError:
+            return False
+        for soname, source in from_lib:
+            dest = tree_dirs[0] / soname
+            if not (self.root / dest).exists() and dest not in self.side_copies:
+                self.side_copies[dest] = VendorLibrary(soname, source, dest, rel)
+        return True
 
     def _in_tree(self, soname: str, rel: PurePosixPath) -> PurePosixPath | None:
         """The directory of a library named ``soname`` elsewhere in the tree, nearest first."""
@@ -168,7 +212,7 @@ class _Planner:
                 hint="Install the package that provides them on the build machine "
                 "(for example with apt-get), or declare them provided by the target with --system-lib NAME.",
             )
-        return RelocationPlan(vendor=tuple(self.vendor.values()), rpaths=tuple(self.rpaths))
+        return RelocationPlan(vendor=(*self.vendor.values(), *self.side_copies.values()), rpaths=tuple(self.rpaths))
 
     def _plan_file(self, rel: PurePosixPath, src: Path, info: ElfInfo) -> None:
         file_dir = rel.parent
@@ -190,6 +234,7 @@ class _Planner:
                 host_dirs.append(entry)
         needs_lib_dir = False
         extra: list[str] = []
+        from_lib: list[tuple[str, Path]] = []  # what this file takes from lib/, and the copy's source
         for soname in info.needed:
             if self.policy.provided(soname):
                 continue
@@ -208,11 +253,9 @@ class _Planner:
                 if entry not in extra:
                     extra.append(entry)
                 continue
-            if (
-                soname in self.vendor
-                or (self.root / LIB_DIR / soname).is_file()
-                or (self.provided is not None and (self.provided / soname).is_file())
-            ):
+            already = self._in_lib(soname)
+            if already is not None:
+                from_lib.append((soname, already))
                 needs_lib_dir = True
                 continue
             found = self.host.find(soname, host_dirs)
@@ -226,8 +269,11 @@ class _Planner:
             if vendored_info is not None:
                 self.infos[dest] = vendored_info
                 self.queue.append((dest, found, vendored_info))
+            from_lib.append((soname, found))
             needs_lib_dir = True
         new = list(kept) + extra
+        if needs_lib_dir and self._copy_beside(rel, tree_dirs, from_lib, searches, new):
+            needs_lib_dir = False
         if needs_lib_dir:
             lib_entry = origin_path(rel, LIB_DIR)
             if lib_entry not in new:

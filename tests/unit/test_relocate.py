@@ -139,3 +139,21 @@ def test_a_library_the_package_ships_elsewhere_is_reached_there(tmp_path: Path) 
     assert plan.vendor == ()
     [edit] = plan.rpaths
     assert edit.path.as_posix() == "site/torch/bin/test_shim" and edit.new == ("$ORIGIN", "$ORIGIN/../lib")
+
+
+def test_huge_library_gets_a_copy_beside_it_instead_of_a_rewrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relocate, "LARGE_FILE", 1)  # every fake file counts as huge
+    facts = {"site/torch/lib/libtorch_cpu.so": info(("libstdc++.so.6", "libc.so.6"), runpath=("$ORIGIN",))}
+    plan, _ = make(tmp_path / "t", facts, {"libstdc++.so.6": info(("libgcc_s.so.1",)), "libgcc_s.so.1": info()})
+    dests = {v.dest.as_posix() for v in plan.vendor}
+    assert "site/torch/lib/libstdc++.so.6" in dests  # found through the $ORIGIN it already has
+    assert {"lib/libstdc++.so.6", "lib/libgcc_s.so.1"} <= dests  # the closure, for everyone else
+    assert all(e.path.as_posix() != "site/torch/lib/libtorch_cpu.so" for e in plan.rpaths)
+
+
+def test_small_library_is_edited_not_copied_beside(tmp_path: Path) -> None:
+    facts = {"site/pil/_avif.so": info(("libstdc++.so.6",), runpath=("$ORIGIN",))}
+    plan, _ = make(tmp_path / "t", facts, {"libstdc++.so.6": info()})
+    assert {v.dest.as_posix() for v in plan.vendor} == {"lib/libstdc++.so.6"}
+    [edit] = plan.rpaths
+    assert edit.new == ("$ORIGIN", "$ORIGIN/../../lib")
