@@ -436,20 +436,24 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     except Failure as exc:
         ctx["tools"]["pyinstaller"] = exc
 
-    # Local wheelhouse for pex (it resolves with its own pip and its own cache, not ~/.cache/pip).
+    # The local wheelhouse every timed build resolves from (workload + v2's addition). On this
+    # machine pip's HTTP cache never keeps the wheels that come from PyPI (its proxy sends no
+    # cache headers: `pip download -vv` says "Updating cache" and the next run downloads again),
+    # so "a warm pip cache" would still measure the network. Offline from one wheelhouse:
+    # shipenv `--wheels DIR`, pip `--no-index -f DIR`, pex `--no-pypi -f DIR`.
     wheels = BENCH / "wheels"
     stamp = wheels / ".requirements"
-    if not (stamp.is_file() and stamp.read_text() == REQUIREMENTS.read_text()):
+    if not (stamp.is_file() and stamp.read_text() == req2.read_text()):
         shutil.rmtree(wheels, ignore_errors=True)
         try:
-            sh(f"{shlex.quote(str(PY))} -m pip download -q --only-binary=:all: -r {shlex.quote(str(req1))} -d {shlex.quote(str(wheels))}", log)
-            stamp.write_text(REQUIREMENTS.read_text())
+            sh(f"{shlex.quote(str(PY))} -m pip download -q --only-binary=:all: -r {shlex.quote(str(req2))} -d {shlex.quote(str(wheels))}", log)
+            stamp.write_text(req2.read_text())
         except Failure as exc:
             ctx["wheels_error"] = exc
     ctx["wheels"] = wheels
 
-    # Warm-up install: every wheel any build needs is in the pip cache (and the index pages in
-    # pip's HTTP cache) before anything is timed, so the network is not what we measure.
+    # Warm-up install: pip's caches (index pages, locally built wheels) and the page cache are as
+    # warm as they get before anything is timed; the index-based figures are marked as such.
     print("  warm-up: pip install of the workload (+ v2's addition) into a throwaway venv; pip download of the >1 GB variant")
     warmv = RUN / "warm-venv"
     try:
@@ -469,8 +473,11 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
 # -- groups ----------------------------------------------------------------------------------
 
 
-def shipenv_build(req: Path, version: str, out: Path, *extra: str) -> list[str]:
-    return shipenv_cmd("build", "-v", "-r", str(req), "--python", str(PY), "--name", NAME, "--version", version, "-o", str(out), *extra)
+def shipenv_build(req: Path, version: str, out: Path, *extra: str, wheels: Path | None = None) -> list[str]:
+    """``shipenv build -v``; with ``wheels``, resolving from that wheelhouse only (``--wheels``)."""
+    offline = ["--wheels", str(wheels)] if wheels is not None else []
+    return shipenv_cmd("build", "-v", "-r", str(req), *offline, "--python", str(PY), "--name", NAME, "--version", version,
+                       "-o", str(out), *extra)
 
 
 def group_build(ctx: dict[str, Any], runs: int, warm: int) -> None:
@@ -480,28 +487,34 @@ def group_build(ctx: dict[str, Any], runs: int, warm: int) -> None:
     b = RUN / "build"
     b.mkdir(exist_ok=True)
     req1, req2 = ctx["req1"], ctx["req2"]
+    # Offline from the local wheelhouse (see setup); from the configured indexes if it is missing.
+    w: Path | None = None if "wheels_error" in ctx else ctx["wheels"]
+    src = "wheelhouse" if w is not None else "indexes"
+    pip_src = ["--no-index", "-f", str(w)] if w is not None else []
     cache = {i: b / f"cache-{i}" for i in range(warm + runs)}
     specs: list[Spec] = []
 
-    # shipenv, clean: an empty --cache-dir of its own each run (pip's cache is warm) -> v1 .tar.zst.
-    # Its rebuilds use the cache this run filled: v2 adds one requirement; "same" changes nothing.
-    specs.append(Spec("build.shipenv", "shipenv build -> .tar.zst (empty --cache-dir)",
-                      lambda i: [shipenv_build(req1, V1, b / f"clean-{i}", "--cache-dir", str(cache[i]))],
+    # shipenv, clean: an empty --cache-dir of its own each run -> v1 .tar.zst. Its rebuilds use
+    # the cache this run filled: v2 adds one requirement; "same" changes nothing.
+    specs.append(Spec("build.shipenv", f"shipenv build -> .tar.zst (empty --cache-dir, {src})",
+                      lambda i: [shipenv_build(req1, V1, b / f"clean-{i}", "--cache-dir", str(cache[i]), wheels=w)],
                       setup=lambda i: discard(b / f"clean-{i - 1}", cache.get(i - 1, b / "none")), steps_log=True))
     specs.append(Spec("build.rebuild", f"shipenv rebuild, {ADDED} added, warm --cache-dir",
-                      lambda i: [shipenv_build(req2, V2, b / f"rebuild-{i}", "--cache-dir", str(cache[i]))],
+                      lambda i: [shipenv_build(req2, V2, b / f"rebuild-{i}", "--cache-dir", str(cache[i]), wheels=w)],
                       setup=lambda i: discard(b / f"rebuild-{i - 1}"), needs="build.shipenv", steps_log=True))
     specs.append(Spec("build.rebuild_same", "shipenv rebuild, nothing changed, warm --cache-dir",
-                      lambda i: [shipenv_build(req1, V1, b / f"same-{i}", "--cache-dir", str(cache[i]))],
+                      lambda i: [shipenv_build(req1, V1, b / f"same-{i}", "--cache-dir", str(cache[i]), wheels=w)],
                       setup=lambda i: discard(b / f"same-{i - 1}"), needs="build.shipenv", steps_log=True))
 
     # What users do today: fresh venv + pip install -r + venv-pack (gzip level 4, its default).
     vp = ctx["tools"].get("venv-pack")
     if isinstance(vp, Path):
-        specs.append(Spec("build.pip_venvpack", "python -m venv + pip install -r + venv-pack -> .tar.gz",
-                          lambda i: [[str(PY), "-m", "venv", str(b / f"venv-{i}")],
-                                     [str(b / f"venv-{i}/bin/pip"), "install", "-q", "-r", str(req1)],
-                                     [str(vp / "bin/venv-pack"), "--quiet", "-p", str(b / f"venv-{i}"), "-o", str(b / f"venvpack-{i}.tar.gz")]],
+        def pip_steps(tag: str, extra: list[str]) -> Callable[[int], list[Cmd]]:
+            return lambda i: [[str(PY), "-m", "venv", str(b / f"{tag}venv-{i}")],
+                              [str(b / f"{tag}venv-{i}/bin/pip"), "install", "-q", *extra, "-r", str(req1)],
+                              [str(vp / "bin/venv-pack"), "--quiet", "-p", str(b / f"{tag}venv-{i}"), "-o", str(b / f"{tag}venvpack-{i}.tar.gz")]]
+
+        specs.append(Spec("build.pip_venvpack", f"python -m venv + pip install -r ({src}) + venv-pack -> .tar.gz", pip_steps("", pip_src),
                           setup=lambda i: discard(b / f"venv-{i - 1}", b / f"venvpack-{i - 1}.tar.gz")))
     else:
         skip("build.pip_venvpack", "pip install -r + venv-pack", f"venv-pack not installed: {getattr(vp, 'message', vp)}")
@@ -543,6 +556,22 @@ def group_build(ctx: dict[str, Any], runs: int, warm: int) -> None:
         skip("build.pyinstaller", "PyInstaller --onedir", f"PyInstaller not installed: {getattr(pyi, 'message', pyi)}")
 
     measure_many(specs, runs=runs, warm=warm)
+
+    # The same through the machine's configured indexes (pypi.org + two file:// indexes), once:
+    # shipenv's resolver path as users meet it, network included.
+    index_specs = [
+        Spec("build.shipenv_index", "shipenv build -> .tar.zst, configured indexes (network), empty --cache-dir",
+             [shipenv_build(req1, V1, b / "clean-index", "--cache-dir", str(b / "cache-index"))], steps_log=True),
+        Spec("build.rebuild_index", f"shipenv rebuild, {ADDED} added, configured indexes, warm --cache-dir",
+             [shipenv_build(req2, V2, b / "rebuild-index", "--cache-dir", str(b / "cache-index"))], needs="build.shipenv_index",
+             steps_log=True),
+    ]
+    if isinstance(vp, Path):
+        index_specs.append(Spec("build.pip_venvpack_index", "python -m venv + pip install -r (configured indexes) + venv-pack",
+                                pip_steps("index-", [])))
+    measure_many(index_specs, runs=1, warm=0)
+    discard(b / "clean-index", b / "cache-index", b / "rebuild-index", b / "index-venv-0", b / "index-venvpack-0.tar.gz")
+
     last = warm + runs - 1
     if FIG["build.shipenv"].ok:
         shutil.copy(b / f"clean-{last}" / f"{NAME}-{V1}.tar.zst", art / "v1.tar.zst")
@@ -559,7 +588,7 @@ def group_build(ctx: dict[str, Any], runs: int, warm: int) -> None:
 
     # The tree every baseline works on: a --format dir build of the same workload, once.
     fig = measure("build.shipenv_dir", "shipenv build --format dir --no-cache (the tree the baselines use)",
-                  [shipenv_build(req1, V1, b / "dir", "--format", "dir", "--no-cache")], runs=1, warm=0, steps_log=True)
+                  [shipenv_build(req1, V1, b / "dir", "--format", "dir", "--no-cache", wheels=w)], runs=1, warm=0, steps_log=True)
     if fig.ok:
         ctx["tree"] = b / "dir" / f"{NAME}-{V1}"
 
@@ -653,6 +682,22 @@ def group_deploy(ctx: dict[str, Any], runs: int, warm: int) -> None:
         skip("deploy.v2", "shipenv deploy v2 beside v1", "no v2 archive (the rebuild failed)")
         skip("deploy.tar_v2", "tar --zstd -xf v2", "no v2 archive")
     measure_many(specs, runs=runs, warm=warm)
+
+    # The same through the machine's configured indexes (pypi.org + two file:// indexes), once:
+    # shipenv's resolver path as users meet it, network included.
+    index_specs = [
+        Spec("build.shipenv_index", "shipenv build -> .tar.zst, configured indexes (network), empty --cache-dir",
+             [shipenv_build(req1, V1, b / "clean-index", "--cache-dir", str(b / "cache-index"))], steps_log=True),
+        Spec("build.rebuild_index", f"shipenv rebuild, {ADDED} added, configured indexes, warm --cache-dir",
+             [shipenv_build(req2, V2, b / "rebuild-index", "--cache-dir", str(b / "cache-index"))], needs="build.shipenv_index",
+             steps_log=True),
+    ]
+    if isinstance(vp, Path):
+        index_specs.append(Spec("build.pip_venvpack_index", "python -m venv + pip install -r (configured indexes) + venv-pack",
+                                pip_steps("index-", [])))
+    measure_many(index_specs, runs=1, warm=0)
+    discard(b / "clean-index", b / "cache-index", b / "rebuild-index", b / "index-venv-0", b / "index-venvpack-0.tar.gz")
+
     last = warm + runs - 1
     if FIG["deploy.first"].ok:
         ctx["bundle_python"] = d / f"r1-{last}" / "current" / "bin" / "python"
@@ -830,7 +875,7 @@ def step_table(key: str) -> list[str]:
     lines = [f"`{f.label}`: run of {total:.1f} s, as `-v` stamps its steps (each lasts until the next; the last until exit):", "",
              "| step | s | share |", "|---|---:|---:|"]
     if marks[0][1] > 0.05:
-        lines.append(f"| (start-up: imports, inspecting the base interpreter) | {marks[0][1]:.1f} | {marks[0][1] / total:.0%} |")
+        lines.append(f"| (start-up, before the first step) | {marks[0][1]:.1f} | {marks[0][1] / total:.0%} |")
     for j, (msg, t) in enumerate(marks):
         end = marks[j + 1][1] if j + 1 < len(marks) else total
         lines.append(f"| {msg} | {end - t:.1f} | {(end - t) / total:.0%} |")
@@ -848,7 +893,10 @@ def report(ctx: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[dict[st
     L.append("")
 
     # Build
-    L += ["## Build: requirements → artifact (warm pip cache)", "",
+    L += ["## Build: requirements → artifact", "",
+          "Offline from one local wheelhouse (shipenv `--wheels`, pip `--no-index -f`, pex `--no-pypi -f`): on this machine pip's "
+          "HTTP cache keeps no PyPI wheel, so a \"warm pip cache\" would still download them. The rows marked *configured "
+          "indexes* go through pypi.org and the machine's file:// indexes instead (1 run each).", "",
           "| what | wall | CPU | peak RSS | artifact | shipenv clean build ÷ this |", "|---|---:|---:|---:|---|---:|"]
     v1 = RUN / "art" / "v1.tar.zst"
     rows = [
@@ -860,20 +908,26 @@ def report(ctx: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[dict[st
         ("build.pyinstaller", f"dir {mb(file_size(ctx.get('pyinstaller')))}", "build.pyinstaller"),
         ("build.rebuild", f"`.tar.zst` {mb(file_size(RUN / 'art' / 'v2.tar.zst'))}", "build.rebuild"),
         ("build.rebuild_same", "`.tar.zst`", "build.rebuild_same"),
+        ("build.shipenv_index", "`.tar.zst`", None),
+        ("build.rebuild_index", "`.tar.zst`", None),
+        ("build.pip_venvpack_index", "`.tar.gz`", None),
     ]
     for key, art, other in rows:
         f = FIG.get(key)
         if f is None:
             continue
         r = "—" if other is None else xr(ratio("build.shipenv", other))
-        if key.startswith("build.rebuild") or key == "build.shipenv_dir":
+        if key in ("build.rebuild", "build.rebuild_same", "build.shipenv_dir"):
             r = f"this ÷ clean: {xr(ratio(key, 'build.shipenv'))}"
-        n = f" (n={len(f.walls)})" if f.ok and len(f.walls) == 1 and key == "build.shipenv_dir" else ""
+        elif key == "build.shipenv_index":
+            r = f"÷ pip via indexes: {xr(ratio(key, 'build.pip_venvpack_index'))}"
+        elif key == "build.rebuild_index":
+            r = f"this ÷ clean via indexes: {xr(ratio(key, 'build.shipenv_index'))}"
+        n = f" (n={len(f.walls)})" if f.ok and len(f.walls) == 1 and len(FIG["build.shipenv"].walls) > 1 else ""
         L.append(f"| {esc(f.label)}{n} | {fmt_s(key)} | {fmt_cpu(key)} | {fmt_rss(key)} | {art} | {r} |")
-    pv = FIG.get("build.pip_venvpack")
-    if pv is not None and pv.ok and pv.extra.get("step_walls"):
-        parts = [statistics.median(col) for col in zip(*pv.extra["step_walls"])]
-        L.append(f"| … of which venv / pip install / venv-pack | {' / '.join(f'{x:.2f}' for x in parts)} s | | | | |")
+        if key.startswith("build.pip_venvpack") and f.ok and f.extra.get("step_walls"):
+            parts = [statistics.median(col) for col in zip(*f.extra["step_walls"])]
+            L.append(f"| … of which venv / pip install / venv-pack | {' / '.join(f'{x:.2f}' for x in parts)} s | | | | |")
     L.append("")
 
     # Pack
@@ -942,6 +996,11 @@ def report(ctx: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[dict[st
         if f is None:
             continue
         L.append(f"| {esc(f.label)} | {fmt_s(key)} | {fmt_rss(key)} | {mb(size_of(key)) if size_of(key) else ''} |")
+    if VAL.get("big.retries"):
+        first = VAL["big.retries"][0]
+        L += ["", "The first attempt failed: `" + " ".join(first["error"].splitlines()[-2:-1] or ["?"])[:400] + "`; "
+              f"retried with `--system-lib` for {', '.join(VAL.get('big.system_libs', []))} (torch's test programs in `torch/bin` "
+              "have RUNPATH `$ORIGIN`, which does not reach `torch/lib`)."]
     L.append("")
 
     # Targets
@@ -988,7 +1047,8 @@ def report(ctx: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[dict[st
 
     # Where shipenv's time goes
     steps = []
-    for key in ("build.shipenv", "build.rebuild", "build.shipenv_dir", "deploy.v2", "big.build"):
+    for key in ("build.shipenv", "build.rebuild", "build.rebuild_same", "build.shipenv_index", "build.rebuild_index", "deploy.v2",
+                "big.build"):
         steps += step_table(key)
     if steps:
         L += ["## Where shipenv's time goes", ""] + steps

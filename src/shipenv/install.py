@@ -152,7 +152,7 @@ def collect_wheels(
         pins = resolver.uv_compile(uv, python, options)
         if pins is not None:
             return _wheels_for_pins(pins, python, options, py, wheel_dir, store)
-    return pip_wheel(python, options, wheel_dir)
+    return pip_wheel(python, options, wheel_dir, cache_root=store.parent if store else None)
 
 
 def _wheels_for_pins(
@@ -168,7 +168,7 @@ def _wheels_for_pins(
         else:
             missing.append(pin)
     if missing:
-        built = pip_wheel(python, options, wheel_dir, pins=missing)
+        built = pip_wheel(python, options, wheel_dir, pins=missing, cache_root=store.parent if store else None)
         for wheel, _source in built:
             if store is not None and resolver.is_index_pin_wheel(wheel, missing):
                 resolver.remember(store, wheel)
@@ -217,6 +217,30 @@ def _pip_home() -> Path:
     return Path(spec.origin).parent.parent
 
 
+def _pip_copy(cache_root: Path | None, tmp: Path) -> Path:
+    """A directory holding a copy of pip for the bundled interpreter to import.
+
+    Kept in the cache when there is one, so the interpreter's bytecode for pip
+    is written once there instead of pip being compiled again on every build.
+    """
+    import importlib.metadata
+
+    if cache_root is None:
+        home = tmp / "pip-home"
+    else:
+        home = cache_root / "pip" / importlib.metadata.version("pip")
+        if (home / "pip" / "__init__.py").is_file():
+            return home
+    home.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".pip-", dir=home.parent))
+    shutil.copytree(_pip_home() / "pip", staging / "pip", ignore=shutil.ignore_patterns("__pycache__"))
+    try:
+        os.replace(staging, home)
+    except OSError:  # another build put it there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return home
+
+
 _PIP_MAIN = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
     "from pip._internal.cli.main import main; sys.argv[0] = 'pip'; sys.exit(main())"
@@ -224,16 +248,14 @@ _PIP_MAIN = (
 
 
 def pip_wheel(
-    python: Path, options: BuildOptions, wheel_dir: Path, *, pins: list[str] | None = None
+    python: Path, options: BuildOptions, wheel_dir: Path, *, pins: list[str] | None = None, cache_root: Path | None = None
 ) -> list[tuple[Path, str]]:
     """Resolve and build every wheel with pip running inside the bundled interpreter.
 
     With ``pins`` (a resolution already made), fetch or build exactly those, without dependencies.
     """
     with tempfile.TemporaryDirectory(prefix="shipenv-pip-") as tmp:
-        pip_copy = Path(tmp) / "pip-home"
-        pip_copy.mkdir()
-        shutil.copytree(_pip_home() / "pip", pip_copy / "pip", ignore=shutil.ignore_patterns("__pycache__"))
+        pip_copy = _pip_copy(cache_root, Path(tmp))
         args = [str(python), "-I", "-c", _PIP_MAIN, str(pip_copy), "wheel", "--wheel-dir", str(wheel_dir),
                 "--disable-pip-version-check", "--no-input", "--progress-bar", "off"]
         if options.wheels is not None:

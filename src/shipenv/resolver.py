@@ -66,7 +66,10 @@ def pip_locations() -> dict[str, list[str]]:
 
 def uv_compile(uv: Path, python: Path, options: BuildOptions) -> list[str] | None:
     """Pinned requirement lines for the bundled interpreter, or None to let pip decide."""
-    args = [str(uv), "pip", "compile", "-q", "--no-header", "--no-annotate", "--python", str(python)]
+    # pip weighs every index equally and takes the best match; uv's default
+    # (first index that has the name) could pick other versions than pip would.
+    args = [str(uv), "pip", "compile", "-q", "--no-header", "--no-annotate", "--python", str(python),
+            "--index-strategy", "unsafe-best-match"]
     locations = pip_locations()
     if options.wheels is not None:
         args += ["--no-index", "--find-links", str(options.wheels)]
