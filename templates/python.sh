@@ -7,14 +7,5 @@
 # user site-packages cannot change what the bundle imports. Nothing is
 # exported: the environment the bundle's children see is the caller's.
 # bin/python${xy} is the real interpreter, for images without a shell.
-p=$$0
-while [ -h "$$p" ]; do
-    t=$$(readlink -- "$$p")
-    case $$t in
-        /*) p=$$t ;;
-        *) p=$${p%/*}/$$t ;;
-    esac
-done
-case $$p in */*) d=$${p%/*} ;; *) d=. ;; esac
-d=$$(cd -P -- "$$d" && pwd -P) || exit 127
-${launcher_env}exec "$$d/python${xy}" -E -s "$$@"
+# locate.sh: $$d becomes the directory of this file, symlinks followed.
+${locate}${launcher_env}exec "$$d/python${xy}" -E -s "$$@"

@@ -4,17 +4,8 @@
 # As a shell script it finds the bundle from its own location (symlinks
 # followed) and runs the bundle's interpreter on this file; as Python it is the
 # entry point itself, so `bin/python${xy} bin/${name}` works without a shell.
-p=$$0
-while [ -h "$$p" ]; do
-    t=$$(readlink -- "$$p")
-    case $$t in
-        /*) p=$$t ;;
-        *) p=$${p%/*}/$$t ;;
-    esac
-done
-case $$p in */*) d=$${p%/*} ;; *) d=. ;; esac
-d=$$(cd -P -- "$$d" && pwd -P) || exit 127
-${launcher_env}exec "$$d/python${xy}" -E -s "$$d/$${p##*/}" "$$@"
+# locate.sh: $$d becomes the directory of this file, symlinks followed.
+${locate}${launcher_env}exec "$$d/python${xy}" -E -s "$$d/$${p##*/}" "$$@"
 '''
 import sys
 

@@ -25,8 +25,13 @@ def launcher_env(py: PythonInfo) -> str:
     return '__PYVENV_LAUNCHER__="$d/python" ' if py.version[:2] >= (3, 11) else ""
 
 
+def _render(template: str, py: PythonInfo, **values: str) -> str:
+    """A launcher template with the interpreter's name and the shared locate.sh fragment."""
+    return templates.render(template, xy=py.xy, launcher_env=launcher_env(py), locate=templates.read("locate.sh"), **values)
+
+
 def python_launcher(py: PythonInfo) -> str:
-    return templates.render("python.sh", xy=py.xy, launcher_env=launcher_env(py))
+    return _render("python.sh", py)
 
 
 def script_launcher(py: PythonInfo, name: str, module: str, attr: str) -> str:
@@ -39,10 +44,8 @@ def script_launcher(py: PythonInfo, name: str, module: str, attr: str) -> str:
         module_text, _, import_name = module.rpartition(".")
         call = f"{import_name}.main()" if module_text else f"{module}.main()"
         if not module_text:
-            return templates.render("script.py", name=name, target=module, xy=py.xy, launcher_env=launcher_env(py),
-                                    module=module, import_name="main", call="main()")
-    return templates.render("script.py", name=name, target=f"{module}:{attr}", xy=py.xy,
-                            launcher_env=launcher_env(py), module=module_text, import_name=import_name, call=call)
+            return _render("script.py", py, name=name, target=module, module=module, import_name="main", call="main()")
+    return _render("script.py", py, name=name, target=f"{module}:{attr}", module=module_text, import_name=import_name, call=call)
 
 
 def write_python_launchers(py: PythonInfo, root: Path) -> None:
@@ -103,8 +106,7 @@ def relocate_shebangs(root: Path, scheme: Scheme, py: PythonInfo) -> None:
         if not m or not m.group(1).startswith(b"/"):
             continue
         body = path.read_bytes().split(b"\n", 1)[1] if b"\n" in path.read_bytes() else b""
-        header = templates.render("script.py", name=path.name, target="script", xy=py.xy, launcher_env=launcher_env(py),
-                                  module="sys", import_name="exit", call="0").split("'''\n", 2)
+        header = _render("script.py", py, name=path.name, target="script", module="sys", import_name="exit", call="0").split("'''\n", 2)
         text = header[0] + "'''\n" + header[1] + "'''\n"
         path.write_bytes(text.encode() + body)
         os.chmod(path, 0o755)
