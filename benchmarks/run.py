@@ -683,21 +683,6 @@ def group_deploy(ctx: dict[str, Any], runs: int, warm: int) -> None:
         skip("deploy.tar_v2", "tar --zstd -xf v2", "no v2 archive")
     measure_many(specs, runs=runs, warm=warm)
 
-    # The same through the machine's configured indexes (pypi.org + two file:// indexes), once:
-    # shipenv's resolver path as users meet it, network included.
-    index_specs = [
-        Spec("build.shipenv_index", "shipenv build -> .tar.zst, configured indexes (network), empty --cache-dir",
-             [shipenv_build(req1, V1, b / "clean-index", "--cache-dir", str(b / "cache-index"))], steps_log=True),
-        Spec("build.rebuild_index", f"shipenv rebuild, {ADDED} added, configured indexes, warm --cache-dir",
-             [shipenv_build(req2, V2, b / "rebuild-index", "--cache-dir", str(b / "cache-index"))], needs="build.shipenv_index",
-             steps_log=True),
-    ]
-    if isinstance(vp, Path):
-        index_specs.append(Spec("build.pip_venvpack_index", "python -m venv + pip install -r (configured indexes) + venv-pack",
-                                pip_steps("index-", [])))
-    measure_many(index_specs, runs=1, warm=0)
-    discard(b / "clean-index", b / "cache-index", b / "rebuild-index", b / "index-venv-0", b / "index-venvpack-0.tar.gz")
-
     last = warm + runs - 1
     if FIG["deploy.first"].ok:
         ctx["bundle_python"] = d / f"r1-{last}" / "current" / "bin" / "python"
@@ -916,15 +901,15 @@ def report(ctx: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[dict[st
         f = FIG.get(key)
         if f is None:
             continue
-        r = "—" if other is None else xr(ratio("build.shipenv", other))
+        cmp = "—" if other is None else xr(ratio("build.shipenv", other))
         if key in ("build.rebuild", "build.rebuild_same", "build.shipenv_dir"):
-            r = f"this ÷ clean: {xr(ratio(key, 'build.shipenv'))}"
+            cmp = f"this ÷ clean: {xr(ratio(key, 'build.shipenv'))}"
         elif key == "build.shipenv_index":
-            r = f"÷ pip via indexes: {xr(ratio(key, 'build.pip_venvpack_index'))}"
+            cmp = f"÷ pip via indexes: {xr(ratio(key, 'build.pip_venvpack_index'))}"
         elif key == "build.rebuild_index":
-            r = f"this ÷ clean via indexes: {xr(ratio(key, 'build.shipenv_index'))}"
+            cmp = f"this ÷ clean via indexes: {xr(ratio(key, 'build.shipenv_index'))}"
         n = f" (n={len(f.walls)})" if f.ok and len(f.walls) == 1 and len(FIG["build.shipenv"].walls) > 1 else ""
-        L.append(f"| {esc(f.label)}{n} | {fmt_s(key)} | {fmt_cpu(key)} | {fmt_rss(key)} | {art} | {r} |")
+        L.append(f"| {esc(f.label)}{n} | {fmt_s(key)} | {fmt_cpu(key)} | {fmt_rss(key)} | {art} | {cmp} |")
         if key.startswith("build.pip_venvpack") and f.ok and f.extra.get("step_walls"):
             parts = [statistics.median(col) for col in zip(*f.extra["step_walls"])]
             L.append(f"| … of which venv / pip install / venv-pack | {' / '.join(f'{x:.2f}' for x in parts)} s | | | | |")
@@ -1013,9 +998,10 @@ def report(ctx: dict[str, Any], meta: dict[str, Any]) -> tuple[str, list[dict[st
     target(f"Packing .tar.zst ≥ {T_PACK_ZST}x the throughput of `tar | zstd -T0 -3`", None if r is None else r >= T_PACK_ZST,
            f"{xr(r)} ({fmt_s('pack.shipenv_zst')} vs {fmt_s('pack.tar_zstd')})")
     r = ratio("pack.tar_gz", "pack.shipenv_gz")
-    s = gz / tg if gz and tg else None
-    target(f".tar.gz ≥ {T_GZ_SPEED:.0f}x faster than `tar -czf`, size ≤ {T_GZ_SIZE}x", None if r is None or s is None else (r >= T_GZ_SPEED and s <= T_GZ_SIZE),
-           f"{xr(r)} faster ({fmt_s('pack.shipenv_gz')} vs {fmt_s('pack.tar_gz')}), size {xr(s, 3)}")
+    gz_size = gz / tg if gz and tg else None
+    target(f".tar.gz ≥ {T_GZ_SPEED:.0f}x faster than `tar -czf`, size ≤ {T_GZ_SIZE}x",
+           None if r is None or gz_size is None else (r >= T_GZ_SPEED and gz_size <= T_GZ_SIZE),
+           f"{xr(r)} faster ({fmt_s('pack.shipenv_gz')} vs {fmt_s('pack.tar_gz')}), size {xr(gz_size, 3)}")
     r1, r2 = ratio("build.shipenv", "build.pip_venvpack"), ratio("build.shipenv", "build.pyinstaller")
     target(f"Full build ≤ {T_BUILD_PIP}x pip install -r + venv-pack", None if r1 is None else r1 <= T_BUILD_PIP,
            f"{xr(r1)} ({fmt_s('build.shipenv')} vs {fmt_s('build.pip_venvpack')})")
