@@ -4,10 +4,10 @@
 
 What runs (see benchmarks/README.md for the method and the targets):
 
-- build    requirements -> artifact, warm pip cache: shipenv (.tar.zst, empty --cache-dir),
-           fresh venv + pip install -r + venv-pack, pex, PyInstaller --onedir; shipenv rebuilds
-           with its cache warm (one requirement added; nothing changed); a `--format dir` build
-           whose tree every baseline below works on
+- build    requirements -> artifact, offline from one local wheelhouse: shipenv (.tar.zst, empty
+           --cache-dir), fresh venv + pip install -r + venv-pack, pex, PyInstaller --onedir; shipenv
+           rebuilds with its cache warm (one requirement added; nothing changed); once more through
+           the configured indexes; a `--format dir` build whose tree every baseline below works on
 - pack     shipenv's archive writer on that tree vs `tar | zstd -T0 -3`, `tar -czf`, `tar | pigz`
 - deploy   `shipenv deploy` (first release; v2 beside v1) vs `tar --zstd -xf` of the same archive;
            disk used by the releases
