@@ -32,7 +32,7 @@ from pathlib import Path
 SHIPENV = """
 import sys
 from pathlib import Path
-from shipenv import archive
+from shipenv.bundle import archive
 archive.write(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], level=None, threads=0, mtime=1577836800, arcname=Path(sys.argv[1]).name)
 """
 

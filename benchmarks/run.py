@@ -322,7 +322,7 @@ def measure_many(specs: Sequence[Spec], *, runs: int, warm: int) -> list[Figure]
                     spec.setup(i)
             except Failure as exc:
                 fig.error, fig.error_tail = f"setup failed: {exc.message}", exc.tail
-            except Exception as exc:  # noqa: BLE001 - a broken setup is reported, not raised
+            except Exception as exc:
                 fig.error, fig.error_tail = f"setup failed: {type(exc).__name__}: {exc}", ""
             if fig.error:
                 print(" " + fig.error + ("\n     " + fig.error_tail.replace("\n", "\n     ") if fig.error_tail else ""))
@@ -348,7 +348,7 @@ def measure_many(specs: Sequence[Spec], *, runs: int, warm: int) -> list[Figure]
             if spec.after is not None:
                 try:
                     spec.after(i, output)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     fig.extra.setdefault("after_errors", []).append(f"{type(exc).__name__}: {exc}")
             print(f" {wall:.2f}s (cpu {cpu:.1f}s, peak RSS {rss / 1024:.0f} MB)")
             if i >= warm:
@@ -379,7 +379,7 @@ def skip(key: str, label: str, why: str) -> Figure:
 
 
 #: shipenv's archive writer alone, in a fresh process: argv = SNAPSHOT ROOT DEST FMT ARCNAME.
-WRITE_CODE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from pathlib import Path; from shipenv import archive; "
+WRITE_CODE = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from pathlib import Path; from shipenv.bundle import archive; "
               "archive.write(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], level=None, threads=0, "
               f"mtime={EPOCH}, arcname=sys.argv[4])")
 
@@ -731,7 +731,7 @@ def group_big(ctx: dict[str, Any], runs: int, warm: int) -> None:
     tree = g / "dir" / f"{NAME}-{V1}"
     system_libs: list[str] = []
     fig = None
-    for attempt in range(3):
+    for _attempt in range(3):
         # torch ships test programs (torch/bin/test_*) whose RUNPATH ($ORIGIN) does not reach torch/lib:
         # shipenv refuses them; the libraries it names are declared provided and the build retried.
         extra = [a for lib in system_libs for a in ("--system-lib", lib)]
@@ -1114,7 +1114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Failure as exc:
                 print(f"  group {name} failed: {exc.message}\n{exc.tail}")
                 VAL[f"group_error.{name}"] = f"{exc.message}: {exc.tail}"
-            except Exception as exc:  # noqa: BLE001 - a broken group is reported, the rest still runs
+            except Exception as exc:
                 import traceback
 
                 print(f"  group {name} crashed: {type(exc).__name__}: {exc}")

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from shipenv.build.pipeline import build
 from shipenv.errors import ShipenvError
 from shipenv.model import BuildOptions, BuildResult
-from shipenv.pipeline import build
 
 __all__ = ["BuildOptions", "BuildResult", "ShipenvError", "__version__", "build"]

@@ -81,7 +81,7 @@ class Console:
 
 
 def _version_pair(text: str) -> tuple[int, int]:
-    from shipenv.manifest import parse_version
+    from shipenv.bundle.manifest import parse_version
 
     try:
         return parse_version(text)
@@ -236,7 +236,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_build(args: argparse.Namespace, console: Console) -> int:
-    from shipenv import config, pipeline
+    from shipenv import config
+    from shipenv.build import pipeline
 
     options = config.build_options(args)
     result = pipeline.build(options, step=console.step, progress=console.progress)
@@ -252,7 +253,7 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
-    from shipenv import verify
+    from shipenv.bundle import verify
 
     info = verify.inspect(args.bundle)
     if args.json:
@@ -277,7 +278,7 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace, console: Console) -> int:
-    from shipenv import verify
+    from shipenv.bundle import verify
 
     report = verify.verify(args.bundle, run=args.run, progress=console.progress)
     console.end_progress()
@@ -288,7 +289,7 @@ def _cmd_verify(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_deploy(args: argparse.Namespace, console: Console) -> int:
-    from shipenv import deploy
+    from shipenv.deploy import releases as deploy
 
     # SHIPENV_HOST_GLIBC: for hosts where detecting the C library's version fails or lies.
     host = deploy.HostFacts.detect(os.environ.get("SHIPENV_HOST_GLIBC"))
@@ -299,14 +300,14 @@ def _cmd_deploy(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace, console: Console) -> int:
-    from shipenv import deploy
+    from shipenv.deploy import releases as deploy
 
     print(deploy.rollback(args.root, to=args.to, wait=args.wait).message)
     return 0
 
 
 def _cmd_releases(args: argparse.Namespace, console: Console) -> int:
-    from shipenv import deploy
+    from shipenv.deploy import releases as deploy
 
     releases = deploy.releases(args.root)
     if args.json:
@@ -324,7 +325,7 @@ def _cmd_releases(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace, console: Console) -> int:
-    from shipenv import deploy
+    from shipenv.deploy import releases as deploy
 
     print(deploy.prune(args.root, keep=args.keep, wait=args.wait).message)
     return 0
@@ -333,7 +334,7 @@ def _cmd_prune(args: argparse.Namespace, console: Console) -> int:
 def _cmd_modulefile(args: argparse.Namespace, console: Console) -> int:
     import shlex
 
-    from shipenv import modulefile
+    from shipenv.deploy import modulefile
 
     target = modulefile.find_target(args.root, release=args.release, follow_current=args.current, name=args.name, version=args.module_version)
     syntaxes = modulefile.SYNTAXES if args.syntax == "both" else (args.syntax,)

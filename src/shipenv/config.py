@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shipenv.bundle.manifest import parse_version
 from shipenv.errors import UsageError
-from shipenv.manifest import parse_version
 from shipenv.model import FORMATS, BuildOptions
 
 if sys.version_info >= (3, 11):
@@ -28,17 +28,22 @@ else:  # pragma: no cover
 _KNOWN = {"python", "name", "version", "entry", "format", "max-glibc", "keep-stdlib", "system-lib", "level", "requirement", "constraint", "output"}
 
 
+def read_pyproject(pyproject: Path) -> dict[str, Any]:
+    """The parsed ``pyproject.toml``: the one place shipenv reads TOML (``tomli`` before 3.11)."""
+    try:
+        data: dict[str, Any] = tomllib.loads(pyproject.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{pyproject} is not valid TOML ({exc}).") from exc
+    return data
+
+
 def project_table(project: Path | None) -> dict[str, Any]:
     if project is None:
         return {}
     pyproject = project / "pyproject.toml"
     if not pyproject.is_file():
         return {}
-    try:
-        data = tomllib.loads(pyproject.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{pyproject} is not valid TOML ({exc}).") from exc
-    table = data.get("tool", {}).get("shipenv", {})
+    table = read_pyproject(pyproject).get("tool", {}).get("shipenv", {})
     if not isinstance(table, dict):
         raise UsageError(f"[tool.shipenv] in {pyproject} must be a table.")
     unknown = sorted(set(table) - _KNOWN)

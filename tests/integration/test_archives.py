@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from shipenv import manifest
+from shipenv.bundle import manifest
 from tests.conftest import BuildFn, pyenv_python, run_shipenv
 
 IMPORTS = "import ssl, sqlite3; print(1)"

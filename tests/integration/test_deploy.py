@@ -214,7 +214,7 @@ def test_two_deploys_at_once_one_fails_cleanly(tmp_path: Path) -> None:
     ok = [r for r in results if r[0] == 0]
     failed = [r for r in results if r[0] != 0]
     assert ok, results
-    for rc, out, err in failed:
+    for rc, _out, err in failed:
         assert rc == 1 and err.startswith(f"error: {LOCKED.format(root=root)}") and err.rstrip().endswith(
             "try again or pass --wait SECONDS."), err
     deployed = {json.loads(line)["to"] for line in (root / "history.jsonl").read_text().splitlines()}

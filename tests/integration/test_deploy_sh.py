@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from shipenv import _lock, archive, deploy
-from shipenv.manifest import RecordEntry
+from shipenv.bundle import archive
+from shipenv.bundle.manifest import RecordEntry
+from shipenv.deploy import lock as _lock
+from shipenv.deploy import releases as deploy
 from tests.chroots import OverlayRoot
 from tests.conftest import BuildFn, run_shipenv
 from tests.integration.test_deploy import ASK_VERSION, real_bundle

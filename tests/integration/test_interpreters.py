@@ -134,7 +134,7 @@ def test_host_environment_does_not_leak_in_or_out(tree: Path, moved_copy, tmp_pa
 
 
 def test_nothing_that_runs_names_the_build_host(tree: Path) -> None:
-    from shipenv import elf
+    from shipenv.bundle import elf
 
     meta = json.loads((tree / ".shipenv/manifest.json").read_text())
     xy = _xy(tree)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from shipenv import modulefile
+from shipenv.deploy import modulefile
 from tests.conftest import REPO, BuildFn, run_shipenv
 
 WEBAPP = REPO / "examples" / "webapp"

@@ -157,7 +157,7 @@ def test_sdist_extension_against_missing_system_library(built_bundle: BuildFn, s
     req_dir.mkdir(exist_ok=True)
     req = _requirements(req_dir, [str(PACKAGES / "zext")])
     tree = built_bundle("zext", "-r", req, "--python", pyenv_python("3.12"), "--name", "zext", "--version", "1", "--format", "dir")
-    from shipenv import elf
+    from shipenv.bundle import elf
 
     ext = next(tree.glob("lib/python3.12/site-packages/zext/_zext*.so"))
     info = elf.read(ext)

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from shipenv import _codecs, archive, manifest
+from shipenv.bundle import archive, manifest
+from shipenv.bundle import codecs as _codecs
 from shipenv.errors import ArchiveError, UsageError
 
 EPOCH = 1_600_000_000
@@ -461,7 +462,7 @@ _PACK_AND_READ = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from shipenv import archive
+    from shipenv.bundle import archive
     packed = archive.write(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], level=1, threads=0, mtime=0, arcname="big-1.0")
     with archive.open_stream(packed.path) as tar:
         total = sum(m.size for m in tar)

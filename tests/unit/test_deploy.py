@@ -22,9 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from shipenv import _lock, deploy, manifest, templates
+from shipenv import templates
+from shipenv.bundle import manifest
+from shipenv.bundle.manifest import RecordEntry
+from shipenv.deploy import lock as _lock
+from shipenv.deploy import releases as deploy
 from shipenv.errors import DeployError, HostError, ShipenvError, UsageError
-from shipenv.manifest import RecordEntry
 
 ARCH = os.uname().machine
 HOST = deploy.HostFacts(ARCH, (2, 36))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shipenv import interpreter
+from shipenv.build import interpreter
 from shipenv.errors import InterpreterError
 from shipenv.model import PythonInfo
 

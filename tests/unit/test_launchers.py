@@ -6,7 +6,7 @@ import ast
 import subprocess
 from pathlib import Path
 
-from shipenv import install, launchers
+from shipenv.build import install, launchers
 from shipenv.model import PythonInfo
 
 

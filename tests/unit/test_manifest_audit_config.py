@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shipenv import audit, config, manifest
+from shipenv import config
+from shipenv.build import audit
+from shipenv.bundle import manifest
 from shipenv.errors import UsageError, listing
 
 

@@ -6,11 +6,11 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from shipenv import relocate
-from shipenv.elf import RecordingPatcher
+from shipenv.build import relocate
+from shipenv.build.patch import RecordingPatcher
+from shipenv.build.policy import load
 from shipenv.errors import RelocateError
 from shipenv.model import ElfInfo
-from shipenv.policy import load
 
 
 def info(needed: tuple[str, ...] = (), rpath: tuple[str, ...] = (), runpath: tuple[str, ...] = ()) -> ElfInfo:

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from shipenv import archive, manifest, verify
+from shipenv.bundle import archive, manifest, verify
+from shipenv.bundle.manifest import RecordEntry
+from shipenv.bundle.verify import Seen
 from shipenv.errors import ArchiveError, VerifyError
-from shipenv.manifest import RecordEntry
 from shipenv.model import ElfInfo
-from shipenv.verify import Seen
 from tests.conftest import SHIPENV, pyenv_python
 
 EPOCH = 1_600_000_000

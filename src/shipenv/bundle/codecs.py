@@ -1,4 +1,4 @@
-"""The compressors and decompressors behind :mod:`shipenv.archive`.
+"""The compressors and decompressors behind :mod:`shipenv.bundle.archive`.
 
 Each side is one small interface: an encoder takes the tar stream in pieces
 (``write``, then ``close``, or ``abort`` on error) and writes compressed bytes
@@ -358,7 +358,7 @@ class Inflater(io.RawIOBase):
 
 
 def decoder(fmt: str, f: BinaryIO, path: Path) -> io.RawIOBase:
-    """The tar stream inside ``f`` (``fmt`` as :func:`shipenv.archive.detect` says)."""
+    """The tar stream inside ``f`` (``fmt`` as :func:`shipenv.bundle.archive.detect` says)."""
     if fmt == "tar.zst":
         return ZstdReader(f, path)
     if fmt == "tar.xz":

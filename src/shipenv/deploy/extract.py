@@ -53,10 +53,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from shipenv import archive as archive_io
-from shipenv import manifest
+from shipenv.bundle import archive as archive_io
+from shipenv.bundle import manifest
+from shipenv.bundle.manifest import RecordEntry
 from shipenv.errors import DeployError, listing
-from shipenv.manifest import RecordEntry
 
 Progress = Callable[[int, int], None]
 

@@ -14,18 +14,19 @@ import fcntl
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from shipenv.install import Sources
+    from shipenv.build.install import Sources
 
-from shipenv import __version__, cache, elf, interpreter, launchers, manifest, policy, relocate, templates, venv
+from shipenv import __version__, data, templates
+from shipenv.build import bytecode, cache, interpreter, launchers, patch, policy, relocate, venv
+from shipenv.bundle import elf, manifest
 from shipenv.errors import InstallError, PolicyError, RelocateError, ShipenvError, UsageError, listing
 from shipenv.model import AuditFinding, BuildOptions, BuildResult, PythonInfo
 
@@ -102,7 +103,7 @@ def build(options: BuildOptions, step: Step | None = None, progress: Progress | 
 
 
 def _build(options: BuildOptions, say: Step, progress: Progress | None) -> BuildResult:
-    from shipenv import install  # the package stage; imported late to keep the core light
+    from shipenv.build import install  # the package stage; imported late to keep the core light
 
     sources = install.resolve_sources(options)
     name = options.name or sources.name or "python"
@@ -111,7 +112,7 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
     tree_name = f"{name}-{version}"
     fmt, artifact = artifact_path(options, tree_name)
     if fmt != "dir":
-        from shipenv import archive
+        from shipenv.bundle import archive
 
         archive.codec(fmt, options.compress_level, options.threads)  # a bad --level fails now, not after the build
     _check_destination(artifact)
@@ -131,7 +132,7 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
                 artifact.rmdir()
             os.replace(root, artifact)
             return BuildResult(artifact, tree_name, tree.floor, None, tree.audit, tree.vendored)
-        from shipenv import archive
+        from shipenv.bundle import archive
 
         say(f"Packing {artifact.name}")
         packed = archive.write(
@@ -176,7 +177,7 @@ def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
         cache.tree_fingerprint(py.dynload) if py.dynload and not interpreter.is_within(py.dynload, py.stdlib) else None,
         sorted(options.keep_stdlib),
         sorted(options.system_libs),
-        (Path(policy.__file__).with_name("linux.json")).read_text(),
+        data.path("policy", "linux.json").read_text(),
         cache.tree_fingerprint(templates.directory()),
     )
 
@@ -185,7 +186,7 @@ def _interpreter_layer(
     py: PythonInfo, options: BuildOptions, root: Path, lib_policy: policy.LibraryPolicy, store: cache.BuildCache | None, say: Step
 ) -> str:
     """Copy, relocate and byte-compile the base interpreter, or reuse it from the cache."""
-    from shipenv import install
+    from shipenv.build import install
 
     layer_key = _interpreter_key(py, options)
     hit = store.get("interpreter", layer_key) if store else None
@@ -197,12 +198,12 @@ def _interpreter_layer(
     interpreter.apply_copy(interpreter.plan_copy(py, options.keep_stdlib), root)
     say("Making the interpreter relocatable")
     plan = relocate.plan(root, lib_policy, machine=py.machine)
-    relocate.apply(plan, root, elf.LiefPatcher())
+    relocate.apply(plan, root, patch.LiefPatcher())
     python = root / "bin" / f"python{py.xy}"
     scheme = install.tree_scheme(python, root)
     launchers.prepare_tree(py, root, scheme)
     say("Byte-compiling the standard library")
-    byte_compile(python, [root])
+    bytecode.byte_compile(python, [root])
     if store is not None:
         store.put("interpreter", layer_key, root, host_files=[v.src for v in plan.vendor] + [py.executable])
     return layer_key
@@ -218,7 +219,7 @@ def _build_tree(
     epoch: int,
     say: Step,
 ) -> TreeResult:
-    from shipenv import audit, install
+    from shipenv.build import audit, install
 
     store = cache.open_cache(options.cache_dir, options.use_cache)
     lib_policy = policy.load(options.system_libs)
@@ -245,11 +246,11 @@ def _build_tree(
             stage = work / f"stage-{index}"
             install.install_wheel(wheel, stage, scheme, py, source)
             plan = relocate.plan(stage, lib_policy, machine=py.machine, provided=root / relocate.LIB_DIR)
-            relocate.apply(plan, stage, elf.LiefPatcher())
+            relocate.apply(plan, stage, patch.LiefPatcher())
             staged.append((stage, wheel_key, [v.src for v in plan.vendor], wheel.name))
         if staged:
             say(f"Byte-compiling {len(staged)} packages")
-            byte_compile(python, [stage for stage, _, _, _ in staged])
+            bytecode.byte_compile(python, [stage for stage, _, _, _ in staged])
         for stage, wheel_key, host_files, wheel_name in staged:
             if store is not None:
                 store.put("wheel", wheel_key, stage, host_files=host_files)
@@ -260,8 +261,8 @@ def _build_tree(
         copied = venv.copy_venv(sources.venv_site, root, scheme, py)
         distributions += copied
         plan = relocate.plan(root, lib_policy, machine=py.machine)
-        relocate.apply(plan, root, elf.LiefPatcher())
-        byte_compile(python, [root / scheme.purelib], relative_to=root)
+        relocate.apply(plan, root, patch.LiefPatcher())
+        bytecode.byte_compile(python, [root / scheme.purelib], relative_to=root)
     launchers.write_entries(options, py, root, scheme)
     launchers.relocate_shebangs(root, scheme, py)
     distributions.sort(key=lambda d: d.name)
@@ -335,32 +336,3 @@ def _platform_tag(floor: tuple[int, int] | None, machine: str) -> str:
         return f"linux_{machine}"
     return f"manylinux_{floor[0]}_{floor[1]}_{machine}"
 
-
-def byte_compile(python: Path, roots: list[Path], *, relative_to: Path | None = None) -> None:
-    """Compile every ``.py`` under ``roots`` with the bundle's own interpreter.
-
-    ``unchecked-hash`` pycs do not depend on file mtimes, so they stay valid
-    after an archive clamps mtimes and are identical from build to build; the
-    path recorded in each is relative to its root, so no build path ends up in
-    a pyc (tracebacks name the file where it is at run time).
-    """
-    args = [str(r) for r in roots]
-    if relative_to is not None:
-        # Only these directories, with paths inside the pycs relative to the bundle.
-        args = [f"{relative_to}::{r.relative_to(relative_to)}" for r in roots]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run(
-        [str(python), "-I", "-B", str(Path(__file__).with_name("_compile.py")), *args],
-        capture_output=True, text=True, env=env, check=False,
-    )
-    if proc.returncode != 0:
-        raise RelocateError(f"Byte-compiling the bundle failed ({(proc.stderr.strip().splitlines() or ['no output'])[-1]}).")
-    failed = proc.stdout.split()
-    if failed:
-        # A package may ship files that are not Python 3 (templates, py2 leftovers):
-        # pip tolerates them too; they simply stay uncompiled.
-        log.warning("byte-compilation skipped %d file(s), e.g. %s", len(failed), failed[0])
-
-
-def rel(path: Path, root: Path) -> PurePosixPath:
-    return PurePosixPath(path.relative_to(root).as_posix())

@@ -17,7 +17,6 @@ from shipenv import templates
 from shipenv.model import BuildOptions, PythonInfo, Scheme
 
 
-
 def launcher_env(py: PythonInfo) -> str:
     """3.11+ takes ``__PYVENV_LAUNCHER__`` as ``sys.executable`` and unsets it at start-up,
     so children that run ``sys.executable`` come back through ``bin/python``; older

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from shipenv import elf, manifest
+from shipenv.bundle import elf, manifest
 from shipenv.model import AuditFinding, PythonInfo
 
 _METADATA_RULES: tuple[tuple[re.Pattern[str], str], ...] = (

@@ -11,7 +11,7 @@ one that runs, so a systemd unit says ``ExecStart=/srv/app/current/bin/app``::
 
 A deploy unpacks into a temporary directory beside ``releases/`` (same file
 system, so the final ``rename`` is atomic), checks every file against the
-bundle's RECORD as it streams (:mod:`shipenv._extract`), checks the host
+bundle's RECORD as it streams (:mod:`shipenv.deploy.extract`), checks the host
 before anything moves, runs ``--check`` in the new release, renames it into
 ``releases/`` and replaces ``current`` with ``rename(2)`` over a symlink made
 at a temporary name. Until that last rename, ``current`` and every release are
@@ -21,7 +21,7 @@ directory, which the next run removes under the lock.
 History, not mtimes, decides where a rollback goes: ``history.jsonl`` is
 append-only, one line per switch (``{"action", "from", "time", "to"}``), and
 the POSIX ``deploy.sh`` carried in every bundle writes the same lines
-(:mod:`shipenv._layout` holds what both must agree on). Replayed,
+(:mod:`shipenv.deploy.layout` holds what both must agree on). Replayed,
 it is a stack: a deploy pushes, a rollback pops the release it leaves, so
 repeated rollbacks walk further back and never return to a release rolled
 back from (``rollback --to`` can).
@@ -41,8 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shipenv import _extract, _lock, manifest
-from shipenv._layout import (
+from shipenv.bundle import manifest
+from shipenv.bundle.manifest import RecordEntry
+from shipenv.deploy import extract as _extract
+from shipenv.deploy import lock as _lock
+from shipenv.deploy.layout import (
     CURRENT,
     HISTORY,
     RELEASES,
@@ -60,7 +63,6 @@ from shipenv._layout import (
     syncfs,
 )
 from shipenv.errors import DeployError, HostError, UsageError, listing
-from shipenv.manifest import RecordEntry
 
 __all__ = [
     "CURRENT", "HISTORY", "RELEASES", "DeployResult", "HistoryEntry", "HostFacts", "PruneResult", "Release",

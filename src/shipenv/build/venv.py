@@ -19,8 +19,8 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from shipenv.build.launchers import script_launcher, write_launcher
 from shipenv.errors import InstallError, listing
-from shipenv.launchers import script_launcher, write_launcher
 from shipenv.model import Distribution, PythonInfo, Scheme
 
 #: Never copied from a venv: installing into a deployed release would break its RECORD.

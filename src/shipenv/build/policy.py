@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib import resources
+
+from shipenv import data as package_data
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class LibraryPolicy:
 
 
 def load(system_libs: frozenset[str] = frozenset()) -> LibraryPolicy:
-    data = json.loads(resources.files(__package__).joinpath("linux.json").read_text())
+    data = json.loads(package_data.path("policy", "linux.json").read_text())
     baseline = frozenset(data["baseline"]["libraries"])
     optional = {name for name, spec in data["libraries"].items() if not spec["vendor"]}
     return LibraryPolicy(baseline=baseline, system=baseline | optional | system_libs)

@@ -24,7 +24,7 @@ the archive:
   bsdtar and busybox), whose extended headers Python writes without host data;
 - the compressors give the same bytes whatever the number of threads
   (zstd in its multi-threaded mode, gzip in fixed blocks; see
-  :mod:`shipenv._codecs`), and the gzip header holds no name and mtime 0.
+  :mod:`shipenv.bundle.codecs`), and the gzip header holds no name and mtime 0.
 
 Reading (:func:`open_stream`) decompresses as a stream with bounded memory and
 turns every way a download can be damaged (cut short, a flipped byte, not an
@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from shipenv import _codecs
-from shipenv._codecs import CHUNK, Encoder
+from shipenv.bundle import codecs as _codecs
+from shipenv.bundle.codecs import CHUNK, Encoder
 from shipenv.errors import ArchiveError, UsageError, listing
 
 Progress = Callable[[int, int], None]

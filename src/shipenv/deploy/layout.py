@@ -1,6 +1,6 @@
 """The application root on disk: the ``current`` symlink, the history, leftovers.
 
-Shared by every command of :mod:`shipenv.deploy` and mirrored line for line by
+Shared by every command of :mod:`shipenv.deploy.releases` and mirrored line for line by
 ``templates/deploy.sh``, so both tools can take turns on one root: the same
 ``current -> releases/NAME-VERSION`` symlink, switched with one ``rename``;
 the same ``history.jsonl`` lines (``json.dumps(sort_keys=True)`` of

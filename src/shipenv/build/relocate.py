@@ -3,7 +3,7 @@
 The plan answers, for every ELF file in the tree, where each ``NEEDED``
 library will come from on the target:
 
-* the target's baseline (glibc; :mod:`shipenv.policy`): nothing to do;
+* the target's baseline (glibc; :mod:`shipenv.build.policy`): nothing to do;
 * a directory inside the tree that the file already reaches through an
   ``$ORIGIN``-relative path (a manylinux wheel's ``numpy.libs``): kept;
 * anything else is found on the build host the way the dynamic loader would
@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from shipenv import elf
+from shipenv.build.patch import Patcher
+from shipenv.build.policy import LibraryPolicy
+from shipenv.bundle import elf
 from shipenv.errors import RelocateError, listing
 from shipenv.model import ElfInfo, RelocationPlan, SetRpath, VendorLibrary
-from shipenv.policy import LibraryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,7 @@ def plan(
     return planner.run()
 
 
-def apply(plan: RelocationPlan, root: Path, patcher: elf.Patcher) -> None:
+def apply(plan: RelocationPlan, root: Path, patcher: Patcher) -> None:
     """Carry out a plan: vendored libraries first, then search paths."""
     import shutil
 

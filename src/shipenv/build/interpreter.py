@@ -10,7 +10,7 @@ stdlib in ``/usr/lib/python3.11``. Both become the same tree shape::
     lib/python3.X/           stdlib and lib-dynload (CPython finds them from bin/)
     lib/python3.X/site-packages/
 
-``libpython`` and every other shared library are added by :mod:`shipenv.relocate`,
+``libpython`` and every other shared library are added by :mod:`shipenv.build.relocate`,
 which follows the ELF ``NEEDED`` entries instead of special-casing them here.
 """
 
@@ -26,12 +26,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from shipenv import data
 from shipenv.errors import InterpreterError
 from shipenv.model import STDLIB_OPTIONAL, CopyFile, CopyPlan, MakeSymlink, PythonInfo
 
 log = logging.getLogger(__name__)
 
-_PROBE = Path(__file__).with_name("_probe.py")
+_PROBE = data.path("probe.py")
 
 #: Top-level stdlib entries each optional group removes, and lib-dynload modules.
 _OPTIONAL_TOP: dict[str, tuple[str, ...]] = {

@@ -2,7 +2,7 @@
 
 Both take an archive or an unpacked bundle directory. An archive is read as a
 stream and never unpacked: ``inspect`` stops after the first entries, where
-:func:`shipenv.archive.write` puts ``manifest.json`` and ``RECORD``; ``verify``
+:func:`shipenv.bundle.archive.write` puts ``manifest.json`` and ``RECORD``; ``verify``
 hashes each member as it passes. Only ``verify --run`` writes the bundle to
 disk, into a temporary directory whose path has a space, and removes it after.
 
@@ -40,9 +40,9 @@ from typing import IO, Any, Literal
 
 from elftools.common.exceptions import ELFError
 
-from shipenv import archive, elf, manifest
+from shipenv.bundle import archive, elf, manifest
+from shipenv.bundle.manifest import RecordEntry
 from shipenv.errors import ArchiveError, UsageError, VerifyError, listing
-from shipenv.manifest import RecordEntry
 from shipenv.model import ElfInfo
 
 Progress = Callable[[int, int], None]

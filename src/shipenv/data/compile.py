@@ -1,6 +1,6 @@
 # Run by the *bundled* interpreter (any CPython >= 3.8), never imported by shipenv.
 #
-#   python -I -B _compile.py ROOT[::SUBDIR] [ROOT[::SUBDIR] ...]
+#   python -I -B compile.py ROOT[::SUBDIR] [ROOT[::SUBDIR] ...]
 #
 # Byte-compiles every .py file under each ROOT, recording paths relative to
 # that ROOT (so no build path ends up in a .pyc), as unchecked-hash pycs that

@@ -34,7 +34,8 @@ from installer.utils import Scheme as InstallerScheme
 from packaging.tags import Tag, compatible_tags, cpython_tags, platform_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from shipenv import interpreter, launchers, resolver, venv
+from shipenv import config
+from shipenv.build import interpreter, launchers, resolver, venv
 from shipenv.errors import InstallError, ResolveError, listing
 from shipenv.model import BuildOptions, Distribution, PythonInfo, Scheme
 
@@ -75,15 +76,12 @@ def resolve_sources(options: BuildOptions) -> Sources:
 
 
 def _project_metadata(project: Path) -> dict[str, str]:
-    import tomllib
-
     pyproject = project / "pyproject.toml"
     if not pyproject.is_file():
         if (project / "setup.py").is_file():
             return {}
         raise ResolveError(f"{project} has neither a pyproject.toml nor a setup.py.", hint="Give a Python project directory.")
-    data = tomllib.loads(pyproject.read_text())
-    table = data.get("project", {})
+    table = config.read_pyproject(pyproject).get("project", {})
     out = {}
     if isinstance(table.get("name"), str):
         out["name"] = table["name"]

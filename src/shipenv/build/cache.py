@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shipenv import __version__, manifest
+from shipenv import __version__
+from shipenv.bundle import manifest
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,11 @@ def key(*parts: Any) -> str:
 @functools.cache
 def _code_fingerprint() -> str:
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.rglob("*")):
+    package = Path(__file__).parents[1]  # all of shipenv, not only the build side
+    for path in sorted(package.rglob("*")):
         if path.suffix in (".py", ".json") and "__pycache__" not in path.parts:
             st = path.stat()
-            digest.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            digest.update(f"{path.relative_to(package)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

@@ -1,0 +1,10 @@
+"""The server side: releases under a root, the atomic switch, rollback, prune, modulefiles.
+
+``releases`` (deploy, rollback, releases, prune), ``extract`` (the streaming,
+refusing extractor), ``layout`` (the root's files and history), ``lock`` (one
+deploy at a time per root), ``modulefile``. ``templates/deploy.sh`` is the same
+contract in POSIX sh.
+
+May import :mod:`shipenv.bundle`; never imports :mod:`shipenv.build`, so a
+server needs none of the build dependencies' code paths.
+"""
