@@ -62,8 +62,26 @@ class DeployError(ShipenvError):
     """A deploy, rollback or prune cannot be done; nothing on the host was changed."""
 
 
+class RefusedArchive(DeployError):
+    """An archive that deploy will not unpack (hostile, corrupt, or not a bundle)."""
+
+    exit_code = 3
+
+
 class HostError(DeployError):
     """This host cannot run the bundle (architecture, glibc)."""
+
+    exit_code = 4
+
+
+class RootError(DeployError):
+    """The application root is not as shipenv made it (a planted link, modes others can write)."""
+
+
+class FilesystemError(DeployError):
+    """The file system refused a change (full, read-only, permission, name too long, cross-device)."""
+
+    exit_code = 5
 
 
 def listing(items: Sequence[str], *, limit: int = 5) -> str:

@@ -92,7 +92,7 @@ def test_deploy_sh_on_a_bare_debian_12(built_bundle: BuildFn, tmp_path: Path) ->
 
         # shipenv reads what deploy.sh wrote: same layout, same history, releases that verify.
         root = server.upper_path("/srv/app")
-        assert [(e.action, e.from_, e.to) for e in deploy.read_history(root)] == [
+        assert [(e.action, e.from_, e.to) for e in deploy.history(root)] == [
             ("deploy", None, "app-1.0"), ("deploy", "app-1.0", "app-2.0"),
             ("rollback", "app-2.0", "app-1.0"), ("rollback-to", "app-1.0", "app-2.0"),
         ]

@@ -213,7 +213,7 @@ def current(root: Path) -> str:
 
 
 def history(root: Path) -> list[tuple[str, str | None, str]]:
-    return [(e.action, e.from_, e.to) for e in deploy.read_history(root)]
+    return [(e.action, e.from_, e.to) for e in deploy.history(root)]
 
 
 # -- deploy ------------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next(trees: Path, dist: Pa
 
 def test_current_that_is_a_directory_is_not_replaced(trees: Path, dist: Path, root: Path) -> None:
     (root / "current").mkdir(parents=True)
-    with pytest.raises(DeployError, match=r"current is not a symlink; shipenv manages it as one\."):
+    with pytest.raises(DeployError, match=r"current is not the symlink shipenv makes \(it is a directory\); nothing was changed\."):
         run(bundle(trees, dist, "1.0"), root)
     assert (root / "current").is_dir() and os.listdir(root / "releases") == []
 

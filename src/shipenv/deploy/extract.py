@@ -56,7 +56,7 @@ from typing import IO, Any
 from shipenv.bundle import archive as archive_io
 from shipenv.bundle import manifest
 from shipenv.bundle.manifest import RecordEntry
-from shipenv.errors import DeployError, listing
+from shipenv.errors import RefusedArchive, listing
 
 Progress = Callable[[int, int], None]
 
@@ -104,8 +104,8 @@ class _Refused(Exception):
     """Internal: a reason to refuse, turned into a DeployError naming the archive."""
 
 
-def refusal(archive: Path, reason: str) -> DeployError:
-    return DeployError(
+def refusal(archive: Path, reason: str) -> RefusedArchive:
+    return RefusedArchive(
         f"Refused {archive.name}: {reason}; nothing was deployed.",
         hint="Copy the archive again (compare it with its .sha256) or rebuild it with shipenv build.",
     )

@@ -1,30 +1,58 @@
-"""The application root on disk: the ``current`` symlink, the history, leftovers.
+"""The application root on disk: who may own it, ``current``, the history, what a release is.
 
-Shared by every command of :mod:`shipenv.deploy.releases` and mirrored line for line by
+Shared by every command of :mod:`shipenv.deploy.releases` and kept in step with
 ``templates/deploy.sh``, so both tools can take turns on one root: the same
 ``current -> releases/NAME-VERSION`` symlink, switched with one ``rename``;
 the same ``history.jsonl`` lines (``json.dumps(sort_keys=True)`` of
 ``action``, ``from``, ``time``, ``to``); the same leftover names.
+
+**Who may own what.** The root (``/srv/app``) and its ``releases/`` may belong
+to root or to one service user, the root's owner; its control files
+(``.shipenv.lock``, ``history.jsonl``, ``current``) to either of them. When
+shipenv runs as root it also refuses a root or ``releases/`` that group or
+others can write, and a root whose parent directories anyone but root can
+change (a sticky, world-writable ``/tmp`` is fine). The root's owner can
+always rearrange its own root; what it can never do is make a deploy, rollback,
+prune or listing run as root open, write or remove anything outside the root:
+every name in the root is looked up in a directory shipenv opened, without
+following symlinks (:mod:`shipenv.deploy.fs`).
+
+**What a release is.** A directory directly under ``releases/`` (not a
+symlink) whose name is a plain ``NAME-VERSION`` and which holds a regular
+``.shipenv/manifest.json`` naming that very ``NAME-VERSION``. Listing,
+rollback (``--to``) and prune see nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
-import shutil
+import re
+import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from shipenv.errors import DeployError
+from shipenv.deploy import fs
+from shipenv.errors import DeployError, RootError
 
 RELEASES = "releases"
 CURRENT = "current"
 HISTORY = "history.jsonl"
 #: Names of leftovers of an interrupted run, removed by the next one under the lock.
 TMP_PREFIX, TRASH_PREFIX, LINK_PREFIX = ".deploy-", ".prune-", ".current.new."
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_MANIFEST_LIMIT = 1 << 20
+_HISTORY_LIMIT = 64 << 20
+
+
+def valid_release_name(name: str) -> bool:
+    """``NAME-VERSION`` is one plain path component that shells and JSON need not quote."""
+    return bool(_NAME_RE.fullmatch(name)) and ".." not in name
 
 
 @dataclass(frozen=True)
@@ -35,27 +63,184 @@ class HistoryEntry:
     to: str
 
 
-def current_release(root: Path) -> str | None:
-    """Name of the release ``ROOT/current`` points to, or None when there is none yet."""
-    link = root / CURRENT
+@dataclass(frozen=True)
+class Root:
+    """An application root opened once: every later lookup goes through these descriptors."""
+
+    path: Path  #: absolute, as the user named it (for messages)
+    fd: int
+    releases_fd: int  #: -1 while ``releases/`` does not exist
+    owner: int  #: uid of the root directory
+
+    def shown(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def check_owner(self, st: os.stat_result, name: str, *, dir_: bool = False) -> None:
+        """As root: ``name`` must belong to root or the root's owner, and (a directory) be theirs alone to write."""
+        if os.geteuid() != 0:
+            return
+        if st.st_uid not in (0, self.owner):
+            raise RootError(
+                f"{self.shown(name)} belongs to uid {st.st_uid}, neither root nor the owner of {self.path} (uid {self.owner}); nothing was changed.",
+                hint=f"chown it to root or to uid {self.owner}, then try again.",
+            )
+        if dir_ and st.st_mode & 0o022:
+            raise _writable(self.shown(name), st.st_mode)
+
+
+def _writable(shown: str, mode: int) -> RootError:
+    return RootError(
+        f"{shown} is writable by group or others (mode {stat.S_IMODE(mode):04o}), so anyone could change what runs from it; nothing was changed.",
+        hint=f"chmod go-w {shown} (it may belong to the service user, but only it may write there), then try again.",
+    )
+
+
+def _check_parents(path: Path) -> None:
+    """As root: only root may be able to change the directories that lead to the root."""
+    seen: set[str] = set()
+    for start in (path, Path(os.path.realpath(path))):
+        for parent in start.parents:
+            key = str(parent)
+            if key in seen:
+                continue
+            seen.add(key)
+            st = os.stat(parent)
+            sticky = st.st_mode & stat.S_ISVTX
+            who = f"uid {st.st_uid}" if st.st_uid != 0 else "group or others" if st.st_mode & 0o022 and not sticky else ""
+            if who:
+                raise RootError(
+                    f"{parent}, a parent directory of {path}, can be changed by {who}, so the way to the root cannot be trusted; nothing was changed.",
+                    hint="Deploy as root only below directories that belong to root and that only root can write (such as /srv), or deploy as the root's owner.",
+                )
+
+
+@contextlib.contextmanager
+def open_root(path: Path, *, create: bool = False, write: bool = True) -> Iterator[Root]:
+    """Open the root at ``path`` (made with ``releases/`` when ``create``) and check who owns it.
+
+    Raises :class:`FileNotFoundError` when it does not exist and ``create`` is
+    false; the callers say what that means for them. With ``write``,
+    ``releases/`` must be on the root's file system (a release moves in with one
+    atomic ``rename``, never a copy).
+    """
+    path = Path(os.path.abspath(path))
+    if create:
+        try:
+            os.makedirs(path, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise DeployError(f"{path} is not a directory.", hint="Name a directory as the root (it is created if missing).") from None
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    releases_fd = -1
     try:
-        target = os.readlink(link)
+        st = os.fstat(fd)
+        if os.geteuid() == 0:
+            if st.st_mode & 0o022:
+                raise _writable(str(path), st.st_mode)
+            _check_parents(path)
+        root = Root(path, fd, -1, st.st_uid)
+        rst = fs.lstat_at(fd, RELEASES)
+        if rst is None and create:
+            os.mkdir(RELEASES, 0o755, dir_fd=fd)
+            rst = fs.lstat_at(fd, RELEASES)
+        if rst is not None:
+            releases_fd = fs.open_dir_at(fd, RELEASES, root.shown(RELEASES))
+            rst = os.fstat(releases_fd)
+            root.check_owner(rst, RELEASES, dir_=True)
+            if write and rst.st_dev != st.st_dev:
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(path / RELEASES))
+        yield Root(path, fd, releases_fd, st.st_uid)
+    finally:
+        if releases_fd >= 0:
+            os.close(releases_fd)
+        os.close(fd)
+
+
+# -- releases ---------------------------------------------------------------------------
+
+
+def release_version(root: Root, name: str) -> str | None:
+    """The version a release's manifest gives, or None when ``releases/NAME`` is not a release."""
+    if root.releases_fd < 0 or not valid_release_name(name):
+        return None
+    try:
+        with fs.closing_fd(os.open(name, fs.DIR_FLAGS, dir_fd=root.releases_fd)) as rel, \
+                fs.closing_fd(os.open(".shipenv", fs.DIR_FLAGS, dir_fd=rel)) as meta:
+            st = fs.lstat_at(meta, "manifest.json")
+            if st is None or not stat.S_ISREG(st.st_mode):
+                return None
+            with fs.closing_fd(os.open("manifest.json", os.O_RDONLY | fs.FILE_FLAGS, dir_fd=meta)) as f:
+                data = json.loads(fs.read_all(f, _MANIFEST_LIMIT))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or f"{data.get('name')}-{data.get('version')}" != name:
+        return None
+    return str(data["version"])
+
+
+def release_names(root: Root) -> list[str]:
+    """Every release under ``releases/`` (see the module docstring), sorted by name."""
+    if root.releases_fd < 0:
+        return []
+    with os.scandir(root.releases_fd) as entries:
+        names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    return [n for n in names if release_version(root, n) is not None]
+
+
+def current_release(root: Root) -> str | None:
+    """Name of the release ``ROOT/current`` points to, or None when there is none yet."""
+    try:
+        target = os.readlink(CURRENT, dir_fd=root.fd)
     except FileNotFoundError:
         return None
-    except OSError:
-        raise DeployError(f"{link} is not a symlink; shipenv manages it as one.", hint="Move it away, then deploy again.") from None
-    name = os.path.basename(target.rstrip("/"))
-    if os.path.realpath(os.path.dirname(os.path.join(root, target.rstrip("/")))) != os.path.realpath(root / RELEASES):
-        raise DeployError(f"{link} points to {target}, outside {root / RELEASES}.", hint="Point it at a release there (or remove it), then try again.")
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        st = fs.lstat_at(root.fd, CURRENT)
+        raise fs.not_made(root.shown(CURRENT), "symlink", fs.kind(st.st_mode) if st else "gone") from None
+    prefix, _, name = target.rstrip("/").partition("/")
+    if prefix != RELEASES or not valid_release_name(name):
+        raise RootError(
+            f"{root.shown(CURRENT)} points to {target}, not to a release in {root.shown(RELEASES)}; nothing was changed.",
+            hint=f"Point it at a release (ln -sfn releases/NAME-VERSION {root.shown(CURRENT)}) or remove it, then try again.",
+        )
     return name
 
 
-def read_history(root: Path) -> list[HistoryEntry]:
-    """Every well-formed line of the history; a line torn by a crash is skipped."""
+def switch(root: Root, name: str) -> None:
+    """Point ``current`` at ``releases/NAME`` with one rename: never absent, never half-made."""
+    tmp = f"{LINK_PREFIX}{os.getpid()}"
+    fs.remove_tree_at(root.fd, tmp)
+    os.symlink(f"{RELEASES}/{name}", tmp, dir_fd=root.fd)
+    os.replace(tmp, CURRENT, src_dir_fd=root.fd, dst_dir_fd=root.fd)
+    os.fsync(root.fd)
+
+
+def clean_stale(root: Root) -> None:
+    with os.scandir(root.fd) as entries:
+        stale = [e.name for e in entries if e.name.startswith((TMP_PREFIX, TRASH_PREFIX, LINK_PREFIX))]
+    for name in stale:
+        fs.remove_tree_at(root.fd, name)
+
+
+def syncfs(fd: int) -> None:
+    """Flush the file system holding ``fd`` (all files of a release, in one call)."""
     try:
-        text = (root / HISTORY).read_text(errors="replace")
-    except FileNotFoundError:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            os.sync()
+    except (OSError, AttributeError):
+        os.sync()
+
+
+# -- history ----------------------------------------------------------------------------------
+
+
+def read_history(root: Root) -> list[HistoryEntry]:
+    """Every well-formed line of the history; a line torn by a crash is skipped."""
+    if fs.lstat_at(root.fd, HISTORY) is None:
         return []
+    with fs.closing_fd(fs.open_file_at(root.fd, HISTORY, root.shown(HISTORY), os.O_RDONLY)) as fd:
+        root.check_owner(os.fstat(fd), HISTORY)
+        text = fs.read_all(fd, _HISTORY_LIMIT).decode(errors="replace")
     entries = []
     for line in text.splitlines():
         try:
@@ -68,18 +253,16 @@ def read_history(root: Path) -> list[HistoryEntry]:
     return entries
 
 
-def append_history(root: Path, action: str, frm: str | None, to: str) -> None:
+def append_history(root: Root, action: str, frm: str | None, to: str) -> None:
     entry = {"action": action, "from": frm, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "to": to}
     line = json.dumps(entry, sort_keys=True) + "\n"
-    fd = os.open(root / HISTORY, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
+    with fs.closing_fd(fs.open_file_at(root.fd, HISTORY, root.shown(HISTORY), os.O_RDWR | os.O_APPEND | os.O_CREAT)) as fd:
+        root.check_owner(os.fstat(fd), HISTORY)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = "\n" + line  # a crash tore the last line: do not glue this one to it
         os.write(fd, line.encode())
         os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rollback_stack(history: list[HistoryEntry], current: str | None) -> list[str]:
@@ -103,50 +286,10 @@ def rollback_stack(history: list[HistoryEntry], current: str | None) -> list[str
     return stack
 
 
-def rollback_target(root: Path, history: list[HistoryEntry] | None = None) -> str | None:
+def rollback_target(root: Root, history: list[HistoryEntry] | None = None) -> str | None:
     current = current_release(root)
     stack = rollback_stack(read_history(root) if history is None else history, current)
     for name in reversed(stack[:-1]):
-        if name != current and (root / RELEASES / name).is_dir():
+        if name != current and release_version(root, name) is not None:
             return name
     return None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def syncfs(path: Path) -> None:
-    """Flush the file system holding ``path`` (all files of a release, in one call)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
-            os.sync()
-    except (OSError, AttributeError):
-        os.sync()
-    finally:
-        os.close(fd)
-
-
-def switch(root: Path, name: str) -> None:
-    """Point ``current`` at ``releases/NAME`` with one rename: never absent, never half-made."""
-    tmp = root / f"{LINK_PREFIX}{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    os.symlink(f"{RELEASES}/{name}", tmp)
-    os.replace(tmp, root / CURRENT)
-    fsync_dir(root)
-
-
-def clean_stale(root: Path) -> None:
-    for entry in os.scandir(root):
-        if entry.name.startswith((TMP_PREFIX, TRASH_PREFIX, LINK_PREFIX)):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)

@@ -6,6 +6,11 @@ other. ``flock`` rather than a pid file: the kernel drops the lock when its
 holder dies, even by ``SIGKILL``, so a crashed deploy never leaves a stale lock
 behind that someone has to delete by hand. The holder writes its pid into the
 file only so that the refusal can name it.
+
+The file is opened in the root's directory descriptor with ``O_NOFOLLOW`` and
+must be a plain file with one link (:func:`shipenv.deploy.fs.open_file_at`):
+a service user who owns the root cannot turn the pid write into a truncation
+of a file elsewhere.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from shipenv.deploy import fs
 from shipenv.errors import DeployError
 
 LOCK_NAME = ".shipenv.lock"
@@ -34,13 +40,28 @@ def _holder(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def hold(root: Path, *, wait: float = 0.0) -> Iterator[None]:
+def hold(root: Path, *, wait: float = 0.0, dir_fd: int | None = None,
+         check: Callable[[os.stat_result], None] | None = None) -> Iterator[None]:
     """Hold the root's lock for the ``with`` block, waiting up to ``wait`` seconds.
 
     Raises :class:`DeployError` naming the holder's pid when the lock stays
-    taken. ``root`` must exist.
+    taken. ``root`` must exist; ``dir_fd``, when given, is open on it and is
+    where the lock file is looked up; ``check`` gets the lock file's stat
+    before it is locked (the root's ownership rules).
     """
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    own = dir_fd is None
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if dir_fd is None else dir_fd
+    try:
+        fd = fs.open_file_at(root_fd, LOCK_NAME, f"{root}/{LOCK_NAME}", os.O_RDWR | os.O_CREAT)
+    finally:
+        if own:
+            os.close(root_fd)
+    try:
+        if check is not None:
+            check(os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
     try:
         deadline = time.monotonic() + max(wait, 0.0)
         while True:

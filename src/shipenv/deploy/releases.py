@@ -30,13 +30,13 @@ back from (``rollback --to`` can).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import os
-import shutil
+import stat
 import subprocess
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from typing import Any
 from shipenv.bundle import manifest
 from shipenv.bundle.manifest import RecordEntry
 from shipenv.deploy import extract as _extract
+from shipenv.deploy import fs
 from shipenv.deploy import lock as _lock
 from shipenv.deploy.layout import (
     CURRENT,
@@ -52,22 +53,24 @@ from shipenv.deploy.layout import (
     TMP_PREFIX,
     TRASH_PREFIX,
     HistoryEntry,
+    Root,
     append_history,
     clean_stale,
     current_release,
-    fsync_dir,
+    open_root,
     read_history,
+    release_names,
+    release_version,
     rollback_stack,
     rollback_target,
     switch,
     syncfs,
 )
-from shipenv.errors import DeployError, HostError, UsageError, listing
+from shipenv.errors import DeployError, FilesystemError, HostError, UsageError, listing
 
 __all__ = [
     "CURRENT", "HISTORY", "RELEASES", "DeployResult", "HistoryEntry", "HostFacts", "PruneResult", "Release",
-    "SwitchResult", "check_host", "current_release", "deploy", "prune", "read_history", "releases", "rollback",
-    "rollback_stack", "rollback_target",
+    "SwitchResult", "check_host", "deploy", "history", "prune", "releases", "rollback", "rollback_stack",
 ]
 
 Step = Callable[[str], None]
@@ -133,29 +136,30 @@ def check_host(metadata: dict[str, Any], host: HostFacts, release: str) -> None:
         raise HostError(f"This host has glibc {have} but {release} needs {floor} or newer; deploy it on a newer distribution or rebuild it on an older one.")
 
 
-def _prepare_root(root: Path) -> Path:
-    root = Path(os.path.abspath(root))
-    try:
-        (root / RELEASES).mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UsageError(f"{root} is not a directory.") from None
-    except PermissionError:
-        raise DeployError(f"Cannot create {root / RELEASES}: permission denied.", hint="Run as the user that owns the application root.") from None
-    return root
-
-
-def _existing_root(root: Path) -> Path:
-    root = Path(os.path.abspath(root))
-    if not (root / RELEASES).is_dir():
-        raise DeployError(f"{root} holds no releases (no {root / RELEASES}).", hint=f"Deploy one first: shipenv deploy ARCHIVE --root {root}")
-    return root
-
-
 def _mb(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
     return f"{n} bytes"
+
+
+@contextlib.contextmanager
+def _locked(path: Path, *, wait: float, create: bool = False, state: str = "nothing was changed") -> Iterator[Root]:
+    """The opened root, locked, its leftovers removed; OS errors become one sentence saying ``state``."""
+    shown = Path(os.path.abspath(path))
+    try:
+        with open_root(shown, create=create) as root:
+            if root.releases_fd < 0:
+                raise DeployError(f"{shown} holds no releases (no {shown / RELEASES}).", hint=f"Deploy one first: shipenv deploy ARCHIVE --root {shown}")
+            with _lock.hold(root.path, wait=wait, dir_fd=root.fd, check=lambda st: root.check_owner(st, _lock.LOCK_NAME)):
+                clean_stale(root)
+                yield root
+    except FileNotFoundError:
+        if create:
+            raise
+        raise DeployError(f"{shown} holds no releases (no {shown / RELEASES}).", hint=f"Deploy one first: shipenv deploy ARCHIVE --root {shown}") from None
+    except OSError as exc:
+        raise fs.os_error(exc, str(shown), state) from None
 
 
 # -- releases -------------------------------------------------------------------
@@ -173,20 +177,41 @@ class Release:
         return {"name": self.name, "path": str(self.path), "current": self.current, "rollback": self.rollback, "deployed_at": self.deployed_at}
 
 
-def releases(root: Path) -> list[Release]:
-    """Every release under ``root``, the most recently current first."""
-    root = Path(os.path.abspath(root))
-    if not (root / RELEASES).is_dir():
-        return []
+def _releases(root: Root) -> list[Release]:
     history = read_history(root)
     current = current_release(root)
     target = rollback_target(root, history)
     last: dict[str, tuple[int, str]] = {}
     for i, entry in enumerate(history):
         last[entry.to] = (i, entry.time)
-    names = [e.name for e in os.scandir(root / RELEASES) if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")]
+    names = release_names(root)
     names.sort(key=lambda n: (last.get(n, (-1, ""))[0], n), reverse=True)
-    return [Release(n, root / RELEASES / n, n == current, n == target, last[n][1] if n in last else None) for n in names]
+    base = root.path / RELEASES
+    return [Release(n, base / n, n == current, n == target, last[n][1] if n in last else None) for n in names]
+
+
+def history(root: Path) -> list[HistoryEntry]:
+    """The well-formed lines of ``ROOT/history.jsonl`` (none when there is no root yet)."""
+    shown = Path(os.path.abspath(root))
+    try:
+        with open_root(shown, write=False) as opened:
+            return read_history(opened)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise fs.os_error(exc, str(shown), "nothing was changed") from None
+
+
+def releases(root: Path) -> list[Release]:
+    """Every release under ``root`` (see :mod:`shipenv.deploy.layout`), the most recently current first."""
+    shown = Path(os.path.abspath(root))
+    try:
+        with open_root(shown, write=False) as opened:
+            return _releases(opened)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise fs.os_error(exc, str(shown), "nothing was changed") from None
 
 
 # -- deploy ---------------------------------------------------------------------
@@ -208,14 +233,21 @@ class DeployResult:
 def _record_of(release: Path) -> tuple[str | None, dict[str, RecordEntry]]:
     """(sha256 of its RECORD, parsed RECORD) of an unpacked release; (None, {}) if unreadable."""
     try:
-        data = (release / manifest.RECORD).read_bytes()
+        fd = os.open(release / manifest.RECORD, os.O_RDONLY | fs.FILE_FLAGS)
+        with fs.closing_fd(fd):
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None, {}
+            data = fs.read_all(fd, 1 << 30)
         return hashlib.sha256(data).hexdigest(), manifest.parse_record(data)
     except (OSError, ValueError, UnicodeDecodeError):
         return None, {}
 
 
-def _run_check(check: str, release: Path, name: str, state: str) -> None:
-    proc = subprocess.run(["sh", "-c", check], cwd=release, capture_output=True, text=True, errors="replace", check=False)
+def _run_check(check: str, release_fd: int, name: str, state: str) -> None:
+    # The check runs as root: in the directory we unpacked (by descriptor), never in one
+    # that the root's owner could have renamed into its place meanwhile.
+    proc = subprocess.run(["sh", "-c", check], cwd=fs.fd_path(release_fd), pass_fds=(release_fd,),
+                          capture_output=True, text=True, errors="replace", check=False)
     if proc.returncode != 0:
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
         raise DeployError(
@@ -233,72 +265,85 @@ def deploy(archive: Path, root: Path, *, check: str | None = None, keep: int | N
         raise UsageError(f"--keep {keep}: keep at least 1 release (the current one).")
     if not archive.is_file():
         raise UsageError(f"{archive} is not a file.")
-    root = _prepare_root(root)
-    with _lock.hold(root, wait=wait):
-        clean_stale(root)
-        previous = current_release(root)
-        state = f"{root / CURRENT} still points to {previous}" if previous else f"{root / CURRENT} was not created"
-        tmp: Path | None = None
-        stats: _extract.Stats | None = None
-        name, size = archive.name, 0
+    shown = Path(os.path.abspath(root))
+    state = f"nothing was deployed and {shown / CURRENT} was not created"
+    with _locked(shown, wait=wait, create=True, state=state) as opened:
+        previous = current_release(opened)
+        if previous:
+            state = f"nothing was deployed and {shown / CURRENT} still points to {previous}"
         try:
-            with _extract.open_bundle(archive) as reader:
-                head = reader.head
-                name, size = head.top, head.size
-                say(f"Checking {name} against this host")
-                check_host(head.metadata, host, name)
-                final = root / RELEASES / name
-                if os.path.lexists(final):
-                    digest, _ = _record_of(final)
-                    if digest != head.record_sha256:
-                        raise DeployError(
-                            f"{final} already exists with different content than {archive.name}; a version is deployed only once.",
-                            hint="Give the new build its own version (shipenv build --version), or remove the old release if it is not current.",
-                        )
-                    if previous == name:
-                        return DeployResult(name, final, previous, False, message=f"{name} is already deployed with the same content and is current in {root}; nothing changed.")
-                else:
-                    share = root / RELEASES / previous if previous else None
-                    share_record = _record_of(share)[1] if share is not None else {}
-                    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
-                    say(f"Unpacking {name} ({_mb(head.size)}) and checking every file against its RECORD")
-                    stats = reader.extract(tmp / name, share=share, share_record=share_record, progress=progress)
-            if tmp is not None:
-                syncfs(tmp)
-            if check:
-                say(f"Running the check: {check}")
-                _run_check(check, tmp / name if tmp is not None else final, name, state)
-            if tmp is not None:
-                os.rename(tmp / name, final)
-                fsync_dir(final.parent)
-            say(f"Switching {root / CURRENT} to {name}")
-            switch(root, name)
-            append_history(root, "deploy", previous, name)
+            result = _deploy_locked(opened, archive, previous, check, host, say, progress, state)
+            pruned = _prune(opened, keep) if keep is not None and result.changed else ()
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-            st = os.statvfs(root)
-            raise DeployError(
-                f"The disk holding {root} is full: {name} needs about {_mb(size)} "
-                f"and {_mb(st.f_bavail * st.f_frsize)} is free there; nothing was deployed and {state}.",
-                hint=f"Free some space, for example with 'shipenv prune --root {root} --keep 2', then deploy again.",
-            ) from None
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-        pruned = _prune(root, keep) if keep is not None else ()
-    switched = f"switched {root / CURRENT} from {previous} to {name}" if previous else f"pointed {root / CURRENT} to it"
-    if stats is None:
-        message = f"{name} was already unpacked with the same content; {switched}."
-    else:
-        shared = f", {_mb(stats.linked_bytes)} hard-linked from {previous}" if previous else ""
-        message = f"Deployed {name} and {switched} ({stats.files:,} files: {_mb(stats.written_bytes)} written{shared})."
+            raise fs.os_error(exc, str(shown), state) from None
     if pruned:
-        message += f" Removed {', '.join(pruned)}."
-    return DeployResult(name, final, previous, True, stats.files if stats else 0, stats.written_bytes if stats else 0,
-                        stats.linked_bytes if stats else 0, pruned, message)
+        result = dataclasses.replace(result, pruned=pruned, message=result.message + f" Removed {', '.join(pruned)}.")
+    return result
+
+
+def _deploy_locked(root: Root, archive: Path, previous: str | None, check: str | None, host: HostFacts,
+                   say: Step, progress: Progress | None, state: str) -> DeployResult:
+    releases_dir = Path(fs.fd_path(root.releases_fd))
+    tmp: str | None = None
+    tmp_fd = -1
+    stats: _extract.Stats | None = None
+    try:
+        with _extract.open_bundle(archive) as reader:
+            head = reader.head
+            name = head.top
+            say(f"Checking {name} against this host")
+            check_host(head.metadata, host, name)
+            final = root.path / RELEASES / name
+            if fs.lstat_at(root.releases_fd, name) is not None:
+                digest = _record_of(releases_dir / name)[0] if release_version(root, name) else None
+                if digest != head.record_sha256:
+                    raise DeployError(
+                        f"{final} already exists with different content than {archive.name}; a version is deployed only once.",
+                        hint="Give the new build its own version (shipenv build --version), or remove the old release if it is not current.",
+                    )
+                if previous == name:
+                    return DeployResult(name, final, previous, False, message=f"{name} is already deployed with the same content and is current in {root.path}; nothing changed.")
+            else:
+                share = releases_dir / previous if previous and release_version(root, previous) else None
+                share_record = _record_of(share)[1] if share is not None else {}
+                tmp, tmp_fd = fs.make_temp_dir(root.fd, TMP_PREFIX)
+                say(f"Unpacking {name} ({_mb(head.size)}) and checking every file against its RECORD")
+                try:
+                    stats = reader.extract(Path(fs.fd_path(tmp_fd)) / name, share=share, share_record=share_record, progress=progress)
+                    syncfs(tmp_fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    free = os.statvfs(root.fd)
+                    raise FilesystemError(
+                        f"The disk holding {root.path} is full; {state}.",
+                        hint=f"{name} needs about {_mb(head.size)} and {_mb(free.f_bavail * free.f_frsize)} is free there: free some space, "
+                        f"for example with 'shipenv prune --root {root.path} --keep 2', then deploy again.",
+                    ) from None
+        if check:
+            with fs.closing_fd(fs.open_dir_at(root.releases_fd if tmp_fd < 0 else tmp_fd, name, str(final))) as rel_fd:
+                say(f"Running the check: {check}")
+                _run_check(check, rel_fd, name, state.replace("nothing was deployed and ", ""))
+        if tmp is not None:
+            if fs.lstat_at(root.releases_fd, name) is not None:
+                raise DeployError(f"{final} appeared while {name} was unpacked; {state}.", hint="Check who made it, remove it, then deploy again.")
+            os.rename(name, name, src_dir_fd=tmp_fd, dst_dir_fd=root.releases_fd)
+            os.fsync(root.releases_fd)
+        say(f"Switching {root.path / CURRENT} to {name}")
+        switch(root, name)
+        append_history(root, "deploy", previous, name)
+    finally:
+        if tmp_fd >= 0:
+            os.close(tmp_fd)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                fs.remove_tree_at(root.fd, tmp)
+    switched = f"switched {root.path / CURRENT} from {previous} to {name}" if previous else f"pointed {root.path / CURRENT} to it"
+    if stats is None:
+        return DeployResult(name, final, previous, True, message=f"{name} was already unpacked with the same content; {switched}.")
+    shared = f", {_mb(stats.linked_bytes)} hard-linked from {previous}" if previous else ""
+    message = f"Deployed {name} and {switched} ({stats.files:,} files: {_mb(stats.written_bytes)} written{shared})."
+    return DeployResult(name, final, previous, True, stats.files, stats.written_bytes, stats.linked_bytes, (), message)
 
 
 # -- rollback and prune ---------------------------------------------------------------------
@@ -311,42 +356,42 @@ class SwitchResult:
     message: str
 
 
-def _find(root: Path, to: str) -> str:
-    names = sorted(e.name for e in os.scandir(root / RELEASES) if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+def _find(root: Root, to: str) -> str:
+    names = release_names(root)
     if to in names:
         return to
-    found = []
-    for name in names:
-        with contextlib.suppress(OSError, ValueError):
-            if str(manifest.read_metadata(root / RELEASES / name).get("version")) == to:
-                found.append(name)
+    found = [n for n in names if release_version(root, n) == to]
     if len(found) == 1:
         return found[0]
     if found:
         raise UsageError(f"Several releases have version {to}: {listing(found)}; name one with --to NAME-VERSION.")
-    raise DeployError(f"There is no release {to} under {root / RELEASES}; there are: {listing(names) or 'none'}.")
+    raise DeployError(f"There is no release {to} under {root.path / RELEASES}; there are: {listing(names) or 'none'}.")
 
 
 def rollback(root: Path, *, to: str | None = None, wait: float = 0.0) -> SwitchResult:
     """Switch ``current`` back to the release before it (by history), or to ``to``."""
-    root = _existing_root(root)
-    with _lock.hold(root, wait=wait):
-        clean_stale(root)
-        current = current_release(root)
+    if to is not None and not to:
+        raise UsageError("--to needs a version or a NAME-VERSION.")
+    shown = Path(os.path.abspath(root))
+    with _locked(shown, wait=wait) as opened:
+        current = current_release(opened)
         if current is None:
-            raise DeployError(f"{root / CURRENT} does not exist, so there is nothing to roll back from.")
+            raise DeployError(f"{shown / CURRENT} does not exist, so there is nothing to roll back from.")
         if to is not None:
-            target = _find(root, to)
+            target = _find(opened, to)
             if target == current:
-                raise DeployError(f"{target} is already current in {root}; nothing changed.")
+                raise DeployError(f"{target} is already current in {shown}; nothing changed.")
         else:
-            found = rollback_target(root)
+            found = rollback_target(opened)
             if found is None:
-                raise DeployError(f"There is no earlier release to roll back to from {current} in {root}.", hint="Deploy the version you want instead.")
+                raise DeployError(f"There is no earlier release to roll back to from {current} in {shown}.", hint="Deploy the version you want instead.")
             target = found
-        switch(root, target)
-        append_history(root, "rollback-to" if to is not None else "rollback", current, target)
-    return SwitchResult(current, target, f"Switched {root / CURRENT} from {current} to {target}.")
+        try:
+            switch(opened, target)
+            append_history(opened, "rollback-to" if to is not None else "rollback", current, target)
+        except OSError as exc:
+            raise fs.os_error(exc, str(shown), f"{shown / CURRENT} still points to {current}") from None
+    return SwitchResult(current, target, f"Switched {shown / CURRENT} from {current} to {target}.")
 
 
 @dataclass(frozen=True)
@@ -356,8 +401,8 @@ class PruneResult:
     message: str
 
 
-def _prune(root: Path, keep: int) -> tuple[str, ...]:
-    ordered = releases(root)
+def _prune(root: Root, keep: int) -> tuple[str, ...]:
+    ordered = _releases(root)
     protected = {r.name for r in ordered if r.current or r.rollback}
     kept = {r.name for r in ordered[:keep]} | protected
     removed = []
@@ -365,9 +410,12 @@ def _prune(root: Path, keep: int) -> tuple[str, ...]:
         if r.name in kept:
             continue
         # Renamed away first, so a crash never leaves a half-deleted release in releases/.
-        trash = Path(tempfile.mkdtemp(prefix=TRASH_PREFIX, dir=root))
-        os.rename(r.path, trash / r.name)
-        shutil.rmtree(trash, ignore_errors=True)
+        trash, trash_fd = fs.make_temp_dir(root.fd, TRASH_PREFIX)
+        try:
+            os.rename(r.name, r.name, src_dir_fd=root.releases_fd, dst_dir_fd=trash_fd)
+        finally:
+            os.close(trash_fd)
+        fs.remove_tree_at(root.fd, trash)
         removed.append(r.name)
     return tuple(removed)
 
@@ -376,13 +424,15 @@ def prune(root: Path, *, keep: int, wait: float = 0.0) -> PruneResult:
     """Remove all but the ``keep`` most recently current releases, never current nor the rollback target."""
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 release (the current one).")
-    root = _existing_root(root)
-    with _lock.hold(root, wait=wait):
-        clean_stale(root)
-        removed = _prune(root, keep)
-    kept = tuple(r.name for r in releases(root))
+    shown = Path(os.path.abspath(root))
+    with _locked(shown, wait=wait) as opened:
+        try:
+            removed = _prune(opened, keep)
+        except OSError as exc:
+            raise fs.os_error(exc, str(shown), f"{shown / CURRENT} still points to {current_release(opened)}") from None
+        kept = tuple(r.name for r in _releases(opened))
     if removed:
-        message = f"Removed {', '.join(removed)} from {root / RELEASES}; kept {', '.join(kept)}."
+        message = f"Removed {', '.join(removed)} from {shown / RELEASES}; kept {', '.join(kept)}."
     else:
-        message = f"Nothing to prune in {root / RELEASES}: kept {', '.join(kept) or 'nothing'}."
+        message = f"Nothing to prune in {shown / RELEASES}: kept {', '.join(kept) or 'nothing'}."
     return PruneResult(tuple(removed), kept, message)
