@@ -23,6 +23,7 @@
 #     sh deploy.sh deploy app-2.0.0.tar.gz /srv/app [--check 'bin/python -m app --selftest'] [--wait SECONDS]
 #     sh deploy.sh rollback /srv/app [--to VERSION|NAME-VERSION] [--wait SECONDS]
 #     sh deploy.sh releases /srv/app
+#     sh deploy.sh prune /srv/app --keep 3
 #
 # (for a .tar.zst archive: zstd -dc app-2.0.0.tar.zst | tar -xf - -O app-2.0.0/.shipenv/deploy.sh > deploy.sh)
 #
@@ -43,15 +44,27 @@
 # rollback: switches current to the release that was current before it,
 # following history.jsonl (repeated rollbacks walk further back), or --to a
 # version. releases: lists releases, most recently current first ("*" marks
-# current, "<" where rollback would go).
+# current, "<" where rollback would go). prune: removes all but the N most
+# recently current releases, never current nor where rollback would go.
+# A release is a directory directly under releases/, not a symlink, holding a
+# .shipenv/manifest.json that names it; nothing else is listed, rolled back to
+# or pruned.
 #
-# Limits: no prune (remove an old release with rm -rf ROOT/releases/NAME-VERSION,
-# never the one current points to, or use shipenv prune); no hard-link sharing
-# with the current release (shipenv deploy does it); without flock(1) (util-linux)
-# it warns and does not lock; file names with a comma, quote or newline are
-# refused (shipenv deploy takes them).
+# The root: it and releases/ may belong to root or to the service user that
+# owns the root; run as root, deploy.sh refuses a root or releases/ that group
+# or others can write, parent directories that anyone but root can change, and
+# control files (.shipenv.lock, history.jsonl, current, releases/) that are not
+# what it makes: it never writes through a symlink planted in the root.
 #
-# Exit status: 0 done, 1 refused or failed (nothing changed), 2 usage.
+# Limits: no hard-link sharing with the current release (shipenv deploy does
+# it); without flock(1) (util-linux) it warns and does not lock; file names
+# with a comma, quote or newline are refused (shipenv deploy takes them).
+#
+# Exit status (the same as shipenv's): 0 done; 1 refused or failed otherwise
+# (the root is not as shipenv made it, another deploy holds the lock, --check
+# failed, no such release); 2 usage; 3 refused archive; 4 refused host (arch,
+# glibc); 5 I/O failure (disk full, read-only file system, permission denied,
+# name too long, releases/ on another file system). Nothing changed unless 0.
 
 set -u
 unset CDPATH
@@ -63,10 +76,22 @@ die() {
     exit 1
 }
 
+die_with() { # STATUS MESSAGE
+    _status=$1
+    shift
+    printf 'error: %s\n' "$*" >&2
+    exit "$_status"
+}
+
+usage_error() {
+    die_with 2 "$@"
+}
+
 usage() {
     printf '%s\n' "usage: deploy.sh deploy ARCHIVE ROOT [--check CMD] [--wait SECONDS]" \
         "       deploy.sh rollback ROOT [--to VERSION] [--wait SECONDS]" \
-        "       deploy.sh releases ROOT" >&2
+        "       deploy.sh releases ROOT" \
+        "       deploy.sh prune ROOT --keep N [--wait SECONDS]" >&2
     exit 2
 }
 
@@ -84,17 +109,156 @@ valid_name() {
     return 0
 }
 
-# ---- the root: lock, leftovers, current, history --------------------------------------
+# ---- the root: who owns it, lock, leftovers, current, history --------------------------------------
+#
+# The same rules as shipenv (src/shipenv/deploy/layout.py): the root and releases/ belong to root or
+# to one service user (the root's owner), and as root deploy.sh refuses a root, releases/ or a parent
+# directory that others can write. Nothing in the root is used without a check that it is what
+# deploy.sh makes: a real directory, a plain file with one link (opened, then compared by
+# device:inode with what the name holds), a symlink releases/NAME. Files in the new release are
+# written relative to the temporary directory we made and entered (cd -P), not through a path.
+
+# Say what the file system said (C locale's strerror) in shipenv's words, and exit 5.
+io_fail() { # ERROR-TEXT
+    case $1 in
+        *"No space left"* | *"quota exceeded"*) die_with 5 "The disk holding $root is full; $state." ;;
+        *"Read-only file system"*) die_with 5 "$root is on a read-only file system; $state." ;;
+        *"Permission denied"* | *"Operation not permitted"*) die_with 5 "Permission denied in $root; $state." ;;
+        *"too long"*) die_with 5 "A name is too long for the file system holding $root; $state." ;;
+        *"cross-device"* | *"Cross-device"*) die_with 5 "$root/releases is on another file system than $root; $state." ;;
+    esac
+    die_with 5 "Cannot change $root: $(printf '%s\n' "$1" | sed -n '$s/.*: //p'); $state."
+}
+
+# CMD...: run it; on failure, io_fail with what it printed on stderr.
+io() {
+    _err=$("$@" 2>&1 >/dev/null) || io_fail "$_err"
+}
+
+kind_of() {
+    if [ -L "$1" ]; then echo "a symlink"
+    elif [ -d "$1" ]; then echo "a directory"
+    elif [ -f "$1" ]; then echo "a regular file"
+    elif [ -p "$1" ]; then echo "a FIFO"
+    elif [ -S "$1" ]; then echo "a socket"
+    elif [ -c "$1" ] || [ -b "$1" ]; then echo "a device"
+    elif [ -e "$1" ]; then echo "not a file"
+    else echo "gone"; fi
+}
+
+not_made() { # PATH WHAT-DEPLOY.SH-MAKES WHAT-IT-IS
+    die "$1 is not the $2 shipenv makes (it is $3); nothing was changed."
+}
+
+as_root() { [ "$(id -u)" = 0 ]; }
+
+writable_by_others() { # OCTAL-MODE
+    [ $((0$1 & 022)) != 0 ]
+}
+
+refuse_writable() { # PATH OCTAL-MODE
+    die "$1 is writable by group or others (mode $(printf '%04o' $((0$2)))), so anyone could change what runs from it; nothing was changed."
+}
+
+# As root: PATH belongs to root or the root's owner (and, with "dir", only they can write it).
+check_owner() { # PATH [dir]
+    as_root || return 0
+    _st=$(stat -c '%u %a' -- "$1")
+    _uid=${_st% *}
+    _mode=${_st#* }
+    if [ "$_uid" != 0 ] && [ "$_uid" != "$root_owner" ]; then
+        die "$1 belongs to uid $_uid, neither root nor the owner of $root (uid $root_owner); nothing was changed."
+    fi
+    if [ "${2:-}" = dir ] && writable_by_others "$_mode"; then refuse_writable "$1" "$_mode"; fi
+}
+
+# As root: only root may be able to change the directories that lead to the root.
+check_parents() { # AS-NAMED RESOLVED
+    _seen=
+    for _start in "$1" "$2"; do
+        _p=$_start
+        while [ "$_p" != / ]; do
+            _p=${_p%/*}
+            [ -n "$_p" ] || _p=/
+            case " $_seen " in *" $_p "*) continue ;; esac
+            _seen="$_seen $_p"
+            _st=$(stat -L -c '%u %a' -- "$_p")
+            _uid=${_st% *}
+            _mode=${_st#* }
+            _who=
+            if [ "$_uid" != 0 ]; then
+                _who="uid $_uid"
+            elif writable_by_others "$_mode" && [ $((0$_mode & 01000)) = 0 ]; then
+                _who="group or others"
+            fi
+            [ -z "$_who" ] || die "$_p, a parent directory of $1, can be changed by $_who, so the way to the root cannot be trusted; nothing was changed."
+        done
+    done
+}
+
+# ROOT as named: make it (and releases/ when "create"), check who may change it, enter nothing yet.
+open_root() { # ROOT [create]
+    case $1 in /*) _named=$1 ;; *) _named=$(pwd -P)/$1 ;; esac
+    _named=$(printf '%s\n' "$_named" | sed -e 's|/\{1,\}|/|g' -e 's|/\./|/|g' -e 's|/$||')
+    state="nothing was changed"
+    root=$_named
+    if [ "${2:-}" = create ]; then
+        [ -e "$1" ] || [ -L "$1" ] || io mkdir -p -- "$1"
+        [ -d "$1" ] || usage_error "$1 is not a directory."
+    fi
+    [ -d "$1" ] || die "$_named holds no releases (no $_named/releases)."
+    root=$(cd -P -- "$1" && pwd -P) || die "Cannot enter $1."
+    root_owner=$(stat -c %u -- "$root")
+    if as_root; then
+        _m=$(stat -c %a -- "$root")
+        ! writable_by_others "$_m" || refuse_writable "$root" "$_m"
+        check_parents "$_named" "$root"
+    fi
+    if [ ! -e "$root/releases" ] && [ ! -L "$root/releases" ]; then
+        [ "${2:-}" = create ] || die "$root holds no releases (no $root/releases)."
+        io mkdir -m 755 -- "$root/releases"
+    fi
+    if [ -L "$root/releases" ] || [ ! -d "$root/releases" ]; then
+        not_made "$root/releases" directory "$(kind_of "$root/releases")"
+    fi
+    check_owner "$root/releases" dir
+    releases_id=$(stat -c '%d:%i' -- "$root/releases")
+    if [ "${2:-}" = create ] && [ "${releases_id%%:*}" != "$(stat -c %d -- "$root")" ]; then
+        die_with 5 "$root/releases is on another file system than $root; $state."
+    fi
+}
+
+# PATH is a plain file with one link (or absent); as root, root's or the root owner's.
+control_file() { # PATH
+    if [ -L "$1" ] || { [ -e "$1" ] && [ ! -f "$1" ]; }; then
+        not_made "$1" "plain file" "$(kind_of "$1")"
+    fi
+    [ -e "$1" ] || return 0
+    _links=$(stat -c %h -- "$1")
+    [ "$_links" = 1 ] || not_made "$1" "plain file" "a file with $_links hard links"
+    check_owner "$1"
+}
+
+# FD is open on the very file PATH names now (no symlink swapped in between check and open).
+same_file() { # FD PATH
+    if [ -L "$2" ] || [ "$(stat -L -c '%d:%i:%h' "/proc/self/fd/$1" 2>/dev/null)" != "$(stat -c '%d:%i:1' -- "$2" 2>/dev/null)" ]; then
+        not_made "$2" "plain file" "$(kind_of "$2")"
+    fi
+}
 
 take_lock() {
+    _lock="$root/.shipenv.lock"
+    control_file "$_lock"
+    _err=$( (exec 9>>"$_lock") 2>&1) || io_fail "$_err"
+    exec 9>>"$_lock"
+    same_file 9 "$_lock"
     if ! command -v flock >/dev/null 2>&1; then
         printf 'warning: %s\n' "flock is missing: not locking $root against a concurrent deploy." >&2
         return 0
     fi
-    exec 9>>"$root/.shipenv.lock" || die "Cannot open $root/.shipenv.lock."
     if ! flock -n 9; then
         if [ "$wait" = 0 ] || ! flock -w "$wait" 9; then
-            holder=$(head -n 1 "$root/.shipenv.lock" 2>/dev/null)
+            holder=$(head -n 1 "/proc/self/fd/9" 2>/dev/null)
             case $holder in "" | *[!0-9]*) holder=unknown ;; esac
             if [ "$wait" = 0 ]; then
                 die "Another deploy is running on $root (pid $holder); try again or pass --wait SECONDS."
@@ -102,25 +266,26 @@ take_lock() {
             die "Another deploy is still running on $root (pid $holder) after waiting $wait seconds; try again later or pass a longer --wait."
         fi
     fi
-    printf '%s\n' "$$" >"$root/.shipenv.lock"
     locked=1
+    # Through the descriptor checked above: the pid lands in the lock file and nowhere else.
+    printf '%s\n' "$$" >"/proc/self/fd/9"
 }
 
 # On any exit: remove the temporary directory; forget our pid in the lock file.
 on_exit() {
-    if [ -n "$work" ]; then
-        rm -rf -- "$work"
+    if [ -n "$work_path" ]; then
+        cd / && rm -rf -- "$work_path"
     fi
     if [ -n "$locked" ]; then
-        : >"$root/.shipenv.lock"
+        : >"/proc/self/fd/9"
     fi
 }
 
-# Leftovers of a run that was killed; only ever removed under the lock.
+# Leftovers of a run that was killed; only ever removed under the lock (rm -rf never follows a link).
 clean_stale() {
-    for _stale in "$root"/.deploy-* "$root"/.prune-* "$root"/.current.new.*; do
+    for _stale in "$root"/.deploy-* "$root"/.prune-* "$root"/.current.new.* "$root"/releases/.prune-*; do
         if [ -e "$_stale" ] || [ -L "$_stale" ]; then
-            rm -rf -- "$_stale"
+            io rm -rf -- "$_stale"
         fi
     done
 }
@@ -128,18 +293,29 @@ clean_stale() {
 current_name() {
     if [ -L "$root/current" ]; then
         _target=$(readlink "$root/current") || die "Cannot read $root/current."
-        _target=${_target%/}
-        printf '%s\n' "${_target##*/}"
+        _name=${_target%/}
+        _name=${_name#releases/}
+        case $_name in */*) _name= ;; esac
+        if [ "releases/$_name" != "${_target%/}" ] || ! valid_name "$_name"; then
+            die "$root/current points to $_target, not to a release in $root/releases; nothing was changed."
+        fi
+        printf '%s\n' "$_name"
     elif [ -e "$root/current" ]; then
-        die "$root/current is not a symlink; deploy.sh manages it as one: move it away and try again."
+        not_made "$root/current" symlink "$(kind_of "$root/current")"
     fi
+}
+
+# Where a state message starts: what is still true if this run stops now.
+current_state() { # PREFIX
+    _c=$(current_name) || exit 1
+    if [ -n "$_c" ]; then state="$1$root/current still points to $_c"; else state="$1$root/current was not created"; fi
 }
 
 switch_to() {
     _new="$root/.current.new.$$"
-    rm -f -- "$_new"
-    ln -s "releases/$1" "$_new" || die "Cannot create $_new."
-    mv -T -- "$_new" "$root/current" || die "Cannot switch $root/current to $1."
+    io rm -f -- "$_new"
+    io ln -sn -- "releases/$1" "$_new"
+    io mv -T -- "$_new" "$root/current"
     sync
 }
 
@@ -147,19 +323,30 @@ switch_to() {
 append_history() { # ACTION FROM TO
     if [ -n "$2" ]; then _from="\"$2\""; else _from=null; fi
     _hist="$root/history.jsonl"
-    if [ -s "$_hist" ] && [ -n "$(tail -c 1 "$_hist")" ]; then
-        printf '\n' >>"$_hist" # a crash tore the last line: do not glue this one to it
+    control_file "$_hist"
+    _err=$( (exec 8>>"$_hist") 2>&1) || io_fail "$_err"
+    exec 8>>"$_hist"
+    same_file 8 "$_hist"
+    if [ -s "/proc/self/fd/8" ] && [ -n "$(tail -c 1 "/proc/self/fd/8")" ]; then
+        printf '\n' >&8 # a crash tore the last line: do not glue this one to it
     fi
     printf '{"action": "%s", "from": %s, "time": "%s", "to": "%s"}\n' \
-        "$1" "$_from" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$3" >>"$_hist" || die "Cannot write $_hist."
+        "$1" "$_from" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$3" >&8 || die_with 5 "Cannot write $_hist; $state."
+    exec 8>&-
 }
 
 # "ACTION FROM TO TIME" per well-formed history line (FROM "-" for none).
 history_rows() {
-    [ -f "$root/history.jsonl" ] || return 0
+    _hist="$root/history.jsonl"
+    [ -e "$_hist" ] || [ -L "$_hist" ] || return 0
+    control_file "$_hist"
+    history_rows_of 7<"$_hist"
+}
+
+history_rows_of() {
+    same_file 7 "$_hist"
     sed -n -e 's/"from": null,/"from": "-",/' \
-        -e 's/^{"action": "\([a-z-]*\)", "from": "\([^" ]*\)", "time": "\([^" ]*\)", "to": "\([^" ]*\)"}$/\1 \2 \4 \3/p' \
-        "$root/history.jsonl"
+        -e 's/^{"action": "\([a-z-]*\)", "from": "\([^" ]*\)", "time": "\([^" ]*\)", "to": "\([^" ]*\)"}$/\1 \2 \4 \3/p' <&7
 }
 
 stack_remove() {
@@ -175,11 +362,32 @@ stack_has() {
     return 1
 }
 
+# A release: a directory directly under releases/, not a symlink, whose .shipenv/manifest.json
+# (a regular file) names it. Prints its version.
+release_version() { # NAME
+    valid_name "$1" || return 1
+    _d="$root/releases/$1"
+    [ -d "$_d" ] && [ ! -L "$_d" ] && [ -d "$_d/.shipenv" ] && [ ! -L "$_d/.shipenv" ] || return 1
+    [ -f "$_d/.shipenv/manifest.json" ] && [ ! -L "$_d/.shipenv/manifest.json" ] || return 1
+    _rn=$(manifest_top name "$_d/.shipenv/manifest.json" 2>/dev/null)
+    _rv=$(manifest_top version "$_d/.shipenv/manifest.json" 2>/dev/null)
+    [ -n "$_rv" ] && [ "$_rn-$_rv" = "$1" ] || return 1
+    printf '%s\n' "$_rv"
+}
+
+# Every release, one name a line, sorted.
+release_names() {
+    for _d in "$root"/releases/*; do
+        _n=${_d##*/}
+        release_version "$_n" >/dev/null && printf '%s\n' "$_n"
+    done | sort
+}
+
 # Replays the history as shipenv does: a deploy pushes, a rollback pops the
 # release it leaves; prints where a rollback goes (nothing if nowhere).
 rollback_target() {
     stack=
-    _rows=$(history_rows)
+    _rows=$(history_rows) || exit 1
     set -f
     while read -r _action _from _to _time; do
         [ -n "$_to" ] || continue
@@ -189,10 +397,10 @@ rollback_target() {
         esac
         stack_remove "$_to"
         stack="$stack $_to"
-    done <<EOF
+    done <<EOT
 $_rows
-EOF
-    _cur=$(current_name)
+EOT
+    _cur=$(current_name) || exit 1
     if [ -n "$_cur" ]; then
         stack_remove "$_cur"
         stack="$stack $_cur"
@@ -201,7 +409,7 @@ EOF
     for _s in $stack; do _reversed="$_s $_reversed"; done
     set +f
     for _s in $_reversed; do
-        if [ "$_s" != "$_cur" ] && [ -d "$root/releases/$_s" ]; then
+        if [ "$_s" != "$_cur" ] && release_version "$_s" >/dev/null; then
             printf '%s\n' "$_s"
             return 0
         fi
@@ -285,7 +493,7 @@ patterns() {
 }
 
 refuse() {
-    die "Refused $(basename -- "$archive"): $*; nothing was deployed."
+    die_with 3 "Refused $(basename -- "$archive"): $*; nothing was deployed."
 }
 
 # ---- deploy -------------------------------------------------------------------------------
@@ -391,23 +599,23 @@ check_host() {
     _arch=$(manifest_platform arch "$_file")
     _host_arch=$(uname -m)
     if [ -n "$_arch" ] && [ "$_arch" != "$_host_arch" ]; then
-        die "This host is $_host_arch but $top was built for $_arch; deploy it on an $_arch host or build it on $_host_arch."
+        die_with 4 "This host is $_host_arch but $top was built for $_arch; deploy it on an $_arch host or build it on $_host_arch."
     fi
     _floor=$(manifest_platform glibc_floor "$_file")
     [ -n "$_floor" ] && [ "$_floor" != null ] || return 0
     is_version "$_floor" || refuse "its manifest has an unreadable glibc floor '$_floor'"
     _have=$(host_glibc)
     if [ -z "$_have" ]; then
-        die "This host has no glibc (or deploy.sh cannot tell its version) but $top needs glibc $_floor or newer; deploy it on a glibc-based distribution, or set SHIPENV_HOST_GLIBC=X.Y if it has one."
+        die_with 4 "This host has no glibc (or deploy.sh cannot tell its version) but $top needs glibc $_floor or newer; deploy it on a glibc-based distribution, or set SHIPENV_HOST_GLIBC=X.Y if it has one."
     fi
     is_version "$_have" || die "Cannot read this host's glibc version ('$_have'); set SHIPENV_HOST_GLIBC=X.Y."
     version_ge "$_have" "$_floor" ||
-        die "This host has glibc $_have but $top needs $_floor or newer; deploy it on a newer distribution or rebuild it on an older one."
+        die_with 4 "This host has glibc $_have but $top needs $_floor or newer; deploy it on a newer distribution or rebuild it on an older one."
 }
 
 verify_unpacked() {
     _dir="$work/$top"
-    if ! (cd -P -- "$_dir" && sha256sum -c "$work/.sha256") >"$work/.sumout" 2>&1; then
+    if ! (cd -P -- "$_dir" && sha256sum -c) <"$work/.sha256" >"$work/.sumout" 2>&1; then
         _failed=$(grep ': FAILED' "$work/.sumout" | sed 's/: FAILED.*//')
         _count=$(printf '%s\n' "$_failed" | grep -c .)
         _failed=$(printf '%s\n' "$_failed" | head -n 3 | sed -e ':a' -e 'N' -e 's/\n/, /' -e 't a')
@@ -436,26 +644,30 @@ run_check() { # DIR
     [ -n "$check" ] || return 0
     printf '%s\n' "Running the check in $top: $check" >&2
     if ! (cd -P -- "$1" && sh -c "$check") >&2; then
-        die "The check '$check' failed in $top; $state."
+        die "The check '$check' failed in $top; ${state#nothing was deployed and }."
     fi
 }
 
 cmd_deploy() {
     [ $# -ge 2 ] || usage
     archive=$1
-    root=$2
+    _root_arg=$2
     shift 2
     parse_options "$@"
-    [ -f "$archive" ] || die "$archive is not a file."
-    need tar sed grep sha256sum od tr cut paste sort uniq mktemp readlink mv ln date
+    if [ -n "$to_given" ] || [ -n "$keep" ]; then usage; fi
+    [ -f "$archive" ] || usage_error "$archive is not a file."
+    case $archive in /*) ;; *) archive=$(pwd -P)/$archive ;; esac
+    need tar sed grep sha256sum od tr cut paste sort uniq mktemp readlink mv ln date stat id
     pick_decompressor
-    mkdir -p -- "$root/releases" || die "Cannot create $root/releases."
-    root=$(cd -P -- "$root" && pwd) || die "Cannot enter $root."
+    open_root "$_root_arg" create
+    current_state "nothing was deployed and "
+    previous=$_c
     take_lock
     clean_stale
-    previous=$(current_name)
-    if [ -n "$previous" ]; then state="$root/current still points to $previous"; else state="$root/current was not created"; fi
-    work=$(mktemp -d "$root/.deploy-XXXXXXXXXX") || die "Cannot create a temporary directory in $root."
+    work_path=$(mktemp -d "$root/.deploy-XXXXXXXXXX" 2>&1) || { _e=$work_path; work_path=; io_fail "$_e"; }
+    # From here on the new release is reached relative to the directory we made, not by its path.
+    cd -P -- "$work_path" || die "Cannot enter $work_path."
+    work=.
 
     check_listing
     untar -xof - -C "$work" "$top/.shipenv/manifest.json" "$top/.shipenv/RECORD" ||
@@ -465,7 +677,8 @@ cmd_deploy() {
 
     final="$root/releases/$top"
     if [ -e "$final" ] || [ -L "$final" ]; then
-        _old=$(sha256sum <"$final/.shipenv/RECORD" 2>/dev/null)
+        _old=
+        if release_version "$top" >/dev/null; then _old=$(sha256sum <"$final/.shipenv/RECORD" 2>/dev/null); fi
         _new=$(sha256sum <"$work/$top/.shipenv/RECORD")
         [ "$_old" = "$_new" ] ||
             die "$final already exists with different content than $(basename -- "$archive"); a version is deployed only once."
@@ -482,14 +695,23 @@ cmd_deploy() {
 
     rm -rf -- "${work:?}/${top:?}"
     printf '%s\n' "Unpacking $top and checking every file against its RECORD" >&2
-    untar -xof - -C "$work" || die "Cannot unpack $top into $root (is its disk full?); nothing was deployed and $state."
+    _err=$(untar -xof - -C "$work" 2>&1) || {
+        case $_err in
+            *"No space left"* | *"quota exceeded"* | *"Read-only"* | *"Permission denied"* | *"too long"*) io_fail "$_err" ;;
+        esac
+        die "Cannot unpack $top into $root (is its disk full?); $state."
+    }
     verify_unpacked
     run_check "$work/$top"
     sync
-    mv -T -- "$work/$top" "$final" || die "Cannot move the new release to $final."
+    if [ -e "$final" ] || [ -L "$final" ]; then die "$final appeared while $top was unpacked; $state."; fi
+    _src=$(stat -c '%d:%i' -- "$top")
+    enter_releases
+    [ "$(stat -c '%d:%i' -- "$work_path/$top" 2>/dev/null)" = "$_src" ] || die "$work_path was changed while $top was unpacked; $state."
+    io mv -T -- "$work_path/$top" "$top"
     switch_to "$top"
     append_history deploy "$previous" "$top"
-    _count=$(wc -l <"$work/.files")
+    _count=$(wc -l <"$work_path/.files")
     if [ -n "$previous" ]; then
         printf '%s\n' "Deployed $top and switched $root/current from $previous to $top ($((_count)) files)."
     else
@@ -497,45 +719,68 @@ cmd_deploy() {
     fi
 }
 
-# ---- rollback, releases -------------------------------------------------------------------------
+# cd into releases/, the very directory open_root checked (not a link swapped in since).
+enter_releases() {
+    if ! cd -P -- "$root/releases" 2>/dev/null || [ "$(stat -c '%d:%i' .)" != "$releases_id" ]; then
+        not_made "$root/releases" directory "$(kind_of "$root/releases")"
+    fi
+}
+
+# ---- rollback, releases, prune ------------------------------------------------------------------
+
+listing() { # ITEMS...: the first five, "+ N more"
+    _out=
+    _i=0
+    for _x in "$@"; do
+        _i=$((_i + 1))
+        [ "$_i" -le 5 ] && _out="${_out:+$_out, }$_x"
+    done
+    [ "$_i" -le 5 ] || _out="$_out (+ $((_i - 5)) more)"
+    printf '%s\n' "$_out"
+}
 
 find_release() { # VERSION or NAME-VERSION
-    if valid_name "$1" && [ -d "$root/releases/$1" ]; then
+    _names=$(release_names)
+    if release_version "$1" >/dev/null; then
         printf '%s\n' "$1"
         return 0
     fi
     _found=
-    for _d in "$root"/releases/*/; do
-        [ -d "$_d" ] || continue
-        _d=${_d%/}
-        _v=$(manifest_top version "$_d/.shipenv/manifest.json" 2>/dev/null)
-        if [ "$_v" = "$1" ]; then
-            [ -z "$_found" ] || die "Several releases have version $1; name one with --to NAME-VERSION."
-            _found=${_d##*/}
-        fi
+    for _n in $_names; do
+        [ "$(release_version "$_n")" = "$1" ] && _found="$_found $_n"
     done
-    [ -n "$_found" ] || die "There is no release $1 under $root/releases."
-    printf '%s\n' "$_found"
+    # shellcheck disable=SC2086
+    set -- "$1" $_found
+    [ $# -ne 2 ] || { printf '%s\n' "$2"; return 0; }
+    if [ $# -gt 2 ]; then
+        _v=$1
+        shift
+        usage_error "Several releases have version $_v: $(listing "$@"); name one with --to NAME-VERSION."
+    fi
+    # shellcheck disable=SC2086
+    die "There is no release $1 under $root/releases; there are: $(listing $_names | sed 's/^$/none/')."
 }
 
 cmd_rollback() {
     [ $# -ge 1 ] || usage
-    root=$1
+    _root_arg=$1
     shift
     parse_options "$@"
-    [ -d "$root/releases" ] || die "$root holds no releases (no $root/releases)."
-    root=$(cd -P -- "$root" && pwd) || die "Cannot enter $root."
-    need readlink mv ln date sed
+    if [ -n "$check" ] || [ -n "$keep" ]; then usage; fi
+    if [ -n "$to_given" ] && [ -z "$to" ]; then usage_error "--to needs a version or a NAME-VERSION."; fi
+    need readlink mv ln date sed stat id
+    open_root "$_root_arg"
+    current_state ""
     take_lock
     clean_stale
-    _cur=$(current_name)
+    _cur=$(current_name) || exit 1
     [ -n "$_cur" ] || die "$root/current does not exist, so there is nothing to roll back from."
-    if [ -n "$to" ]; then
-        _target=$(find_release "$to") || exit 1
+    if [ -n "$to_given" ]; then
+        _target=$(find_release "$to") || exit $?
         [ "$_target" != "$_cur" ] || die "$_target is already current in $root; nothing changed."
         _action=rollback-to
     else
-        _target=$(rollback_target)
+        _target=$(rollback_target) || exit $?
         [ -n "$_target" ] || die "There is no earlier release to roll back to from $_cur in $root."
         _action=rollback
     fi
@@ -544,19 +789,13 @@ cmd_rollback() {
     printf '%s\n' "Switched $root/current from $_cur to $_target."
 }
 
-cmd_releases() {
-    [ $# -eq 1 ] || usage
-    root=$1
-    [ -d "$root/releases" ] || { printf '%s\n' "No releases under $root."; return 0; }
-    root=$(cd -P -- "$root" && pwd) || die "Cannot enter $root."
-    _cur=$(current_name)
-    _back=$(rollback_target)
+# "MARK NAME TIME" per release, most recently current first (MARK * current, < rollback, . other).
+release_rows() {
+    _cur=$(current_name) || exit 1
+    _back=$(rollback_target) || exit 1
     # "INDEX TIME MARK NAME": the last time each release became current.
-    _rows=$(history_rows | cat -n)
-    for _d in "$root"/releases/*/; do
-        [ -d "$_d" ] || continue
-        _d=${_d%/}
-        _n=${_d##*/}
+    _rows=$(history_rows | cat -n) || exit 1
+    for _n in $(release_names); do
         _last=$(printf '%s\n' "$_rows" | while read -r _i _a _f _t _w; do
             [ "$_t" = "$_n" ] && printf '%s %s\n' "$_i" "$_w"
         done | tail -n 1)
@@ -564,31 +803,97 @@ cmd_releases() {
         [ "$_n" = "$_cur" ] && _mark='*'
         [ "$_n" = "$_back" ] && _mark='<'
         printf '%s %s %s\n' "${_last:-0 -}" "$_mark" "$_n"
-    done | sort -k1,1nr | while read -r _i _w _mark _n; do
+    done | sort -k1,1nr -k4,4r | while read -r _i _w _mark _n; do
+        printf '%s %s %s\n' "$_mark" "$_n" "$_w"
+    done
+}
+
+cmd_releases() {
+    [ $# -eq 1 ] || usage
+    need readlink sed stat id
+    if [ ! -d "$1/releases" ] && [ ! -L "$1/releases" ]; then
+        printf '%s\n' "No releases under $1."
+        return 0
+    fi
+    open_root "$1"
+    _listed=$(release_rows) || exit 1
+    [ -n "$_listed" ] || { printf '%s\n' "No releases under $1."; return 0; }
+    printf '%s\n' "$_listed" | while read -r _mark _n _w; do
         [ "$_mark" = . ] && _mark=' '
         printf '%s %-30s %s\n' "$_mark" "$_n" "$_w"
     done
+    printf '%s\n' "(* current, < where rollback goes)"
+}
+
+# Removes all but the KEEP most recently current releases, never current nor the rollback target.
+cmd_prune() {
+    [ $# -ge 1 ] || usage
+    _root_arg=$1
+    shift
+    parse_options "$@"
+    if [ -n "$check" ] || [ -n "$to_given" ] || [ -z "$keep" ]; then usage; fi
+    case $keep in *[!0-9]*) usage_error "--keep $keep is not a number." ;; esac
+    [ "$keep" -ge 1 ] || usage_error "--keep $keep: keep at least 1 release (the current one)."
+    need readlink mv sed stat id mktemp
+    open_root "$_root_arg"
+    current_state ""
+    take_lock
+    clean_stale
+    _rows=$(release_rows) || exit 1
+    enter_releases
+    _removed=
+    _kept=
+    _i=0
+    set -f
+    for _row in $(printf '%s\n' "$_rows" | sed 's/ /:/g'); do
+        _i=$((_i + 1))
+        _mark=${_row%%:*}
+        _n=${_row#*:}
+        _n=${_n%%:*}
+        if [ "$_i" -le "$keep" ] || [ "$_mark" != . ]; then
+            _kept="${_kept:+$_kept, }$_n"
+            continue
+        fi
+        # Renamed away first (one name to another in releases/, no path to redirect), so a
+        # crash never leaves a half-deleted release; rm -rf never follows a link.
+        _trash=".prune-$$-$_n"
+        io mv -T -- "$_n" "$_trash"
+        io rm -rf -- "$_trash"
+        _removed="${_removed:+$_removed, }$_n"
+    done
+    set +f
+    if [ -n "$_removed" ]; then
+        printf '%s\n' "Removed $_removed from $root/releases; kept $_kept."
+    else
+        printf '%s\n' "Nothing to prune in $root/releases: kept ${_kept:-nothing}."
+    fi
 }
 
 parse_options() {
     check=
     to=
+    to_given=
+    keep=
     wait=0
     while [ $# -gt 0 ]; do
         case $1 in
             --check) [ $# -ge 2 ] || usage; check=$2; shift 2 ;;
-            --to) [ $# -ge 2 ] || usage; to=$2; shift 2 ;;
+            --to) [ $# -ge 2 ] || usage; to=$2; to_given=1; shift 2 ;;
+            --keep) [ $# -ge 2 ] || usage; keep=$2; shift 2 ;;
             --wait) [ $# -ge 2 ] || usage; wait=$2; shift 2 ;;
             *) usage ;;
         esac
     done
-    case $wait in "" | *[!0-9.]*) die "--wait $wait is not a number of seconds." ;; esac
+    case $wait in "" | *[!0-9.]*) usage_error "--wait $wait is not a number of seconds." ;; esac
 }
 
 main() {
     [ $# -ge 1 ] || usage
     work=
+    work_path=
     locked=
+    root=
+    state="nothing was changed"
     trap on_exit EXIT
     trap 'exit 130' INT TERM HUP
     _command=$1
@@ -597,6 +902,7 @@ main() {
         deploy) cmd_deploy "$@" ;;
         rollback) cmd_rollback "$@" ;;
         releases) cmd_releases "$@" ;;
+        prune) cmd_prune "$@" ;;
         -h | --help | help) sed -n '2,/^# Exit status/s/^# \{0,1\}//p' "$0" 2>/dev/null || usage ;;
         *) usage ;;
     esac

@@ -115,11 +115,11 @@ def _check_parents(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def open_root(path: Path, *, create: bool = False, write: bool = True) -> Iterator[Root]:
+def open_root(path: Path, *, create: bool = False, moves: bool = False) -> Iterator[Root]:
     """Open the root at ``path`` (made with ``releases/`` when ``create``) and check who owns it.
 
     Raises :class:`FileNotFoundError` when it does not exist and ``create`` is
-    false; the callers say what that means for them. With ``write``,
+    false; the callers say what that means for them. With ``moves``,
     ``releases/`` must be on the root's file system (a release moves in with one
     atomic ``rename``, never a copy).
     """
@@ -146,7 +146,7 @@ def open_root(path: Path, *, create: bool = False, write: bool = True) -> Iterat
             releases_fd = fs.open_dir_at(fd, RELEASES, root.shown(RELEASES))
             rst = os.fstat(releases_fd)
             root.check_owner(rst, RELEASES, dir_=True)
-            if write and rst.st_dev != st.st_dev:
+            if moves and rst.st_dev != st.st_dev:
                 raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(path / RELEASES))
         yield Root(path, fd, releases_fd, st.st_uid)
     finally:
@@ -216,10 +216,14 @@ def switch(root: Root, name: str) -> None:
 
 
 def clean_stale(root: Root) -> None:
-    with os.scandir(root.fd) as entries:
-        stale = [e.name for e in entries if e.name.startswith((TMP_PREFIX, TRASH_PREFIX, LINK_PREFIX))]
-    for name in stale:
-        fs.remove_tree_at(root.fd, name)
+    """Remove what a killed run left: temporary directories and links in the root, trash in ``releases/``."""
+    for fd, prefixes in ((root.fd, (TMP_PREFIX, TRASH_PREFIX, LINK_PREFIX)), (root.releases_fd, (TRASH_PREFIX,))):
+        if fd < 0:
+            continue
+        with os.scandir(fd) as entries:
+            stale = [e.name for e in entries if e.name.startswith(prefixes)]
+        for name in stale:
+            fs.remove_tree_at(fd, name)
 
 
 def syncfs(fd: int) -> None:

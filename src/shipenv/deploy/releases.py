@@ -143,23 +143,34 @@ def _mb(n: int) -> str:
     return f"{n} bytes"
 
 
+def _no_releases(shown: Path) -> DeployError:
+    return DeployError(f"{shown} holds no releases (no {shown / RELEASES}).", hint=f"Deploy one first: shipenv deploy ARCHIVE --root {shown}")
+
+
 @contextlib.contextmanager
-def _locked(path: Path, *, wait: float, create: bool = False, state: str = "nothing was changed") -> Iterator[Root]:
-    """The opened root, locked, its leftovers removed; OS errors become one sentence saying ``state``."""
+def _locked(path: Path, *, wait: float, deploying: bool = False) -> Iterator[tuple[Root, str]]:
+    """The opened root, locked, its leftovers removed, and what stays true if the command stops now.
+
+    deploy.sh checks in the same order (who owns the root, ``releases/``,
+    ``current``, the lock), so both refuse a root with the same sentence.
+    """
     shown = Path(os.path.abspath(path))
-    try:
-        with open_root(shown, create=create) as root:
+    prefix = "nothing was deployed and " if deploying else ""
+    state = f"{prefix}{shown / CURRENT} was not created" if deploying else "nothing was changed"
+    with contextlib.ExitStack() as stack:
+        try:
+            root = stack.enter_context(open_root(shown, create=deploying, moves=deploying))
             if root.releases_fd < 0:
-                raise DeployError(f"{shown} holds no releases (no {shown / RELEASES}).", hint=f"Deploy one first: shipenv deploy ARCHIVE --root {shown}")
-            with _lock.hold(root.path, wait=wait, dir_fd=root.fd, check=lambda st: root.check_owner(st, _lock.LOCK_NAME)):
-                clean_stale(root)
-                yield root
-    except FileNotFoundError:
-        if create:
-            raise
-        raise DeployError(f"{shown} holds no releases (no {shown / RELEASES}).", hint=f"Deploy one first: shipenv deploy ARCHIVE --root {shown}") from None
-    except OSError as exc:
-        raise fs.os_error(exc, str(shown), state) from None
+                raise _no_releases(shown)
+            current = current_release(root)
+            state = f"{prefix}{shown / CURRENT} " + (f"still points to {current}" if current else "was not created")
+            stack.enter_context(_lock.hold(shown, wait=wait, dir_fd=root.fd, check=lambda st: root.check_owner(st, _lock.LOCK_NAME)))
+            clean_stale(root)
+        except FileNotFoundError as exc:
+            raise (fs.os_error(exc, str(shown), state) if deploying else _no_releases(shown)) from None
+        except OSError as exc:
+            raise fs.os_error(exc, str(shown), state) from None
+        yield root, state
 
 
 # -- releases -------------------------------------------------------------------
@@ -194,7 +205,7 @@ def history(root: Path) -> list[HistoryEntry]:
     """The well-formed lines of ``ROOT/history.jsonl`` (none when there is no root yet)."""
     shown = Path(os.path.abspath(root))
     try:
-        with open_root(shown, write=False) as opened:
+        with open_root(shown) as opened:
             return read_history(opened)
     except FileNotFoundError:
         return []
@@ -206,7 +217,7 @@ def releases(root: Path) -> list[Release]:
     """Every release under ``root`` (see :mod:`shipenv.deploy.layout`), the most recently current first."""
     shown = Path(os.path.abspath(root))
     try:
-        with open_root(shown, write=False) as opened:
+        with open_root(shown) as opened:
             return _releases(opened)
     except FileNotFoundError:
         return []
@@ -266,11 +277,8 @@ def deploy(archive: Path, root: Path, *, check: str | None = None, keep: int | N
     if not archive.is_file():
         raise UsageError(f"{archive} is not a file.")
     shown = Path(os.path.abspath(root))
-    state = f"nothing was deployed and {shown / CURRENT} was not created"
-    with _locked(shown, wait=wait, create=True, state=state) as opened:
+    with _locked(shown, wait=wait, deploying=True) as (opened, state):
         previous = current_release(opened)
-        if previous:
-            state = f"nothing was deployed and {shown / CURRENT} still points to {previous}"
         try:
             result = _deploy_locked(opened, archive, previous, check, host, say, progress, state)
             pruned = _prune(opened, keep) if keep is not None and result.changed else ()
@@ -373,7 +381,7 @@ def rollback(root: Path, *, to: str | None = None, wait: float = 0.0) -> SwitchR
     if to is not None and not to:
         raise UsageError("--to needs a version or a NAME-VERSION.")
     shown = Path(os.path.abspath(root))
-    with _locked(shown, wait=wait) as opened:
+    with _locked(shown, wait=wait) as (opened, state):
         current = current_release(opened)
         if current is None:
             raise DeployError(f"{shown / CURRENT} does not exist, so there is nothing to roll back from.")
@@ -390,7 +398,7 @@ def rollback(root: Path, *, to: str | None = None, wait: float = 0.0) -> SwitchR
             switch(opened, target)
             append_history(opened, "rollback-to" if to is not None else "rollback", current, target)
         except OSError as exc:
-            raise fs.os_error(exc, str(shown), f"{shown / CURRENT} still points to {current}") from None
+            raise fs.os_error(exc, str(shown), state) from None
     return SwitchResult(current, target, f"Switched {shown / CURRENT} from {current} to {target}.")
 
 
@@ -409,13 +417,11 @@ def _prune(root: Root, keep: int) -> tuple[str, ...]:
     for r in ordered:
         if r.name in kept:
             continue
-        # Renamed away first, so a crash never leaves a half-deleted release in releases/.
-        trash, trash_fd = fs.make_temp_dir(root.fd, TRASH_PREFIX)
-        try:
-            os.rename(r.name, r.name, src_dir_fd=root.releases_fd, dst_dir_fd=trash_fd)
-        finally:
-            os.close(trash_fd)
-        fs.remove_tree_at(root.fd, trash)
+        # Renamed away first (within releases/, so never across file systems), so a crash
+        # never leaves a half-deleted release in releases/; the next run removes the trash.
+        trash = f"{TRASH_PREFIX}{os.getpid()}-{r.name}"
+        os.rename(r.name, trash, src_dir_fd=root.releases_fd, dst_dir_fd=root.releases_fd)
+        fs.remove_tree_at(root.releases_fd, trash)
         removed.append(r.name)
     return tuple(removed)
 
@@ -425,11 +431,11 @@ def prune(root: Path, *, keep: int, wait: float = 0.0) -> PruneResult:
     if keep < 1:
         raise UsageError(f"--keep {keep}: keep at least 1 release (the current one).")
     shown = Path(os.path.abspath(root))
-    with _locked(shown, wait=wait) as opened:
+    with _locked(shown, wait=wait) as (opened, state):
         try:
             removed = _prune(opened, keep)
         except OSError as exc:
-            raise fs.os_error(exc, str(shown), f"{shown / CURRENT} still points to {current_release(opened)}") from None
+            raise fs.os_error(exc, str(shown), state) from None
         kept = tuple(r.name for r in _releases(opened))
     if removed:
         message = f"Removed {', '.join(removed)} from {shown / RELEASES}; kept {', '.join(kept)}."
