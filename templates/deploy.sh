@@ -203,6 +203,7 @@ open_root() { # ROOT [create]
     state="nothing was changed"
     root=$_named
     if [ "${2:-}" = create ]; then
+        state="nothing was deployed and $_named/current was not created"
         [ -e "$1" ] || [ -L "$1" ] || io mkdir -p -- "$1"
         [ -d "$1" ] || usage_error "$1 is not a directory."
     fi
@@ -223,9 +224,6 @@ open_root() { # ROOT [create]
     fi
     check_owner "$root/releases" dir
     releases_id=$(stat -c '%d:%i' -- "$root/releases")
-    if [ "${2:-}" = create ] && [ "${releases_id%%:*}" != "$(stat -c %d -- "$root")" ]; then
-        die_with 5 "$root/releases is on another file system than $root; $state."
-    fi
 }
 
 # PATH is a plain file with one link (or absent); as root, root's or the root owner's.
@@ -317,6 +315,10 @@ switch_to() {
     io ln -sn -- "releases/$1" "$_new"
     io mv -T -- "$_new" "$root/current"
     sync
+}
+
+check_history() {
+    control_file "$root/history.jsonl"
 }
 
 # The same lines shipenv writes (json.dumps with sort_keys=True).
@@ -662,7 +664,12 @@ cmd_deploy() {
     open_root "$_root_arg" create
     current_state "nothing was deployed and "
     previous=$_c
+    if [ "${releases_id%%:*}" != "$(stat -c %d -- "$root")" ]; then
+        # A release moves in with one atomic rename, never a copy across file systems.
+        die_with 5 "$root/releases is on another file system than $root; $state."
+    fi
     take_lock
+    check_history
     clean_stale
     work_path=$(mktemp -d "$root/.deploy-XXXXXXXXXX" 2>&1) || { _e=$work_path; work_path=; io_fail "$_e"; }
     # From here on the new release is reached relative to the directory we made, not by its path.
@@ -772,6 +779,7 @@ cmd_rollback() {
     open_root "$_root_arg"
     current_state ""
     take_lock
+    check_history
     clean_stale
     _cur=$(current_name) || exit 1
     [ -n "$_cur" ] || die "$root/current does not exist, so there is nothing to roll back from."
@@ -838,6 +846,7 @@ cmd_prune() {
     open_root "$_root_arg"
     current_state ""
     take_lock
+    check_history
     clean_stale
     _rows=$(release_rows) || exit 1
     enter_releases

@@ -115,13 +115,11 @@ def _check_parents(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def open_root(path: Path, *, create: bool = False, moves: bool = False) -> Iterator[Root]:
+def open_root(path: Path, *, create: bool = False) -> Iterator[Root]:
     """Open the root at ``path`` (made with ``releases/`` when ``create``) and check who owns it.
 
     Raises :class:`FileNotFoundError` when it does not exist and ``create`` is
-    false; the callers say what that means for them. With ``moves``,
-    ``releases/`` must be on the root's file system (a release moves in with one
-    atomic ``rename``, never a copy).
+    false; the callers say what that means for them.
     """
     path = Path(os.path.abspath(path))
     if create:
@@ -146,8 +144,6 @@ def open_root(path: Path, *, create: bool = False, moves: bool = False) -> Itera
             releases_fd = fs.open_dir_at(fd, RELEASES, root.shown(RELEASES))
             rst = os.fstat(releases_fd)
             root.check_owner(rst, RELEASES, dir_=True)
-            if moves and rst.st_dev != st.st_dev:
-                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(path / RELEASES))
         yield Root(path, fd, releases_fd, st.st_uid)
     finally:
         if releases_fd >= 0:
@@ -255,6 +251,13 @@ def read_history(root: Root) -> list[HistoryEntry]:
             frm = data.get("from")
             entries.append(HistoryEntry(str(data.get("time", "")), data["action"], frm if isinstance(frm, str) else None, data["to"]))
     return entries
+
+
+def check_history(root: Root) -> None:
+    """Refuse a history file that is not what shipenv makes (see :func:`shipenv.deploy.fs.open_file_at`)."""
+    if fs.lstat_at(root.fd, HISTORY) is not None:
+        with fs.closing_fd(fs.open_file_at(root.fd, HISTORY, root.shown(HISTORY), os.O_RDONLY)) as fd:
+            root.check_owner(os.fstat(fd), HISTORY)
 
 
 def append_history(root: Root, action: str, frm: str | None, to: str) -> None:

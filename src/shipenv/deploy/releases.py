@@ -55,6 +55,7 @@ from shipenv.deploy.layout import (
     HistoryEntry,
     Root,
     append_history,
+    check_history,
     clean_stale,
     current_release,
     open_root,
@@ -159,12 +160,16 @@ def _locked(path: Path, *, wait: float, deploying: bool = False) -> Iterator[tup
     state = f"{prefix}{shown / CURRENT} was not created" if deploying else "nothing was changed"
     with contextlib.ExitStack() as stack:
         try:
-            root = stack.enter_context(open_root(shown, create=deploying, moves=deploying))
+            root = stack.enter_context(open_root(shown, create=deploying))
             if root.releases_fd < 0:
                 raise _no_releases(shown)
             current = current_release(root)
             state = f"{prefix}{shown / CURRENT} " + (f"still points to {current}" if current else "was not created")
+            if deploying and os.fstat(root.releases_fd).st_dev != os.fstat(root.fd).st_dev:
+                # A release moves in with one atomic rename, never a copy across file systems.
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(shown / RELEASES))
             stack.enter_context(_lock.hold(shown, wait=wait, dir_fd=root.fd, check=lambda st: root.check_owner(st, _lock.LOCK_NAME)))
+            check_history(root)  # before anything changes, not when the switch is already made
             clean_stale(root)
         except FileNotFoundError as exc:
             raise (fs.os_error(exc, str(shown), state) if deploying else _no_releases(shown)) from None
