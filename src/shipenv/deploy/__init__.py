@@ -1,8 +1,10 @@
 """The server side: releases under a root, the atomic switch, rollback, prune, modulefiles.
 
 ``releases`` (deploy, rollback, releases, prune), ``extract`` (the streaming,
-refusing extractor), ``layout`` (the root's files and history), ``lock`` (one
-deploy at a time per root), ``modulefile``. ``templates/deploy.sh`` is the same
+refusing extractor), ``host`` (arch and glibc against the manifest), ``layout``
+(the root: who may own it, ``current``, the history, what a release is), ``fs``
+(operations in the root by directory descriptor, never through a symlink;
+OS errors as sentences), ``lock`` (one deploy at a time per root), ``modulefile``. ``templates/deploy.sh`` is the same
 contract in POSIX sh.
 
 May import :mod:`shipenv.bundle`; never imports :mod:`shipenv.build`, so a

@@ -9,8 +9,12 @@ one that runs, so a systemd unit says ``ExecStart=/srv/app/current/bin/app``::
     /srv/app/history.jsonl            one JSON line per switch of current
     /srv/app/.shipenv.lock            one deploy/rollback/prune at a time
 
-A deploy unpacks into a temporary directory beside ``releases/`` (same file
-system, so the final ``rename`` is atomic), checks every file against the
+Everything in the root is reached through directory descriptors opened once
+(:mod:`shipenv.deploy.layout`, :mod:`shipenv.deploy.fs`): a deploy run as root
+in a root the service user owns never follows a link that user planted.
+
+A deploy unpacks into a temporary directory beside ``releases/`` (which must be
+on the same file system, so the final ``rename`` is atomic), checks every file against the
 bundle's RECORD as it streams (:mod:`shipenv.deploy.extract`), checks the host
 before anything moves, runs ``--check`` in the new release, renames it into
 ``releases/`` and replaces ``current`` with ``rename(2)`` over a symlink made
@@ -46,6 +50,7 @@ from shipenv.bundle.manifest import RecordEntry
 from shipenv.deploy import extract as _extract
 from shipenv.deploy import fs
 from shipenv.deploy import lock as _lock
+from shipenv.deploy.host import HostFacts, check_host
 from shipenv.deploy.layout import (
     CURRENT,
     HISTORY,
@@ -67,7 +72,7 @@ from shipenv.deploy.layout import (
     switch,
     syncfs,
 )
-from shipenv.errors import DeployError, FilesystemError, HostError, UsageError, listing
+from shipenv.errors import DeployError, FilesystemError, UsageError, listing
 
 __all__ = [
     "CURRENT", "HISTORY", "RELEASES", "DeployResult", "HistoryEntry", "HostFacts", "PruneResult", "Release",
@@ -76,66 +81,6 @@ __all__ = [
 
 Step = Callable[[str], None]
 Progress = Callable[[int, int], None]
-
-_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
-# -- the host -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """What a bundle's manifest is checked against: this machine, or a stand-in in tests."""
-
-    arch: str
-    glibc: tuple[int, int] | None  #: None where there is no glibc (musl)
-
-    @classmethod
-    def detect(cls, glibc_override: str | None = None) -> HostFacts:
-        """This machine, from the kernel and the C library: nothing from the bundle runs.
-
-        ``glibc_override`` (the CLI passes ``$SHIPENV_HOST_GLIBC``) replaces the
-        detected version where detection fails or lies (an unusual libc build).
-        """
-        arch = os.uname().machine
-        if glibc_override:
-            try:
-                return cls(arch, manifest.parse_version(glibc_override))
-            except ValueError:
-                raise UsageError(f"SHIPENV_HOST_GLIBC={glibc_override!r} is not a glibc version such as 2.31.") from None
-        try:
-            text = os.confstr("CS_GNU_LIBC_VERSION") or ""
-        except (ValueError, OSError):
-            text = ""
-        name, _, version = text.partition(" ")
-        try:
-            return cls(arch, manifest.parse_version(version) if name == "glibc" else None)
-        except ValueError:
-            return cls(arch, None)
-
-
-def check_host(metadata: dict[str, Any], host: HostFacts, release: str) -> None:
-    """Refuse, in words, a bundle this host cannot run (DESIGN: "honest about its floor")."""
-    platform = metadata.get("platform") or {}
-    arch = platform.get("arch")
-    if arch and _ARCH_ALIASES.get(arch, arch) != _ARCH_ALIASES.get(host.arch, host.arch):
-        raise HostError(f"This host is {host.arch} but {release} was built for {arch}; deploy it on an {arch} host or build it on {host.arch}.")
-    floor = platform.get("glibc_floor")
-    if not floor:
-        return
-    try:
-        need = manifest.parse_version(str(floor))
-    except ValueError:
-        raise DeployError(f"The manifest of {release} has an unreadable glibc floor {floor!r}.") from None
-    if host.glibc is None:
-        raise HostError(
-            f"This host has no glibc but {release} needs glibc {floor} or newer; deploy it on a glibc-based distribution.",
-            hint="If this host does have glibc and detection failed, set SHIPENV_HOST_GLIBC to its version (e.g. 2.36).",
-        )
-    if host.glibc < need:
-        have = manifest.format_version(host.glibc)
-        raise HostError(f"This host has glibc {have} but {release} needs {floor} or newer; deploy it on a newer distribution or rebuild it on an older one.")
-
 
 def _mb(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):

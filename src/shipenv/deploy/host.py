@@ -1,0 +1,71 @@
+"""Can this host run a bundle? Its architecture and glibc against the bundle's manifest.
+
+Nothing from the bundle runs for this: the kernel says the architecture, the C
+library its version (``SHIPENV_HOST_GLIBC`` overrides it where detection fails).
+A refusal is a :class:`~shipenv.errors.HostError` (exit status 4, as in ``deploy.sh``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from shipenv.bundle import manifest
+from shipenv.errors import DeployError, HostError, UsageError
+
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a bundle's manifest is checked against: this machine, or a stand-in in tests."""
+
+    arch: str
+    glibc: tuple[int, int] | None  #: None where there is no glibc (musl)
+
+    @classmethod
+    def detect(cls, glibc_override: str | None = None) -> HostFacts:
+        """This machine, from the kernel and the C library: nothing from the bundle runs.
+
+        ``glibc_override`` (the CLI passes ``$SHIPENV_HOST_GLIBC``) replaces the
+        detected version where detection fails or lies (an unusual libc build).
+        """
+        arch = os.uname().machine
+        if glibc_override:
+            try:
+                return cls(arch, manifest.parse_version(glibc_override))
+            except ValueError:
+                raise UsageError(f"SHIPENV_HOST_GLIBC={glibc_override!r} is not a glibc version such as 2.31.") from None
+        try:
+            text = os.confstr("CS_GNU_LIBC_VERSION") or ""
+        except (ValueError, OSError):
+            text = ""
+        name, _, version = text.partition(" ")
+        try:
+            return cls(arch, manifest.parse_version(version) if name == "glibc" else None)
+        except ValueError:
+            return cls(arch, None)
+
+
+def check_host(metadata: dict[str, Any], host: HostFacts, release: str) -> None:
+    """Refuse, in words, a bundle this host cannot run (DESIGN: "honest about its floor")."""
+    platform = metadata.get("platform") or {}
+    arch = platform.get("arch")
+    if arch and _ARCH_ALIASES.get(arch, arch) != _ARCH_ALIASES.get(host.arch, host.arch):
+        raise HostError(f"This host is {host.arch} but {release} was built for {arch}; deploy it on an {arch} host or build it on {host.arch}.")
+    floor = platform.get("glibc_floor")
+    if not floor:
+        return
+    try:
+        need = manifest.parse_version(str(floor))
+    except ValueError:
+        raise DeployError(f"The manifest of {release} has an unreadable glibc floor {floor!r}.") from None
+    if host.glibc is None:
+        raise HostError(
+            f"This host has no glibc but {release} needs glibc {floor} or newer; deploy it on a glibc-based distribution.",
+            hint="If this host does have glibc and detection failed, set SHIPENV_HOST_GLIBC to its version (e.g. 2.36).",
+        )
+    if host.glibc < need:
+        have = manifest.format_version(host.glibc)
+        raise HostError(f"This host has glibc {have} but {release} needs {floor} or newer; deploy it on a newer distribution or rebuild it on an older one.")
