@@ -912,7 +912,7 @@ main() {
         rollback) cmd_rollback "$@" ;;
         releases) cmd_releases "$@" ;;
         prune) cmd_prune "$@" ;;
-        -h | --help | help) sed -n '2,/^# Exit status/s/^# \{0,1\}//p' "$0" 2>/dev/null || usage ;;
+        -h | --help | help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0" 2>/dev/null || usage ;;
         *) usage ;;
     esac
 }
