@@ -21,6 +21,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import pytest
 
 from shipenv.deploy import releases as deploy
 from tests.chroots import OverlayRoot
-from tests.conftest import run_shipenv
+from tests.conftest import SHIPENV
 from tests.unit.test_deploy import HOST, make_tree, pack
 
 SCRIPT = Path(__file__).resolve().parents[2] / "templates" / "deploy.sh"
@@ -45,6 +46,7 @@ class Case:
     #: command -> (exit status, first line of output: stderr's "error: ..." or stdout)
     expect: dict[str, tuple[int, str]]
     mount: str = ""  #: "" (a plain directory), "ro", "full", "xdev"
+    as_user: bool = False  #: run as uid 1000 in a root that belongs to root (else as root)
 
 
 def _plant(link: str, target: Callable[[str], str]) -> Setup:
@@ -120,6 +122,10 @@ CASES: dict[str, Case] = {
     }, mount="ro"),
     "full-disk": Case(_nothing, {"deploy big": (5, f"error: The disk holding ROOT is full; nothing was deployed and {STILL}.")},
                       mount="full"),
+    "not-permitted": Case(_nothing, {
+        "deploy": (5, f"error: Permission denied in ROOT; nothing was deployed and {STILL}."),
+        "rollback": (5, f"error: Permission denied in ROOT; {STILL}."),
+    }, as_user=True),
     "releases-elsewhere": Case(_nothing, {
         "deploy": (5, "error: ROOT/releases is on another file system than ROOT; nothing was deployed and ROOT/current was not created."),
     }, mount="xdev"),
@@ -187,7 +193,8 @@ def _prepare(base: Path, case: Case, dist: Path, sentinel_seen: str) -> tuple[Pa
     else:
         for version in ("1.0", "2.0"):
             deploy.deploy(dist / f"app-{version}.tar.gz", root, host=HOST)
-        os.chown(root, OWNER, OWNER)  # the service user's root; the deploys (as root) made the rest
+        if not case.as_user:
+            os.chown(root, OWNER, OWNER)  # the service user's root; the deploys (as root) made the rest
     case.setup(root, sentinel_seen)
     if case.mount == "ro":
         subprocess.run(["mount", "-o", "remount,ro", str(srv)], check=True)
@@ -219,23 +226,41 @@ def _normalise(line: str, root: str, sentinel: str) -> str:
 def test_hostile_root_same_verdict_from_both_and_nothing_outside_changes(
         case: str, dist: Path, server: OverlayRoot, tmp_path: Path) -> None:
     row = CASES[case]
+    # A user other than root must be able to reach the root: not below pytest's 0700 directories.
+    top = Path(tempfile.mkdtemp(prefix="shipenv-hostile-", dir="/tmp")) if row.as_user else tmp_path
+    user = ["setpriv", f"--reuid={OWNER}", f"--regid={OWNER}", "--clear-groups"] if row.as_user else []
+    try:
+        top.chmod(0o755)
+        _run_row(row, dist, server, top, user)
+    finally:
+        if row.as_user:
+            shutil.rmtree(top)
+
+
+def _run_row(row: Case, dist: Path, server: OverlayRoot, top: Path, user: list[str]) -> None:
+    inbox = top / "in"
+    shutil.copytree(dist, inbox)
+    shutil.copy(SCRIPT, inbox / "deploy.sh")
+    for path in (inbox, *inbox.iterdir()):
+        path.chmod(0o755 if path.is_dir() else 0o644)
     for command, (status, line) in row.expect.items():
         results = {}
         for impl in ("shipenv", "deploy.sh"):
-            base = tmp_path / f"{impl}-{command.replace(' ', '_')}"
+            base = top / f"{impl}-{command.replace(' ', '_')}"
             in_chroot = impl == "deploy.sh"
             sentinel_seen = INSIDE_SENTINEL if in_chroot else str(base / "sentinel")
             root, mounts = _prepare(base, row, dist, sentinel_seen)
+            base.chmod(0o755)
             try:
                 before = (snapshot(base / "srv"), snapshot(base / "sentinel"))
                 if in_chroot:
                     _, args = _argv(command, INSIDE_ROOT, "/in")
-                    done = server.run(["sh", "/opt/deploy.sh", *args], binds={
-                        dist: "/in", SCRIPT: "/opt/deploy.sh", base / "srv": "/srv", base / "sentinel": INSIDE_SENTINEL})
+                    done = server.run([*user, "sh", "/in/deploy.sh", *args], binds={
+                        inbox: "/in", base / "srv": "/srv", base / "sentinel": INSIDE_SENTINEL})
                     shown = _normalise(_first_line(done), INSIDE_ROOT, INSIDE_SENTINEL)
                 else:
-                    args, _ = _argv(command, str(root), str(dist))
-                    done = run_shipenv(*args, check=False)
+                    args, _ = _argv(command, str(root), str(inbox))
+                    done = subprocess.run([*user, *SHIPENV, *args], capture_output=True, text=True, check=False)
                     shown = _normalise(_first_line(done), str(root), str(base / "sentinel"))
                 after = (snapshot(base / "srv"), snapshot(base / "sentinel"))
             finally:
