@@ -134,7 +134,11 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
 
 def fd_path(fd: int) -> str:
     """A path that reaches what ``fd`` is open on whatever is renamed meanwhile (Linux ``/proc``)."""
-    return f"/proc/self/fd/{fd}"
+    path = f"/proc/self/fd/{fd}"
+    if not os.path.isdir(path):
+        raise FilesystemError("/proc is not mounted, and deploy reaches the new release through /proc/self/fd; nothing was changed.",
+                              hint="Mount it (mount -t proc proc /proc), then try again.")
+    return path
 
 
 @contextlib.contextmanager
