@@ -23,9 +23,10 @@ readonly SETUP_VERSION=1
 # shell it supports; gcc and zlib1g-dev build the test sdist whose C extension
 # links a system library (tests/packages/zext); curl fetches from the example
 # service; systemd's systemd-analyze checks the example unit; Java runs the
-# Spark test's local cluster.
+# Spark test's local cluster; skopeo, umoci, docker-registry and podman read,
+# unpack, push and run the OCI images of `--format oci`.
 readonly APT_PACKAGES=(debootstrap zstd xz-utils pigz fish csh tcsh zsh ksh shellcheck lmod gcc zlib1g-dev curl
-    systemd openjdk-17-jre-headless)
+    systemd openjdk-17-jre-headless skopeo umoci docker-registry podman)
 readonly ROOT_KINDS=(glibc bookworm bullseye)
 
 cd "$(dirname "$0")/.."
