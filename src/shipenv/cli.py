@@ -30,6 +30,7 @@ examples:
   shipenv build . -o dist/app-2.0.0.tar.gz
   shipenv build --venv .venv --entry serve=app.main:run -o dist/
   shipenv build --wheels wheelhouse/ --name app --version 2.0.0 --format dir -o out/
+  shipenv build . --format oci --base oci:distroless:latest -o dist/     # dist/NAME-VERSION.oci/
 """
 
 
@@ -131,9 +132,14 @@ def _parser() -> argparse.ArgumentParser:
     meta.add_argument("--name", help="bundle name (default: the project's name)")
     meta.add_argument("--version", dest="bundle_version", metavar="VERSION", help="bundle version (default: the project's version)")
     meta.add_argument("-o", "--output", type=Path, default=Path("dist"), metavar="PATH", help="directory for NAME-VERSION[.EXT], or a file name ending in .tar.zst/.tar.gz/.tar.xz (default: dist/)")
-    meta.add_argument("--format", dest="fmt", choices=FORMATS, help="tar.zst (default), tar.gz, tar.xz, or dir for the unpacked tree")
+    meta.add_argument("--format", dest="fmt", choices=FORMATS, help="tar.zst (default), tar.gz, tar.xz, dir for the unpacked tree, oci for an OCI image layout, oci-archive for the same as one .oci.tar")
     meta.add_argument("--level", type=int, metavar="N", help="compression level: zstd 1-22 (default 3), gzip 1-9 (default 5), xz 0-9 (default 6)")
     meta.add_argument("--threads", type=int, default=0, metavar="N", help="compression threads (default 0: all cores)")
+    img = b.add_argument_group("container image (--format oci / oci-archive)")
+    img.add_argument("--base", metavar="IMAGE", help="the base image: oci:DIR[:REF] or oci-archive:FILE[:REF], pulled beforehand with skopeo copy")
+    img.add_argument("--cmd", metavar="CMD", help='what the image runs instead of the --entry command: "/app/bin/gunicorn app:wsgi" or a JSON array')
+    img.add_argument("--user", metavar="USER", help="the user the image runs as (default: the base's non-root user, else 65532:65532)")
+    img.add_argument("--image-root", metavar="DIR", help="where the bundle goes in the image (default: /app)")
     checks = b.add_argument_group("checks")
     checks.add_argument("--max-glibc", type=_version_pair, metavar="X.Y", help="fail if the bundle needs a newer glibc than X.Y")
     checks.add_argument("--report", action="store_true", help="print the whole relocation audit")
@@ -249,6 +255,8 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
     print(f"Built {result.path} ({floor})")
     if result.sha256:
         print(f"sha256 {result.sha256}  {result.path.name}")
+    if result.image_digest:
+        print(f"image {result.image_digest}")
     return 0
 
 

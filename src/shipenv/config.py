@@ -7,25 +7,31 @@ Command-line flags win; the table uses the flags' long names::
     entry = ["serve=app.main:run"]
     format = "tar.zst"
     max-glibc = "2.31"
+    base = "oci:distroless:latest"    # --format oci / oci-archive: the base image
+    user = "65532:65532"
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from shipenv.bundle.manifest import parse_version
 from shipenv.errors import UsageError
-from shipenv.model import FORMATS, BuildOptions
+from shipenv.model import FORMATS, BuildOptions, ImageOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-_KNOWN = {"python", "name", "version", "entry", "format", "max-glibc", "keep-stdlib", "system-lib", "level", "requirement", "constraint", "output"}
+_KNOWN = {"python", "name", "version", "entry", "format", "max-glibc", "keep-stdlib", "system-lib", "level", "requirement", "constraint", "output",
+          "base", "cmd", "user", "image-root"}
 
 
 def read_pyproject(pyproject: Path) -> dict[str, Any]:
@@ -92,6 +98,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
         raise UsageError(f"--wheels {args.wheels} is not a directory.")
     if args.venv is not None and not (args.venv / "pyvenv.cfg").is_file():
         raise UsageError(f"--venv {args.venv} is not a virtual environment (it has no pyvenv.cfg).")
+    image = image_options(args, table, project)
     output = args.output if args.output != Path("dist") or "output" not in table else base / table["output"]
     return BuildOptions(
         output=output,
@@ -113,4 +120,66 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
         threads=args.threads,
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
+        image=image,
     )
+
+
+def parse_command(text: str) -> tuple[str, ...]:
+    """``--cmd``: a JSON array (``'["/app/bin/app", "--workers", "2"]'``) or words split as a shell would."""
+    try:
+        words = json.loads(text) if text.lstrip().startswith("[") else shlex.split(text)
+    except ValueError as exc:
+        raise UsageError(f"--cmd {text!r} is neither a JSON array nor a command line ({exc}).") from exc
+    if not words or not all(isinstance(w, str) for w in words):
+        raise UsageError(f"--cmd {text!r} names no command.", hint='Give the command as it runs in the image: --cmd "/app/bin/app --port 8000".')
+    if not words[0].startswith("/"):
+        raise UsageError(f"--cmd starts with {words[0]!r}, which is not an absolute path.", hint="Images run commands without a shell: give the full path.")
+    return tuple(words)
+
+
+def image_options(args: argparse.Namespace, table: dict[str, Any], project: Path | None) -> ImageOptions:
+    """``--base``, ``--cmd``, ``--user``, ``--image-root``, and what the image says about its source."""
+    root_text = getattr(args, "image_root", None) or table.get("image-root") or "/app"
+    root = PurePosixPath(str(root_text))
+    if not root.is_absolute() or root == PurePosixPath("/") or ".." in root.parts:
+        raise UsageError(f"--image-root {root_text!r} must be an absolute directory other than /, such as /app.")
+    cmd_value = getattr(args, "cmd", None) or table.get("cmd")
+    if isinstance(cmd_value, list):
+        cmd_value = json.dumps([str(w) for w in cmd_value])
+    base = getattr(args, "base", None)
+    if base is None and table.get("base") and project is not None:
+        # A path in [tool.shipenv] is relative to the project, after any oci:/oci-archive: prefix.
+        text = str(table["base"])
+        kind, sep, rest = text.partition(":") if text.startswith(("oci:", "oci-archive:")) else ("", "", text)
+        base = text if rest.startswith("/") or rest == "scratch" else f"{kind}{sep}{project / rest}"
+    return ImageOptions(
+        root=root,
+        base=None if base is None else str(base),
+        cmd=parse_command(cmd_value) if cmd_value else None,
+        user=getattr(args, "user", None) or table.get("user"),
+        revision=_git_revision(project),
+        source=_source_url(project),
+    )
+
+
+def _git_revision(project: Path | None) -> str | None:
+    """The commit the project is checked out at, when it is in a git work tree (org.opencontainers.image.revision)."""
+    if project is None:
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(project), "rev-parse", "HEAD"], capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    revision = done.stdout.strip()
+    return revision if done.returncode == 0 and len(revision) in (40, 64) else None
+
+
+def _source_url(project: Path | None) -> str | None:
+    """``[project.urls]`` Source / Repository / Homepage (org.opencontainers.image.source)."""
+    if project is None or not (project / "pyproject.toml").is_file():
+        return None
+    urls = read_pyproject(project / "pyproject.toml").get("project", {}).get("urls", {})
+    if not isinstance(urls, dict):
+        return None
+    by_key = {str(k).lower().replace(" ", "").replace("-", ""): str(v) for k, v in urls.items()}
+    return next((by_key[k] for k in ("source", "sourcecode", "repository", "homepage") if k in by_key), None)

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-ArchiveFormat = Literal["dir", "tar.zst", "tar.gz", "tar.xz"]
-FORMATS: tuple[ArchiveFormat, ...] = ("tar.zst", "tar.gz", "tar.xz", "dir")
+ArchiveFormat = Literal["dir", "tar.zst", "tar.gz", "tar.xz", "oci", "oci-archive"]
+FORMATS: tuple[ArchiveFormat, ...] = ("tar.zst", "tar.gz", "tar.xz", "dir", "oci", "oci-archive")
+#: The container-image formats (issue 15): an OCI image layout directory, or the same as one tar file.
+IMAGE_FORMATS: tuple[ArchiveFormat, ...] = ("oci", "oci-archive")
 
 #: Parts of the standard library a server never uses, left out unless kept.
 STDLIB_OPTIONAL = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "static-lib")
@@ -170,6 +172,18 @@ class AuditFinding:
 
 
 @dataclass(frozen=True)
+class ImageOptions:
+    """How ``--format oci``/``oci-archive`` makes a container image of the bundle."""
+
+    root: PurePosixPath = PurePosixPath("/app")  #: where the tree goes in the image (``--image-root``)
+    base: str | None = None  #: ``--base``: ``oci:DIR[:REF]``, ``oci-archive:FILE[:REF]``, a path, or ``scratch``
+    cmd: tuple[str, ...] | None = None  #: ``--cmd``: replaces the entry point (Entrypoint is then empty)
+    user: str | None = None  #: ``--user``; default the base's non-root user, else 65532:65532
+    revision: str | None = None  #: org.opencontainers.image.revision (the project's git commit)
+    source: str | None = None  #: org.opencontainers.image.source (the project's source URL)
+
+
+@dataclass(frozen=True)
 class BuildOptions:
     """Everything ``shipenv build`` was asked to do (command line and ``[tool.shipenv]``)."""
 
@@ -195,6 +209,7 @@ class BuildOptions:
     source_date_epoch: int | None = None
     cache_dir: Path | None = None
     use_cache: bool = True
+    image: ImageOptions = ImageOptions()
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -206,3 +221,4 @@ class BuildResult:
     sha256: str | None = None
     audit: tuple[AuditFinding, ...] = ()
     vendored: tuple[str, ...] = ()
+    image_digest: str | None = None  #: ``sha256:...`` of the image manifest, for the OCI formats

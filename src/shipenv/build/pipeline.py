@@ -28,7 +28,7 @@ from shipenv import __version__, data, templates
 from shipenv.build import bytecode, cache, interpreter, launchers, patch, policy, relocate, venv
 from shipenv.bundle import elf, manifest
 from shipenv.errors import InstallError, PolicyError, RelocateError, ShipenvError, UsageError, listing
-from shipenv.model import AuditFinding, BuildOptions, BuildResult, PythonInfo
+from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, PythonInfo
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ STAGING_SUFFIX = ".shipenv-tmp"
 
 #: Used when SOURCE_DATE_EPOCH is not set: 2020-01-01T00:00:00Z.
 DEFAULT_EPOCH = 1577836800
-_SUFFIXES = {".tar.zst": "tar.zst", ".tzst": "tar.zst", ".tar.gz": "tar.gz", ".tgz": "tar.gz", ".tar.xz": "tar.xz", ".txz": "tar.xz"}
+_SUFFIXES = {".oci.tar": "oci-archive", ".tar.zst": "tar.zst", ".tzst": "tar.zst", ".tar.gz": "tar.gz", ".tgz": "tar.gz", ".tar.xz": "tar.xz", ".txz": "tar.xz"}
 
 
 def source_date_epoch(options: BuildOptions) -> int:
@@ -69,7 +69,8 @@ def artifact_path(options: BuildOptions, tree_name: str) -> tuple[str, Path]:
     fmt, explicit = format_for(options)
     if explicit is not None:
         return fmt, explicit
-    return fmt, options.output / (tree_name if fmt == "dir" else f"{tree_name}.{fmt}")
+    suffix = {"dir": "", "oci-archive": ".oci.tar"}.get(fmt, f".{fmt}")
+    return fmt, options.output / f"{tree_name}{suffix}"
 
 
 def _check_destination(path: Path) -> None:
@@ -111,7 +112,11 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
     version = options.version or sources.version or py.version_str
     tree_name = f"{name}-{version}"
     fmt, artifact = artifact_path(options, tree_name)
-    if fmt != "dir":
+    if fmt in IMAGE_FORMATS:
+        from shipenv.bundle import oci
+
+        base = oci.prepare(options.image, py.machine, options.compress_level, options.threads)  # fails now, not after the build
+    elif fmt != "dir":
         from shipenv.bundle import archive
 
         archive.codec(fmt, options.compress_level, options.threads)  # a bad --level fails now, not after the build
@@ -132,6 +137,18 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
                 artifact.rmdir()
             os.replace(root, artifact)
             return BuildResult(artifact, tree_name, tree.floor, None, tree.audit, tree.vendored)
+        if fmt in IMAGE_FORMATS:
+            say(f"Writing the image {artifact.name}")
+            image = oci.write(
+                root, staging / artifact.name, fmt, image=options.image, base=base, entry=options.entries[0][0] if options.entries else None,
+                mtime=epoch, level=options.compress_level, threads=options.threads, progress=progress,
+            )
+            if artifact.is_dir():
+                artifact.rmdir()
+            os.replace(image.path, artifact)
+            if image.sha256 is not None:
+                artifact.with_name(artifact.name + ".sha256").write_text(f"{image.sha256}  {artifact.name}\n")
+            return BuildResult(artifact, tree_name, tree.floor, image.sha256, tree.audit, tree.vendored, image.digest)
         from shipenv.bundle import archive
 
         say(f"Packing {artifact.name}")
