@@ -107,9 +107,10 @@ class OverlayRoot:
             assert root.upper_path("/srv/state").read_text() == "1\\n"
     """
 
-    def __init__(self, kind: Kind, *, tmp_dir: StrPath | None = None) -> None:
+    def __init__(self, kind: Kind, *, tmp_dir: StrPath | None = None, lower: StrPath | None = None) -> None:
+        # `lower` replaces the cached root with another one (an unpacked image's rootfs); `kind` then only names it.
         self.kind: Kind = kind
-        self.lower: Path = root_path(kind)
+        self.lower: Path = Path(lower) if lower is not None else root_path(kind)
         self._tmp_parent = tmp_dir
         self._dir: Path | None = None
 
