@@ -236,3 +236,15 @@ def test_cmd_is_a_json_array_or_a_command_line() -> None:
     for bad in ("bin/app", "[1]", "", '["/x"'):
         with pytest.raises(UsageError):
             parse_command(bad)
+
+
+def test_the_container_example_builds_an_image_with_options_shipenv_knows() -> None:
+    import shlex
+
+    from shipenv.cli import _parser
+    from tests.conftest import REPO
+
+    lines = [shlex.split(line) for line in (REPO / "examples" / "container" / "oci.sh").read_text().splitlines() if line.startswith("shipenv build")]
+    assert len(lines) == 1
+    args = _parser().parse_args(lines[0][1:])
+    assert (args.fmt, args.base) == ("oci", "oci:distroless:latest")
