@@ -23,7 +23,7 @@ from typing import Any
 
 from shipenv.bundle.manifest import parse_version
 from shipenv.errors import UsageError
-from shipenv.model import FORMATS, BuildOptions, ImageOptions
+from shipenv.model import FORMATS, IMAGE_FORMATS, BuildOptions, ImageOptions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,6 +99,9 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
     if args.venv is not None and not (args.venv / "pyvenv.cfg").is_file():
         raise UsageError(f"--venv {args.venv} is not a virtual environment (it has no pyvenv.cfg).")
     image = image_options(args, table, project)
+    flags = [f"--{name.replace('_', '-')}" for name in ("base", "cmd", "user", "image_root") if getattr(args, name, None)]
+    if flags and fmt not in IMAGE_FORMATS and not str(args.output).endswith(".oci.tar"):
+        raise UsageError(f"{flags[0]} only applies to container images.", hint="Add --format oci (or oci-archive), or leave it out.")
     output = args.output if args.output != Path("dist") or "output" not in table else base / table["output"]
     return BuildOptions(
         output=output,

@@ -248,3 +248,24 @@ def test_the_container_example_builds_an_image_with_options_shipenv_knows() -> N
     assert len(lines) == 1
     args = _parser().parse_args(lines[0][1:])
     assert (args.fmt, args.base) == ("oci", "oci:distroless:latest")
+
+
+def test_image_options_come_from_flags_and_are_refused_for_other_formats(tmp_path: Path) -> None:
+    from shipenv import config
+    from shipenv.cli import _parser
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "p"\nversion = "1"\n[project.urls]\nRepository = "https://example.com/p.git"\n'
+        '[tool.shipenv]\nbase = "oci:images/base:latest"\nuser = "1000"\n'
+    )
+    options = config.build_options(_parser().parse_args(["build", str(project), "--format", "oci", "--cmd", "/app/bin/p -v", "--image-root", "/srv/p"]))
+    assert options.image == ImageOptions(
+        root=PurePosixPath("/srv/p"), base=f"oci:{project}/images/base:latest", cmd=("/app/bin/p", "-v"), user="1000",
+        revision=None, source="https://example.com/p.git",
+    )  # fmt: skip
+    with pytest.raises(UsageError, match="--user only applies to container images"):
+        config.build_options(_parser().parse_args(["build", str(project), "--format", "tar.gz", "--user", "1"]))
+    with pytest.raises(UsageError, match="--image-root"):
+        config.build_options(_parser().parse_args(["build", str(project), "--format", "oci", "--image-root", "/"]))
