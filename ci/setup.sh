@@ -23,9 +23,9 @@ readonly SETUP_VERSION=1
 # shell it supports; gcc and zlib1g-dev build the test sdist whose C extension
 # links a system library (tests/packages/zext); curl fetches from the example
 # service; systemd's systemd-analyze checks the example unit; Java runs the
-# Spark test's local cluster.
+# Spark test's local cluster; qemu-user-static runs the aarch64 native launcher.
 readonly APT_PACKAGES=(debootstrap zstd xz-utils pigz fish csh tcsh zsh ksh shellcheck lmod gcc zlib1g-dev curl
-    systemd openjdk-17-jre-headless)
+    systemd openjdk-17-jre-headless qemu-user-static)
 readonly ROOT_KINDS=(glibc bookworm bullseye)
 
 cd "$(dirname "$0")/.."
