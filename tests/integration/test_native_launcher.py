@@ -170,3 +170,47 @@ def test_committed_binaries_rebuild_byte_for_byte(tmp_path: Path) -> None:
         assert (tmp_path / machine).read_bytes() == launchers.data.path("launcher", machine).read_bytes(), (
             f"src/shipenv/data/launcher/{machine} is not what src/launcher/launcher.c builds: run src/launcher/build.py"
         )
+
+
+def _fake_bundle(tmp_path: Path, config: str) -> Path:
+    """A bundle whose "interpreter" and "loader" are sh scripts that print the argv they got."""
+    root = tmp_path / "fake bundle"
+    (root / "bin").mkdir(parents=True)
+    (root / "lib").mkdir()
+    (root / ".shipenv").mkdir()
+    (root / ".shipenv" / "launcher").write_text(config)
+    for rel in ("bin/python3.12", "lib/ld-linux-x86-64.so.2"):
+        (root / rel).write_text('#!/bin/sh\nprintf "%s\\n" "$0" "$@" "launcher=${__PYVENV_LAUNCHER__-unset}"\n')
+        (root / rel).chmod(0o755)
+    launchers.write_launcher(root / "bin" / "python", launchers.native_binary("x86_64") or b"")
+    return root
+
+
+def test_bundled_loader_mode_runs_the_interpreter_through_it(tmp_path: Path) -> None:
+    # What --libc bundled writes: every way in goes through lib/ld-linux-*.so.*.
+    root = _fake_bundle(tmp_path, "interpreter=bin/python3.12\nexecutable=bin/python\npyvenv-launcher=yes\nloader=lib/ld-linux-x86-64.so.2\nlibrary-path=lib\n")
+    done = subprocess.run([root / "bin" / "python", "-c", "x"], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == [
+        f"{root}/lib/ld-linux-x86-64.so.2", "--inhibit-cache", "--library-path", f"{root}/lib",
+        "--argv0", f"{root}/bin/python", f"{root}/bin/python3.12", "-E", "-s", "-c", "x", f"launcher={root}/bin/python",
+    ]  # fmt: skip
+
+
+def test_without_proc_it_follows_argv0(tmp_path: Path) -> None:
+    root = _fake_bundle(tmp_path, "interpreter=bin/python3.12\nexecutable=bin/python\npyvenv-launcher=no\n")
+    link_dir = tmp_path / "on path"
+    link_dir.mkdir()
+    (link_dir / "py").symlink_to(root / "bin" / "python")
+    # A mount namespace whose /proc is an empty tmpfs: /proc/self/exe is gone.
+    hide_proc = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs none /proc && exec "$@"', "sh"]
+    env = {"PATH": f"{link_dir}:/usr/bin:/bin"}
+    for argv0 in (str(link_dir / "py"), "py"):
+        done = subprocess.run([*hide_proc, argv0, "a"], capture_output=True, text=True, env=env, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [f"{root}/bin/python3.12", "-E", "-s", "a", "launcher=unset"]
+        assert "/proc is not mounted" in done.stderr  # the interpreter's $ORIGIN needs it: say so
+    # Started under a name that leads nowhere: a sentence, not a crash.
+    execv = f"import os; os.execv({str(root / 'bin' / 'python')!r}, ['nowhere', 'a'])"
+    lost = subprocess.run([*hide_proc, sys.executable, "-I", "-c", execv], capture_output=True, text=True, env=env, check=False)
+    assert lost.returncode == 127, lost.stderr
+    assert "cannot find the bundle" in lost.stderr and "'nowhere'" in lost.stderr and "mount /proc" in lost.stderr
