@@ -21,7 +21,7 @@ import pytest
 from shipenv.build import launchers
 from shipenv.bundle import elf
 from tests.chroots import DEFAULT_ENV, OverlayRoot, run_in_root
-from tests.conftest import REPO, BuildFn
+from tests.conftest import REPO, BuildFn, run_shipenv
 from tests.integration.test_container import PROJECT, bundle_args, free_port, get, read_dockerfile, start_in_root
 
 JUNK = {"PYTHONPATH": "/junk", "PYTHONHOME": "/junk", "PYTHONSTARTUP": "/junk/x.py", "PYTHONNOUSERSITE": ""}
@@ -73,6 +73,7 @@ def test_every_command_is_the_static_launcher(tree: Path) -> None:
     assert info.needed == () and not info.is_shared  # no loader, no libc from the host
     record = (tree / ".shipenv" / "RECORD").read_text()
     assert launchers.CONFIG in record
+    assert "  launchers  native (static ELF: no shell needed)\n" in run_shipenv("inspect", tree).stdout
 
 
 @pytest.mark.parametrize("argv0", ["/app/bin/python", "python"], ids=["by-path", "symlink-on-PATH"])
