@@ -24,9 +24,10 @@ readonly SETUP_VERSION=1
 # links a system library (tests/packages/zext); curl fetches from the example
 # service; systemd's systemd-analyze checks the example unit; Java runs the
 # Spark test's local cluster; skopeo, umoci, docker-registry and podman read,
-# unpack, push and run the OCI images of `--format oci`.
+# unpack, push and run the OCI images of `--format oci`; qemu-user-static runs
+# the aarch64 native launcher.
 readonly APT_PACKAGES=(debootstrap zstd xz-utils pigz fish csh tcsh zsh ksh shellcheck lmod gcc zlib1g-dev curl
-    systemd openjdk-17-jre-headless skopeo umoci docker-registry podman)
+    systemd openjdk-17-jre-headless skopeo umoci docker-registry podman qemu-user-static)
 readonly ROOT_KINDS=(glibc bookworm bullseye)
 
 cd "$(dirname "$0")/.."

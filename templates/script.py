@@ -7,11 +7,4 @@
 # locate.sh: $$d becomes the directory of this file, symlinks followed.
 ${locate}${launcher_env}exec "$$d/python${xy}" -E -s "$$d/$${p##*/}" "$$@"
 '''
-import sys
-
-from ${module} import ${import_name}
-
-if __name__ == "__main__":
-    if sys.argv[0].endswith("-script.py"):
-        sys.argv[0] = sys.argv[0][:-10]
-    sys.exit(${call})
+${main}

@@ -273,6 +273,9 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     print(f"  python     {py['implementation']} {py['version']} ({py['abi']})")
     floor = f"glibc >= {plat['glibc_floor']}" if plat.get("glibc_floor") else "no glibc requirement"
     print(f"  platform   {plat['arch']}, {floor} ({plat['tag']})")
+    kinds = {"native": "native (static ELF: no shell needed)", "sh": "sh (#!/bin/sh scripts: need /bin/sh)"}
+    if info.get("launchers"):
+        print(f"  launchers  {kinds.get(info['launchers'], info['launchers'])}")
     print(f"  size       {info['size'] / 1e6:,.1f} MB in {info['files']:,} files")
     packed = info.get("archive")
     if packed:

@@ -362,7 +362,7 @@ class _Destination(SchemeDictionaryDestination):
         self.py = py
 
     def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:
-        text = launchers.script_launcher(self.py, name, module, attr).encode()
+        text = launchers.script_file(self.py, name, module, attr)
         entry: RecordEntry = self.write_to_fs(InstallerScheme("scripts"), name, io.BytesIO(text), is_executable=True)
         return entry
 

@@ -2,19 +2,56 @@
 
 Every launcher finds the bundle from its own location (symlinks followed, so
 ``/usr/local/bin/app -> /srv/app/current/bin/app`` works) and runs the bundle's
-interpreter with ``-E -s``. Console-script launchers are sh/Python polyglots
-(``templates/script.py``): the shell part finds the interpreter, and the whole
-file is also valid Python, so ``bin/python3.X bin/NAME`` works without a shell.
+interpreter with ``-E -s``. There are two kinds, and a bundle has one of them
+(the manifest's ``launchers`` says which):
+
+``native`` (x86_64 and aarch64)
+    One small static ELF (``src/launcher/launcher.c``, prebuilt as package data
+    in ``shipenv/data/launcher/MACHINE``) copied to every name: it needs no
+    shell, no libc and no loader on the host, so ``CMD ["/app/bin/app"]`` works
+    in a distroless or ``FROM scratch`` image. What it execs comes from
+    ``.shipenv/launcher`` (:func:`config_text`). A console script is the binary
+    with a zip appended that holds its ``__main__.py``: Python runs a zip with
+    data before it, so the launcher hands the interpreter its own path, and
+    ``sys.argv[0]`` is ``bin/NAME``, which ``bin/python3.X bin/NAME`` and
+    gunicorn's re-exec (``sys.executable`` + ``sys.argv``) run again. One file
+    per command, with its code inside, means no table of names to keep in
+    step with what a wheel installs.
+``sh`` (any other arch)
+    ``#!/bin/sh`` scripts (``templates/python.sh``, ``templates/script.py``);
+    console scripts are sh/Python polyglots, so ``bin/python3.X bin/NAME`` works
+    without a shell there too.
+
+Copies rather than hard links: every stage (RECORD, archives, deploy's link
+rules, the build cache) already handles regular files, and a copy is 30 KB.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
+import zipfile
 from pathlib import Path
+from typing import Literal
 
-from shipenv import templates
+from shipenv import data, templates
 from shipenv.model import BuildOptions, PythonInfo, Scheme
+
+LauncherKind = Literal["native", "sh"]
+
+#: What every native launcher of a bundle reads, relative to the bundle's root.
+CONFIG = ".shipenv/launcher"
+
+
+def native_binary(machine: str) -> bytes | None:
+    """The prebuilt launcher for ``machine`` (``x86_64``, ``aarch64``), or None where there is none."""
+    path = data.path("launcher", machine)
+    return path.read_bytes() if path.is_file() else None
+
+
+def kind(py: PythonInfo) -> LauncherKind:
+    return "native" if native_binary(py.machine) is not None else "sh"
 
 
 def launcher_env(py: PythonInfo) -> str:
@@ -24,42 +61,97 @@ def launcher_env(py: PythonInfo) -> str:
     return '__PYVENV_LAUNCHER__="$d/python" ' if py.version[:2] >= (3, 11) else ""
 
 
+def config_text(py: PythonInfo, loader: str | None = None, library_path: str = "lib") -> str:
+    """``.shipenv/launcher``: ``key=value`` lines, paths relative to the bundle's root.
+
+    ``loader`` (``--libc bundled``: ``lib/ld-linux-x86-64.so.2``) makes every
+    native launcher exec ``LOADER --inhibit-cache --library-path LIB --argv0
+    bin/python bin/python3.X -E -s ...`` instead of the interpreter itself.
+
+    >>> print(config_text(py), end="")  # doctest: +SKIP
+    interpreter=bin/python3.12
+    executable=bin/python
+    pyvenv-launcher=yes
+    """
+    lines = [
+        "# Read by the native launchers in bin/ (shipenv's src/launcher/launcher.c).",
+        f"interpreter=bin/python{py.xy}",
+        "executable=bin/python",
+        f"pyvenv-launcher={'yes' if py.version[:2] >= (3, 11) else 'no'}",
+    ]
+    if loader is not None:
+        lines += [f"loader={loader}", f"library-path={library_path}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(py: PythonInfo, root: Path, loader: str | None = None) -> None:
+    """Write :data:`CONFIG`; the libc stage calls it again with ``loader`` for ``--libc bundled``."""
+    path = root / CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_text(py, loader))
+    os.chmod(path, 0o644)
+
+
 def _render(template: str, py: PythonInfo, **values: str) -> str:
     """A launcher template with the interpreter's name and the shared locate.sh fragment."""
     return templates.render(template, xy=py.xy, launcher_env=launcher_env(py), locate=templates.read("locate.sh"), **values)
 
 
 def python_launcher(py: PythonInfo) -> str:
+    """The sh ``bin/python``, for arches without a native launcher (and the benchmark)."""
     return _render("python.sh", py)
 
 
-def script_launcher(py: PythonInfo, name: str, module: str, attr: str) -> str:
-    import_name = attr.split(".")[0] if attr else module.rsplit(".", 1)[-1]
+def _entry_values(name: str, module: str, attr: str) -> dict[str, str]:
+    """Template values for an entry point ``module:attr`` (or ``module`` alone: its ``main()``)."""
     if attr:
-        call = f"{attr}()"
-        module_text = module
-    else:
-        # "name = package.module" with no attribute: run the module's main().
-        module_text, _, import_name = module.rpartition(".")
-        call = f"{import_name}.main()" if module_text else f"{module}.main()"
-        if not module_text:
-            return _render("script.py", py, name=name, target=module, module=module, import_name="main", call="main()")
-    return _render("script.py", py, name=name, target=f"{module}:{attr}", module=module_text, import_name=import_name, call=call)
+        return {"name": name, "target": f"{module}:{attr}", "module": module, "import_name": attr.split(".")[0], "call": f"{attr}()"}
+    module_text, _, import_name = module.rpartition(".")
+    if not module_text:
+        return {"name": name, "target": module, "module": module, "import_name": "main", "call": "main()"}
+    return {"name": name, "target": module, "module": module_text, "import_name": import_name, "call": f"{import_name}.main()"}
+
+
+def script_main(name: str, module: str, attr: str) -> str:
+    """The Python of a console script: import the entry point, exit with what it returns."""
+    return templates.render("script_main.py", **_entry_values(name, module, attr))
+
+
+def script_launcher(py: PythonInfo, name: str, module: str, attr: str) -> str:
+    """The sh/Python polyglot console script, for arches without a native launcher."""
+    values = _entry_values(name, module, attr)
+    return _render("script.py", py, name=name, target=values["target"], main=script_main(name, module, attr))
+
+
+def with_zip(binary: bytes, main: str) -> bytes:
+    """``binary`` with a zip appended that holds ``__main__.py`` (stored, fixed time: reproducible)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as zf:
+        info = zipfile.ZipInfo("__main__.py", date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0o644 << 16
+        zf.writestr(info, main)
+    return binary + buffer.getvalue()
+
+
+def script_file(py: PythonInfo, name: str, module: str, attr: str) -> bytes:
+    """What ``bin/NAME`` holds for an entry point: the native launcher with its script, or the polyglot."""
+    binary = native_binary(py.machine)
+    if binary is None:
+        return script_launcher(py, name, module, attr).encode()
+    return with_zip(binary, script_main(name, module, attr))
 
 
 def write_python_launchers(py: PythonInfo, root: Path) -> None:
-    text = python_launcher(py)
+    binary = native_binary(py.machine)
+    content = binary if binary is not None else python_launcher(py).encode()
     for name in ("python", f"python{py.version[0]}"):
-        path = root / "bin" / name
-        if path.is_symlink() or path.exists():
-            path.unlink()
-        path.write_text(text)
-        os.chmod(path, 0o755)
+        write_launcher(root / "bin" / name, content)
 
 
 def prepare_tree(py: PythonInfo, root: Path, scheme: Scheme) -> None:
-    """Launchers for ``bin/python`` and the start-up module that re-applies safe settings."""
+    """Launchers for ``bin/python``, their config, and the start-up module that re-applies safe settings."""
     write_python_launchers(py, root)
+    write_config(py, root)
     _install_runtime(root, scheme)
 
 
@@ -67,7 +159,7 @@ def write_entries(options: BuildOptions, py: PythonInfo, root: Path, scheme: Sch
     """``--entry NAME=module:function`` commands in ``bin/``."""
     for name, target in options.entries:
         module, _, attr = target.partition(":")
-        write_launcher(root / scheme.scripts / name, script_launcher(py, name, module, attr))
+        write_launcher(root / scheme.scripts / name, script_file(py, name, module, attr))
 
 
 def _install_runtime(root: Path, scheme: Scheme) -> None:
@@ -77,11 +169,11 @@ def _install_runtime(root: Path, scheme: Scheme) -> None:
         (site / name).write_text(templates.read(name))
 
 
-def write_launcher(path: Path, text: str) -> None:
+def write_launcher(path: Path, content: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_symlink() or path.exists():
         path.unlink()
-    path.write_text(text)
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
     os.chmod(path, 0o755)
 
 
@@ -93,7 +185,9 @@ def relocate_shebangs(root: Path, scheme: Scheme, py: PythonInfo) -> None:
 
     Scripts that are not entry points (a wheel's ``.data/scripts``, a venv's
     hand-written tools) keep their body; only the first line changes, to the
-    polyglot header that finds the bundle's interpreter.
+    polyglot header that finds the bundle's interpreter. They stay sh
+    launchers even where the native one exists: their ``__file__`` and
+    ``sys.path[0]`` must stay what their author saw.
     """
     bin_dir = root / scheme.scripts
     for path in sorted(bin_dir.iterdir()) if bin_dir.is_dir() else []:
@@ -105,7 +199,7 @@ def relocate_shebangs(root: Path, scheme: Scheme, py: PythonInfo) -> None:
         if not m or not m.group(1).startswith(b"/"):
             continue
         body = path.read_bytes().split(b"\n", 1)[1] if b"\n" in path.read_bytes() else b""
-        header = _render("script.py", py, name=path.name, target="script", module="sys", import_name="exit", call="0").split("'''\n", 2)
+        header = _render("script.py", py, name=path.name, target="script", main="").split("'''\n", 2)
         text = header[0] + "'''\n" + header[1] + "'''\n"
         path.write_bytes(text.encode() + body)
         os.chmod(path, 0o755)

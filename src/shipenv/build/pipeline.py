@@ -196,6 +196,7 @@ def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
         sorted(options.system_libs),
         data.path("policy", "linux.json").read_text(),
         cache.tree_fingerprint(templates.directory()),
+        cache.tree_fingerprint(data.path("launcher")),
     )
 
 
@@ -327,6 +328,7 @@ def _build_tree(
             {"name": d.name, "version": d.version, "source": d.source} for d in distributions
         ],
         "vendored_libraries": vendored,
+        "launchers": launchers.kind(py),
         "build": {
             "shipenv_version": __version__,
             "source_date_epoch": epoch,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from shipenv.build.launchers import script_launcher, write_launcher
+from shipenv.build.launchers import script_file, write_launcher
 from shipenv.errors import InstallError, listing
 from shipenv.model import Distribution, PythonInfo, Scheme
 
@@ -78,7 +78,7 @@ def copy_venv(site: Path, root: Path, scheme: Scheme, py: PythonInfo) -> list[Di
         if canonicalize_name(name) in skip:
             continue
         for script, module, attr in _entry_points(info):
-            write_launcher(root / scheme.scripts / script, script_launcher(py, script, module, attr))
+            write_launcher(root / scheme.scripts / script, script_file(py, script, module, attr))
     return dists
 
 
