@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 import tests.chroots as chroots
+from shipenv.bundle import elf
 from shipenv.cli import _parser
 from tests.chroots import DEFAULT_ENV, Kind, OverlayRoot, RootError
 from tests.conftest import REPO, BuildFn
@@ -276,7 +277,7 @@ def test_dockerfile_stages_say_what_the_example_promises(runtime: Runtime) -> No
     assert runtime.base == "gcr.io/distroless/base-debian12"
     assert runtime.dest == "/app"
     assert Path(runtime.cmd[0]).is_relative_to(runtime.dest), "CMD must run a file of the bundle"
-    assert Path(runtime.cmd[0]).name.startswith("python3."), "no shell in the image: CMD starts the real interpreter"
+    assert runtime.cmd == [f"{runtime.dest}/bin/app"], "CMD runs the app's command, as users write it"
     assert "sh" not in {Path(a).name for a in runtime.cmd}, runtime.cmd
     assert "PORT" in runtime.env
 
@@ -285,12 +286,14 @@ def test_runtime_stage_copies_the_tree_the_build_stage_makes(runtime: Runtime, i
     manifest = json.loads((image_tree / ".shipenv" / "manifest.json").read_text())
     assert runtime.source == f"/out/{manifest['name']}-{manifest['version']}"
     assert image_tree.name == Path(runtime.source).name
-    # Everything CMD names inside /app exists in the tree, and argv[0] is an ELF.
+    # Everything CMD names inside /app exists in the tree, and argv[0] is the
+    # native launcher: a static ELF, so the image needs no shell and no loader.
     for arg in runtime.cmd:
         if arg.startswith(runtime.dest + "/"):
             assert (image_tree / Path(arg).relative_to(runtime.dest)).is_file(), arg
-    interpreter = image_tree / Path(runtime.cmd[0]).relative_to(runtime.dest)
-    assert interpreter.read_bytes()[:4] == b"\x7fELF"
+    command = image_tree / Path(runtime.cmd[0]).relative_to(runtime.dest)
+    assert manifest["launchers"] == "native"
+    assert elf.read(command).needed == () and not elf.read(command).is_shared, "the launcher must be static"
     # The glibc floor fits the runtime image: what --max-glibc in the build stage promises.
     floor = tuple(int(x) for x in manifest["platform"]["glibc_floor"].split("."))
     assert floor <= (2, 36), manifest["platform"]
