@@ -32,7 +32,7 @@ def build(python: str, mode: str, out: Path) -> Path:
     subprocess.run(
         [sys.executable, "-m", "shipenv", "build", "--python", python, "--name", f"bench-{mode}", "--version", "1",
          "--libc", mode, "--format", "dir", "-o", str(out), "-q"],
-        check=True,
+        check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     return out / f"bench-{mode}-1"
 
