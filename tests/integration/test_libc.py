@@ -119,7 +119,7 @@ def bundled_stack(built_bundle: BuildFn, shared_dir: Path) -> Path:
     req.write_text("\n".join([*STACK, str(REPO / "tests" / "packages" / "stackapp"), str(elf_command_wheel(work))]) + "\n")
     return built_bundle(
         "stack-3.12-bundled-libc", "-r", req, "--python", pyenv_python("3.12"), "--name", "app", "--version", "2.0.0",
-        "--libc", "bundled", "--format", "dir",
+        "--entry", "where=stackapp:where", "--libc", "bundled", "--format", "dir",
     )
 
 
@@ -169,6 +169,7 @@ def test_stack_runs_without_the_hosts_glibc(kind: str, bundled_stack: Path, move
         f"'{INSIDE}/bin/python' /check/stack.py\n"
         f"'{INSIDE}/bin/python' /check/children.py\n"
         f"'{INSIDE}/bin/hello-elf'\n"
+        f"'{INSIDE}/bin/where'\n"
         f"gunicorn -b 127.0.0.1:{port} -w 1 --worker-tmp-dir /dev/shm stackapp:app 2>/tmp/gunicorn.log & pid=$!\n"
         f"'{INSIDE}/bin/python' -c \"$1\"\n"
         "kill $pid; wait $pid || true\n"
@@ -196,6 +197,7 @@ def test_stack_runs_without_the_hosts_glibc(kind: str, bundled_stack: Path, move
     if kind == "bullseye":
         assert any(lib.endswith("libc-2.31.so") for lib in children["host_libs"]), children["host_libs"]
     assert f"ELF {INSIDE}/bin/hello-elf 2.36 clean" in lines
+    assert f"WHERE {launcher} 2.36" in lines  # an --entry command
     served = json.loads(next(line for line in lines if line.startswith("SERVED "))[7:])
     assert served["prefix"] == INSIDE and served["sum"] == 10
 
