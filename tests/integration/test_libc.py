@@ -288,3 +288,15 @@ def test_every_base_python_runs_in_the_no_libc_root(which: str, built_bundle: Bu
     proc = run_in_root("busybox", [f"{inside}/bin/python", "-c", code], binds={moved: inside})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [f"{inside}/bin/python", inside, "2.36", inside]
+
+
+def test_without_a_shell_the_loader_is_the_command(small_apps: dict[str, Path], tmp_path: Path) -> None:
+    """The README's shell-free form: the loader line itself, as a container's CMD would give it."""
+    with tarfile.open(small_apps["bundled"]) as tar:
+        tar.extractall(tmp_path, filter="tar")
+    app = "/app"
+    argv = [f"{app}/lib/ld-linux-x86-64.so.2", "--inhibit-cache", "--library-path", f"{app}/lib", "--argv0", f"{app}/bin/python",
+            f"{app}/bin/python3.12", "-E", "-s", "-c", "import platform, ssl, sys; print(sys.executable, sys.prefix, platform.libc_ver()[1])"]  # fmt: skip
+    proc = run_in_root("glibc", argv, binds={tmp_path / "tiny-1.0": app})  # distroless: no shell at all
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [f"{app}/bin/python", app, "2.36"]
