@@ -265,9 +265,10 @@ class _Planner:
             if self.policy.provided(soname):
                 continue
             if self.policy.verbatim(soname):
-                # Bundled glibc: one copy in lib/, found through the loader's --library-path.
+                # Bundled glibc: one copy in lib/, found through the loader's --library-path,
+                # always the system's own (it must match the loader, whatever RPATH says).
                 if self._in_lib(soname) is None:
-                    self._vendor(soname, rel, host_dirs)
+                    self._vendor(soname, rel, ())
                 continue
             if any((self.root / d / soname).exists() for d in tree_dirs):
                 continue
