@@ -190,7 +190,7 @@ def test_stack_runs_without_the_hosts_glibc(kind: str, bundled_stack: Path, move
     assert children["subprocess"] == [launcher, "2.36"]
     assert children["spawn"] == [launcher, "2.36"] and children["forkserver"] == [launcher, "2.36"]
     assert children["executor"] == 30 and children["execv"] == "2.36"
-    # Host programs inherit nothing the bundle added (the sh launcher's shell keeps PWD/SHLVL as shells do)...
+    # Host programs inherit nothing the bundle added (PWD/SHLVL come from this test's own sh script)...
     assert set(children["env"]) <= {*env, "PWD", "SHLVL", "OLDPWD"}, children["env"]
     # ... and run on the host's own C library, never the bundle's.
     assert not any(lib.startswith(INSIDE) for lib in children["host_libs"]), children["host_libs"]
@@ -291,7 +291,7 @@ def test_every_base_python_runs_in_the_no_libc_root(which: str, built_bundle: Bu
 
 
 def test_without_a_shell_the_loader_is_the_command(small_apps: dict[str, Path], tmp_path: Path) -> None:
-    """The README's shell-free form: the loader line itself, as a container's CMD would give it."""
+    """The loader line itself, as the README gives it for a command line that must name bin/python3.X."""
     with tarfile.open(small_apps["bundled"]) as tar:
         tar.extractall(tmp_path, filter="tar")
     app = "/app"
