@@ -5,6 +5,8 @@
 #   ci/make-root.sh glibc      only the host's glibc: a distroless root, no shell
 #   ci/make-root.sh bookworm   debootstrap minbase Debian 12 (glibc 2.36)
 #   ci/make-root.sh bullseye   debootstrap minbase Debian 11 (glibc 2.31)
+#   ci/make-root.sh busybox    only a static busybox (Debian's busybox-static): no libc at all
+#   ci/make-root.sh musl       Debian's musl libc plus a static busybox, as on Alpine
 #
 # The root lands in ${SHIPENV_ROOTS:-/var/cache/shipenv-ci/roots}/KIND and is
 # reused while KIND.stamp beside it names the same recipe. Tests never write
@@ -27,8 +29,8 @@ die() { echo "make-root: $*" >&2; exit 1; }
 
 kind=${1:-}
 case $kind in
-    glibc | bookworm | bullseye) ;;
-    *) echo "usage: $0 glibc|bookworm|bullseye" >&2; exit 2 ;;
+    glibc | bookworm | bullseye | busybox | musl) ;;
+    *) echo "usage: $0 glibc|bookworm|bullseye|busybox|musl" >&2; exit 2 ;;
 esac
 [[ $(id -u) == 0 ]] || die "must run as root (mknod, debootstrap and chroot need it)"
 
@@ -37,7 +39,7 @@ mkdir -p "$roots"
 roots=$(cd "$roots" && pwd -P) # debootstrap wants absolute paths
 # debootstrap itself breaks on a target with a space in it (its chroot step
 # fails half way); say so up front rather than after a minute of downloads.
-if [[ $kind != glibc && $roots == *[[:space:]]* ]]; then
+if [[ $kind != glibc && $kind != busybox && $kind != musl && $roots == *[[:space:]]* ]]; then
     die "SHIPENV_ROOTS='$roots' contains whitespace, which debootstrap cannot build in"
 fi
 final=$roots/$kind
@@ -133,6 +135,46 @@ build_glibc() {
     info="glibc $(dpkg-query -W -f='${Version}' libc6) copied from the host"
 }
 
+# Unpack Debian packages of this machine's release into DIR without installing
+# them on the host (busybox-static conflicts with the host's busybox).
+unpack_debs() {
+    local dir=$1 pkg deb
+    shift
+    mkdir -p "$roots/.debs/download"
+    for pkg in "$@"; do
+        # apt-get download writes into the current directory; _apt cannot
+        # write into a root-only cache, which apt only warns about.
+        (cd "$roots/.debs/download" && apt-get download -q "$pkg" >>"$log" 2>&1) ||
+            die "apt-get download $pkg failed; full log in $log"
+        deb=$(ls -t "$roots/.debs/download/${pkg}_"*.deb | head -n 1)
+        dpkg-deb -x "$deb" "$dir"
+        info="$info, $pkg $(dpkg-deb -f "$deb" Version)"
+    done
+}
+
+# A root with a static busybox and no libc: what an image "FROM busybox"
+# (or Alpine, with musl added) gives, including the /etc files a container
+# runtime writes. Nothing in it can run a glibc program.
+build_busybox() {
+    local dir=$1 applet
+    shift
+    mkdir -p "$dir"/{bin,sbin,usr/bin,usr/sbin,proc,tmp,dev,etc,srv,root}
+    chmod 1777 "$dir/tmp"
+    : >"$log"
+    info=
+    unpack_debs "$dir" busybox-static "$@"
+    rm -rf -- "$dir/usr/share"
+    # Every applet as a symlink, where busybox itself says it belongs.
+    for applet in $("$dir/bin/busybox" --list-full); do
+        [[ -e $dir/$applet || -L $dir/$applet ]] || ln -s /bin/busybox "$dir/$applet"
+    done
+    printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$dir/etc/hosts"
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$dir/etc/passwd"
+    printf 'root:x:0:\nnogroup:x:65534:\n' >"$dir/etc/group"
+    mknod -m 666 "$dir/dev/null" c 1 3
+    info="static busybox, no glibc$info"
+}
+
 build_debian() {
     local suite=$1 dir=$2 mirror
     command -v debootstrap >/dev/null || die "debootstrap is missing: run ci/setup.sh (or apt-get install debootstrap)"
@@ -157,6 +199,8 @@ trap 'remove_tree "$tmp"' EXIT
 info=
 case $kind in
     glibc) build_glibc "$tmp" ;;
+    busybox) build_busybox "$tmp" ;;
+    musl) build_busybox "$tmp" musl ;;
     *) build_debian "$kind" "$tmp" ;;
 esac
 remove_tree "$final"

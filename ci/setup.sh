@@ -28,7 +28,7 @@ readonly SETUP_VERSION=1
 # the aarch64 native launcher.
 readonly APT_PACKAGES=(debootstrap zstd xz-utils pigz fish csh tcsh zsh ksh shellcheck lmod gcc zlib1g-dev curl
     systemd openjdk-17-jre-headless skopeo umoci docker-registry podman qemu-user-static)
-readonly ROOT_KINDS=(glibc bookworm bullseye)
+readonly ROOT_KINDS=(glibc bookworm bullseye busybox musl)
 
 cd "$(dirname "$0")/.."
 

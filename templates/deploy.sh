@@ -32,7 +32,8 @@
 # a symlink, symlinks pointing outside the release, and any file not in
 # .shipenv/RECORD (or listed there but absent); checks the host's glibc
 # (getconf GNU_LIBC_VERSION, else ldd --version; SHIPENV_HOST_GLIBC=X.Y
-# overrides it where detection fails) and architecture against manifest.json;
+# overrides it where detection fails) and architecture against manifest.json
+# (for a --libc bundled bundle: the kernel, uname -r, instead of glibc);
 # unpacks into a temporary directory beside releases/; checks every file with
 # `sha256sum -c` against RECORD; runs --check CMD (sh -c, in the new release);
 # then moves it to releases/NAME-VERSION and switches current atomically
@@ -81,6 +82,12 @@ die_with() { # STATUS MESSAGE
     shift
     printf 'error: %s\n' "$*" >&2
     exit "$_status"
+}
+
+# A glibc host refused for its glibc: the sentence, then what else would work (exit 4).
+refuse_glibc() { # MESSAGE
+    printf 'error: %s\nhint: %s\n' "$1" "Or rebuild it with --libc bundled: it then carries its own glibc and needs only a Linux kernel." >&2
+    exit 4
 }
 
 usage_error() {
@@ -603,16 +610,26 @@ check_host() {
     if [ -n "$_arch" ] && [ "$_arch" != "$_host_arch" ]; then
         die_with 4 "This host is $_host_arch but $top was built for $_arch; deploy it on an $_arch host or build it on $_host_arch."
     fi
+    if [ "$(manifest_platform libc "$_file")" = bundled ]; then
+        # It carries its own glibc: only the kernel that glibc needs matters.
+        _kfloor=$(manifest_platform kernel_floor "$_file")
+        is_version "$_kfloor" || refuse "its manifest has an unreadable kernel floor '$_kfloor'"
+        _kernel=$(uname -r | sed 's/[^0-9.].*//')
+        if is_version "$_kernel" && ! version_ge "$_kernel" "$_kfloor"; then
+            die_with 4 "This host runs Linux $_kernel but $top carries glibc $(manifest_platform glibc "$_file"), which needs Linux $_kfloor or newer; deploy it on a newer kernel."
+        fi
+        return 0
+    fi
     _floor=$(manifest_platform glibc_floor "$_file")
     [ -n "$_floor" ] && [ "$_floor" != null ] || return 0
     is_version "$_floor" || refuse "its manifest has an unreadable glibc floor '$_floor'"
     _have=$(host_glibc)
     if [ -z "$_have" ]; then
-        die_with 4 "This host has no glibc (or deploy.sh cannot tell its version) but $top needs glibc $_floor or newer; deploy it on a glibc-based distribution, or set SHIPENV_HOST_GLIBC=X.Y if it has one."
+        refuse_glibc "This host has no glibc (or deploy.sh cannot tell its version) but $top needs glibc $_floor or newer; deploy it on a glibc-based distribution, or set SHIPENV_HOST_GLIBC=X.Y if it has one."
     fi
     is_version "$_have" || die "Cannot read this host's glibc version ('$_have'); set SHIPENV_HOST_GLIBC=X.Y."
     version_ge "$_have" "$_floor" ||
-        die_with 4 "This host has glibc $_have but $top needs $_floor or newer; deploy it on a newer distribution or rebuild it on an older one."
+        refuse_glibc "This host has glibc $_have but $top needs $_floor or newer; deploy it on a newer distribution or rebuild it on an older one."
 }
 
 verify_unpacked() {

@@ -7,5 +7,9 @@
 # user site-packages cannot change what the bundle imports. Nothing is
 # exported: the environment the bundle's children see is the caller's.
 # bin/python${xy} is the real interpreter, for images without a shell.
+# A --libc bundled bundle carries its own loader in lib/: then the interpreter
+# runs through it (its --library-path is no environment variable, so nothing
+# leaks into children; --argv0 makes sys.executable this launcher).
 # locate.sh: $$d becomes the directory of this file, symlinks followed.
-${locate}${launcher_env}exec "$$d/python${xy}" -E -s "$$@"
+${locate}${through_loader}"$$d/python${xy}" -E -s "$$@"
+${launcher_env}exec "$$d/python${xy}" -E -s "$$@"

@@ -3,7 +3,9 @@
 ``ci/make-root.sh`` builds three roots once per machine (``ci/setup.sh`` calls
 it): ``glibc`` (only the host's glibc, no shell: a distroless image),
 ``bookworm`` and ``bullseye`` (debootstrap minbase: a bare Debian 12 / 11
-server with ``sh`` and ``tar``, no Python). Tests never write into them: each
+server with ``sh`` and ``tar``, no Python), ``busybox`` (a static busybox and
+no libc at all) and ``musl`` (musl's libc plus a static busybox, as on
+Alpine). Tests never write into them: each
 run sees the cached root through an overlay whose upper layer lives in a
 temporary directory, inside its own mount and PID namespaces, with ``/proc``
 and a container-like ``/dev`` mounted, as a container runtime would.
@@ -39,8 +41,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-Kind = Literal["glibc", "bookworm", "bullseye"]
-KINDS: tuple[Kind, ...] = ("glibc", "bookworm", "bullseye")
+Kind = Literal["glibc", "bookworm", "bullseye", "busybox", "musl"]
+KINDS: tuple[Kind, ...] = ("glibc", "bookworm", "bullseye", "busybox", "musl")
 
 StrPath = str | os.PathLike[str]
 #: Host path -> path inside the root. Mapping keys are invariant, hence the

@@ -19,7 +19,7 @@ from typing import TextIO
 
 from shipenv import __version__
 from shipenv.errors import ShipenvError
-from shipenv.model import FORMATS, STDLIB_OPTIONAL
+from shipenv.model import FORMATS, LIBC_MODES, STDLIB_OPTIONAL
 
 log = logging.getLogger("shipenv")
 
@@ -31,6 +31,7 @@ examples:
   shipenv build --venv .venv --entry serve=app.main:run -o dist/
   shipenv build --wheels wheelhouse/ --name app --version 2.0.0 --format dir -o out/
   shipenv build . --format oci --base oci:distroless:latest -o dist/     # dist/NAME-VERSION.oci/
+  shipenv build -r requirements.txt --python 3.12 --libc bundled -o dist/   # runs on any x86_64 Linux >= 3.2
 """
 
 
@@ -127,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--venv", type=Path, metavar="DIR", help="copy what is installed in an existing venv")
     src.add_argument("--entry", dest="entries", action="append", type=_entry, default=[], metavar="NAME=MOD:FUNC", help="add an app command to bin/ (repeatable)")
     src.add_argument("--keep-stdlib", action="append", default=[], choices=[*STDLIB_OPTIONAL, "all"], metavar="PART", help=f"keep a part of the stdlib left out by default: {', '.join(STDLIB_OPTIONAL)}, all")
+    src.add_argument("--libc", choices=LIBC_MODES, help="host (default): the target's glibc, at least the bundle's floor; bundled: carry this machine's glibc and its loader, so the target needs only a Linux kernel")
     src.add_argument("--system-lib", dest="system_libs", action="append", default=[], metavar="SONAME", help="a library the target provides, so it is not vendored (e.g. libstdc++.so.6)")
     meta = b.add_argument_group("naming and output")
     meta.add_argument("--name", help="bundle name (default: the project's name)")
@@ -252,7 +254,7 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
         for finding in result.audit:
             print(f"{finding.kind:8} {finding.path}: {finding.needle} — {finding.reason}")
     floor = f"glibc >= {result.glibc_floor[0]}.{result.glibc_floor[1]}" if result.glibc_floor else "no glibc floor"
-    print(f"Built {result.path} ({floor})")
+    print(f"Built {result.path}: {result.libc}" if result.libc else f"Built {result.path} ({floor})")
     if result.sha256:
         print(f"sha256 {result.sha256}  {result.path.name}")
     if result.image_digest:
@@ -272,7 +274,12 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     print(f"{info['name']} {info['version']}")
     print(f"  python     {py['implementation']} {py['version']} ({py['abi']})")
     floor = f"glibc >= {plat['glibc_floor']}" if plat.get("glibc_floor") else "no glibc requirement"
-    print(f"  platform   {plat['arch']}, {floor} ({plat['tag']})")
+    if plat.get("libc") == "bundled":
+        from shipenv.build.libc import summary
+
+        print(f"  libc       {summary(plat, plat['arch'])}")
+    else:
+        print(f"  platform   {plat['arch']}, {floor} ({plat['tag']})")
     kinds = {"native": "native (static ELF: no shell needed)", "sh": "sh (#!/bin/sh scripts: need /bin/sh)"}
     if info.get("launchers"):
         print(f"  launchers  {kinds.get(info['launchers'], info['launchers'])}")

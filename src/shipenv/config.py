@@ -9,6 +9,7 @@ Command-line flags win; the table uses the flags' long names::
     max-glibc = "2.31"
     base = "oci:distroless:latest"    # --format oci / oci-archive: the base image
     user = "65532:65532"
+    libc = "bundled"
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from typing import Any
 
 from shipenv.bundle.manifest import parse_version
 from shipenv.errors import UsageError
-from shipenv.model import FORMATS, IMAGE_FORMATS, BuildOptions, ImageOptions
+from shipenv.model import FORMATS, IMAGE_FORMATS, LIBC_MODES, BuildOptions, ImageOptions, LibcMode
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-_KNOWN = {"python", "name", "version", "entry", "format", "max-glibc", "keep-stdlib", "system-lib", "level", "requirement", "constraint", "output",
+_KNOWN = {"python", "name", "version", "entry", "format", "max-glibc", "libc", "keep-stdlib", "system-lib", "level", "requirement", "constraint", "output",
           "base", "cmd", "user", "image-root"}
 
 
@@ -89,6 +90,9 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
             max_glibc = parse_version(str(table["max-glibc"]))
         except ValueError as exc:
             raise UsageError(f"[tool.shipenv] max-glibc {table['max-glibc']!r} is not a version such as 2.31.") from exc
+    libc: LibcMode = getattr(args, "libc", None) or table.get("libc") or "host"
+    if libc not in LIBC_MODES:
+        raise UsageError(f"[tool.shipenv] libc {libc!r} is not one of {', '.join(LIBC_MODES)}.")
     requirements = list(args.requirements) or [base / p for p in _list(table.get("requirement"))]
     constraints = list(args.constraints) or [base / p for p in _list(table.get("constraint"))]
     for path in requirements + constraints:
@@ -112,6 +116,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
         keep_stdlib=frozenset(args.keep_stdlib or _list(table.get("keep-stdlib"))),
         max_glibc=max_glibc,
         system_libs=frozenset(args.system_libs or _list(table.get("system-lib"))),
+        libc=libc,
         project=project,
         requirements=tuple(requirements),
         constraints=tuple(constraints),

@@ -15,6 +15,9 @@ ArchiveFormat = Literal["dir", "tar.zst", "tar.gz", "tar.xz", "oci", "oci-archiv
 FORMATS: tuple[ArchiveFormat, ...] = ("tar.zst", "tar.gz", "tar.xz", "dir", "oci", "oci-archive")
 #: The container-image formats (issue 15): an OCI image layout directory, or the same as one tar file.
 IMAGE_FORMATS: tuple[ArchiveFormat, ...] = ("oci", "oci-archive")
+#: ``--libc``: trust the target's glibc (host), or carry the build host's (bundled).
+LibcMode = Literal["host", "bundled"]
+LIBC_MODES: tuple[LibcMode, ...] = ("host", "bundled")
 
 #: Parts of the standard library a server never uses, left out unless kept.
 STDLIB_OPTIONAL = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "static-lib")
@@ -196,6 +199,7 @@ class BuildOptions:
     keep_stdlib: frozenset[str] = frozenset()
     max_glibc: tuple[int, int] | None = None
     system_libs: frozenset[str] = frozenset()
+    libc: LibcMode = "host"
     # Sources of packages (issue: put the app in the bundle).
     project: Path | None = None
     requirements: tuple[Path, ...] = ()
@@ -222,3 +226,4 @@ class BuildResult:
     audit: tuple[AuditFinding, ...] = ()
     vendored: tuple[str, ...] = ()
     image_digest: str | None = None  #: ``sha256:...`` of the image manifest, for the OCI formats
+    libc: str | None = None  #: with --libc bundled: "glibc 2.36 (bundled), needs Linux >= 3.2 on x86_64"

@@ -39,6 +39,7 @@ from tests.unit.test_deploy import (
 
 SCRIPT = Path(__file__).resolve().parents[2] / "templates" / "deploy.sh"
 GLIBC_231 = "error: This host has glibc 2.31 but app-2.0 needs 2.36 or newer; deploy it on a newer distribution or rebuild it on an older one."
+BUNDLED_HINT = "hint: Or rebuild it with --libc bundled: it then carries its own glibc and needs only a Linux kernel."
 
 
 def piped(archive: str, root: str = "/srv/app") -> list[str]:
@@ -111,7 +112,7 @@ def test_deploy_sh_on_debian_11_refuses_a_newer_glibc_before_the_switch(built_bu
         ok(server.run(piped("/in/app-0.9.tar.gz"), binds=binds))
         done = server.run(piped("/in/app-2.0.tar.gz"), binds=binds)
         assert done.returncode == 4  # a refused host
-        assert done.stderr.strip().splitlines()[-1] == GLIBC_231
+        assert done.stderr.strip().splitlines()[-2:] == [GLIBC_231, BUNDLED_HINT]
         assert ok(server.run(["readlink", "/srv/app/current"])) == "releases/app-0.9\n"
         assert ok(server.run(["ls", "-A", "/srv/app", "/srv/app/releases"])) == (
             "/srv/app:\n.shipenv.lock\ncurrent\nhistory.jsonl\nreleases\n\n/srv/app/releases:\napp-0.9\n")
@@ -196,7 +197,7 @@ def test_deploy_sh_honours_the_glibc_override(site: Path, tmp_path: Path) -> Non
     newer = pack(make_tree(tmp_path / "t2", "2.0", floor="2.36"), tmp_path / "dist")
     done = run_sh("deploy", newer, site, env=dict(os.environ, SHIPENV_HOST_GLIBC="2.17"))
     assert done.returncode == 4
-    assert done.stderr == "error: This host has glibc 2.17 but app-2.0 needs 2.36 or newer; deploy it on a newer distribution or rebuild it on an older one.\n"
+    assert done.stderr == "error: This host has glibc 2.17 but app-2.0 needs 2.36 or newer; deploy it on a newer distribution or rebuild it on an older one.\n" + BUNDLED_HINT + "\n"
     assert os.readlink(site / "current") == "releases/app-1.0"
 
 

@@ -86,6 +86,10 @@ def archive(built_bundle: BuildFn) -> Path:
     return built_bundle("spark-sparkjob", EXAMPLE)
 
 
+#: The Python each build mode gives Spark: the interpreter, or with --libc bundled the loader's launcher.
+SPARK_PYTHON = {"host": "python3.11", "bundled": "python-env"}
+
+
 def bundle_manifest(archive: Path) -> dict[str, object]:
     with tarfile.open(archive) as tar:
         top = archive.name.removesuffix(".tar.gz")
@@ -104,7 +108,7 @@ def test_readme_ships_the_bundle_the_same_way_everywhere() -> None:
     for argv in lines:
         opts = options(argv)
         assert opts["--archives"] == ["dist/sparkjob-1.0.0.tar.gz#env"], argv
-        assert opts["spark.pyspark.python"] == ["./env/sparkjob-1.0.0/bin/python3.11"], argv
+        assert opts["spark.pyspark.python"][0] in [f"./env/sparkjob-1.0.0/bin/{p}" for p in SPARK_PYTHON.values()], argv
         assert argv[-1] == "examples/spark/job.py" or argv[-2] == "examples/spark/job.py", argv
         cluster = opts.get("--deploy-mode") == ["cluster"]
         # In cluster mode the driver runs the bundle too; elsewhere it is local.
@@ -128,8 +132,14 @@ def test_bundle_matches_the_driver_and_only_it_has_the_package(archive: Path) ->
     assert "sparkjob" in {d["name"] for d in distributions}
 
 
-def test_executors_run_the_archives_python(archive: Path, spark_home: Path, tmp_path: Path) -> None:
-    (argv,) = [a for a in spark_submit_lines() if options(a)["--master"] == ["local-cluster[1,2,1024]"]]
+@pytest.mark.parametrize("libc", ["host", "bundled"])
+def test_executors_run_the_archives_python(libc: str, built_bundle: BuildFn, spark_home: Path, tmp_path: Path) -> None:
+    archive = built_bundle("spark-sparkjob", EXAMPLE) if libc == "host" else built_bundle("spark-sparkjob-bundled-libc", EXAMPLE, "--libc", "bundled")
+    python = f"./env/sparkjob-1.0.0/bin/{SPARK_PYTHON[libc]}"
+    (argv,) = [
+        a for a in spark_submit_lines()
+        if options(a)["--master"] == ["local-cluster[1,2,1024]"] and options(a)["spark.pyspark.python"] == [python]
+    ]
     # The README's command, with its relative paths made real and the
     # driver's Python being this test's own (PySpark installed, same X.Y).
     submit = Path(sys.executable).with_name("spark-submit")
@@ -164,7 +174,7 @@ def test_executors_run_the_archives_python(archive: Path, spark_home: Path, tmp_
         assert workdir.is_relative_to(spark_home / "work"), place
         assert place["spark_files"] == "."
         # ... and the UDF ran on the interpreter inside it, with its packages.
-        assert place["executable"] == str(unpacked / "bin" / "python3.11"), place
+        assert place["executable"] == str(unpacked / "bin" / SPARK_PYTHON[libc]), place
         assert place["prefix"] == str(unpacked), place
         assert Path(place["module"]).is_relative_to(unpacked), place
         assert place["python"] == version

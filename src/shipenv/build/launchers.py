@@ -22,6 +22,12 @@ interpreter with ``-E -s``. There are two kinds, and a bundle has one of them
     console scripts are sh/Python polyglots, so ``bin/python3.X bin/NAME`` works
     without a shell there too.
 
+With ``--libc bundled`` both kinds start the interpreter through the bundled
+loader: the native one because ``.shipenv/launcher`` names it
+(:mod:`shipenv.build.libc` rewrites the config), the sh ones (and scripts
+whose host shebang became a polyglot header) because ``lib/`` holds it
+(:func:`loader_prefix`). ``bin/python-env`` is an sh launcher in that mode only.
+
 Copies rather than hard links: every stage (RECORD, archives, deploy's link
 rules, the build cache) already handles regular files, and a copy is 30 KB.
 """
@@ -36,7 +42,8 @@ from pathlib import Path
 from typing import Literal
 
 from shipenv import data, templates
-from shipenv.model import BuildOptions, PythonInfo, Scheme
+from shipenv.build import policy
+from shipenv.model import BuildOptions, LibcMode, PythonInfo, Scheme
 
 LauncherKind = Literal["native", "sh"]
 
@@ -92,9 +99,30 @@ def write_config(py: PythonInfo, root: Path, loader: str | None = None) -> None:
     os.chmod(path, 0o644)
 
 
+def loader_prefix(loader: str | None, argv0: str) -> str:
+    """The start of an sh launcher's line that execs through the bundled loader, when there is one.
+
+    Every sh launcher carries it (the same text in both ``--libc`` modes, so
+    cached layers of console scripts do not depend on the mode): the test runs
+    in the shell, and only a tree with ``lib/LOADER`` takes the ``exec``. A
+    machine with no known loader gets a no-op (``:``) instead.
+
+    >>> loader_prefix("ld-linux-x86-64.so.2", "python")[:38]
+    '[ ! -f "$d/../lib/ld-linux-x86-64.so.2'
+    """
+    if loader is None:
+        return ": "
+    lib = "$d/../lib"
+    return f'[ ! -f "{lib}/{loader}" ] || exec "{lib}/{loader}" --inhibit-cache --library-path "{lib}" --argv0 "$d/{argv0}" '
+
+
 def _render(template: str, py: PythonInfo, **values: str) -> str:
     """A launcher template with the interpreter's name and the shared locate.sh fragment."""
-    return templates.render(template, xy=py.xy, launcher_env=launcher_env(py), locate=templates.read("locate.sh"), **values)
+    loader = policy.loader_name(py.machine)
+    return templates.render(
+        template, xy=py.xy, launcher_env=launcher_env(py), locate=templates.read("locate.sh"),
+        through_loader=loader_prefix(loader, "python"), through_loader_env=loader_prefix(loader, "python-env"), **values,
+    )
 
 
 def python_launcher(py: PythonInfo) -> str:
@@ -148,10 +176,16 @@ def write_python_launchers(py: PythonInfo, root: Path) -> None:
         write_launcher(root / "bin" / name, content)
 
 
-def prepare_tree(py: PythonInfo, root: Path, scheme: Scheme) -> None:
-    """Launchers for ``bin/python``, their config, and the start-up module that re-applies safe settings."""
+def prepare_tree(py: PythonInfo, root: Path, scheme: Scheme, libc: LibcMode = "host") -> None:
+    """Launchers for ``bin/python``, their config, and the start-up module that re-applies safe settings.
+
+    With ``--libc bundled``, also ``bin/python-env``: the interpreter through
+    the bundled loader with the caller's environment (for Spark's PYTHONPATH).
+    """
     write_python_launchers(py, root)
     write_config(py, root)
+    if libc == "bundled":
+        write_launcher(root / "bin" / "python-env", _render("python-env.sh", py))
     _install_runtime(root, scheme)
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from shipenv.build.install import Sources
 
 from shipenv import __version__, data, templates
-from shipenv.build import bytecode, cache, interpreter, launchers, patch, policy, relocate, venv
+from shipenv.build import bytecode, cache, interpreter, launchers, libc, patch, policy, relocate, venv
 from shipenv.bundle import elf, manifest
 from shipenv.errors import InstallError, PolicyError, RelocateError, ShipenvError, UsageError, listing
 from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, PythonInfo
@@ -136,7 +136,7 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
             if artifact.is_dir():
                 artifact.rmdir()
             os.replace(root, artifact)
-            return BuildResult(artifact, tree_name, tree.floor, None, tree.audit, tree.vendored)
+            return BuildResult(artifact, tree_name, tree.floor, None, tree.audit, tree.vendored, libc=tree.libc)
         if fmt in IMAGE_FORMATS:
             say(f"Writing the image {artifact.name}")
             image = oci.write(
@@ -148,7 +148,7 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
             os.replace(image.path, artifact)
             if image.sha256 is not None:
                 artifact.with_name(artifact.name + ".sha256").write_text(f"{image.sha256}  {artifact.name}\n")
-            return BuildResult(artifact, tree_name, tree.floor, image.sha256, tree.audit, tree.vendored, image.digest)
+            return BuildResult(artifact, tree_name, tree.floor, image.sha256, tree.audit, tree.vendored, image.digest, libc=tree.libc)
         from shipenv.bundle import archive
 
         say(f"Packing {artifact.name}")
@@ -159,7 +159,7 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
         os.replace(packed.path, artifact)
         sha_file = artifact.with_name(artifact.name + ".sha256")
         sha_file.write_text(f"{packed.sha256}  {artifact.name}\n")
-        return BuildResult(artifact, tree_name, tree.floor, packed.sha256, tree.audit, tree.vendored)
+        return BuildResult(artifact, tree_name, tree.floor, packed.sha256, tree.audit, tree.vendored, libc=tree.libc)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         lock.close()
@@ -183,6 +183,7 @@ class TreeResult:
     floor: tuple[int, int] | None
     audit: tuple[AuditFinding, ...]
     vendored: tuple[str, ...]
+    libc: str | None = None  #: with --libc bundled, what inspect says about it
 
 
 def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
@@ -194,6 +195,7 @@ def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
         cache.tree_fingerprint(py.dynload) if py.dynload and not interpreter.is_within(py.dynload, py.stdlib) else None,
         sorted(options.keep_stdlib),
         sorted(options.system_libs),
+        options.libc,
         data.path("policy", "linux.json").read_text(),
         cache.tree_fingerprint(templates.directory()),
         cache.tree_fingerprint(data.path("launcher")),
@@ -219,7 +221,7 @@ def _interpreter_layer(
     relocate.apply(plan, root, patch.LiefPatcher())
     python = root / "bin" / f"python{py.xy}"
     scheme = install.tree_scheme(python, root)
-    launchers.prepare_tree(py, root, scheme)
+    launchers.prepare_tree(py, root, scheme, options.libc)
     say("Byte-compiling the standard library")
     bytecode.byte_compile(python, [root])
     if store is not None:
@@ -240,7 +242,7 @@ def _build_tree(
     from shipenv.build import audit, install
 
     store = cache.open_cache(options.cache_dir, options.use_cache)
-    lib_policy = policy.load(options.system_libs)
+    lib_policy = policy.load(options.system_libs, options.libc)
     layer_key = _interpreter_layer(py, options, root, lib_policy, store, say)
     python = root / "bin" / f"python{py.xy}"
     scheme = install.tree_scheme(python, root)
@@ -285,6 +287,8 @@ def _build_tree(
     launchers.relocate_shebangs(root, scheme, py)
     distributions.sort(key=lambda d: d.name)
 
+    bundled = libc.finish(root, lib_policy, py, scheme, options.max_glibc)
+
     say("Auditing for build-host paths")
     findings = audit.audit(root, audit.needles(py, sources, root))
     runs = [f for f in findings if f.kind == "runs"]
@@ -295,7 +299,7 @@ def _build_tree(
         )
 
     infos = {rel: elf.try_read(root / rel) for rel in relocate.iter_elves(root)}
-    floor = elf.glibc_floor(i for i in infos.values() if i is not None)
+    floor = None if bundled else elf.glibc_floor(i for i in infos.values() if i is not None)
     if options.max_glibc is not None and floor is not None and floor > options.max_glibc:
         limit = manifest.format_version(options.max_glibc)
         over = sorted(
@@ -323,6 +327,7 @@ def _build_tree(
             "arch": py.machine,
             "glibc_floor": manifest.format_version(floor),
             "tag": _platform_tag(floor, py.machine),
+            **(bundled.as_platform() if bundled else {}),
         },
         "distributions": [
             {"name": d.name, "version": d.version, "source": d.source} for d in distributions
@@ -338,7 +343,7 @@ def _build_tree(
     say("Writing the manifest")
     templates.install_bundle_files(root)
     manifest.write(root, metadata)
-    return TreeResult(floor, tuple(findings), tuple(vendored))
+    return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(py.machine) if bundled else None)
 
 
 def _merge(layer: Path, root: Path, what: str, *, move: bool = False) -> None:

@@ -4,6 +4,10 @@ The plan answers, for every ELF file in the tree, where each ``NEEDED``
 library will come from on the target:
 
 * the target's baseline (glibc; :mod:`shipenv.build.policy`): nothing to do;
+* with ``--libc bundled``, the glibc family instead: copied into ``lib/`` byte
+  for byte (the launchers' loader finds it through ``--library-path``, so no
+  file's search path changes for it), with the loader and what glibc loads by
+  name (``policy.required``) even when no file NEEDs them;
 * a directory inside the tree that the file already reaches through an
   ``$ORIGIN``-relative path (a manylinux wheel's ``numpy.libs``): kept;
 * anything else is found on the build host the way the dynamic loader would
@@ -202,6 +206,26 @@ class _Planner:
             self.infos[rel] = info
             self.queue.append((rel, self.root / rel, info))
 
+    def _vendor(self, soname: str, needed_by: PurePosixPath, search: Iterable[str]) -> Path | None:
+        """Plan a host library's copy into ``lib/`` (and, through the queue, what it needs)."""
+        found = self.host.find(soname, search)
+        if found is None:
+            self.missing.append((soname, needed_by))
+            return None
+        dest = LIB_DIR / soname
+        self.vendor[soname] = VendorLibrary(soname, found, dest, needed_by)
+        self.vendored_paths.add(dest)
+        vendored_info = self.read(found)
+        if vendored_info is not None:
+            self.infos[dest] = vendored_info
+            self.queue.append((dest, found, vendored_info))
+        return found
+
+    def require(self, soname: str) -> None:
+        """Vendor ``soname`` whether or not a file NEEDs it (the loader, what glibc loads by name)."""
+        if self._in_lib(soname) is None and soname not in self.vendor:
+            self._vendor(soname, LIB_DIR / "libc.so.6", ())
+
     def run(self) -> RelocationPlan:
         while self.queue:
             rel, src, info = self.queue.popleft()
@@ -236,8 +260,15 @@ class _Planner:
         needs_lib_dir = False
         extra: list[str] = []
         from_lib: list[tuple[str, Path]] = []  # what this file takes from lib/, and the copy's source
+        verbatim = rel in self.vendored_paths and self.policy.verbatim(rel.name)
         for soname in info.needed:
             if self.policy.provided(soname):
+                continue
+            if self.policy.verbatim(soname):
+                # Bundled glibc: one copy in lib/, found through the loader's --library-path,
+                # always the system's own (it must match the loader, whatever RPATH says).
+                if self._in_lib(soname) is None:
+                    self._vendor(soname, rel, ())
                 continue
             if any((self.root / d / soname).exists() for d in tree_dirs):
                 continue
@@ -259,19 +290,13 @@ class _Planner:
                 from_lib.append((soname, already))
                 needs_lib_dir = True
                 continue
-            found = self.host.find(soname, host_dirs)
+            found = self._vendor(soname, rel, host_dirs)
             if found is None:
-                self.missing.append((soname, rel))
                 continue
-            dest = LIB_DIR / soname
-            self.vendor[soname] = VendorLibrary(soname, found, dest, rel)
-            self.vendored_paths.add(dest)
-            vendored_info = self.read(found)
-            if vendored_info is not None:
-                self.infos[dest] = vendored_info
-                self.queue.append((dest, found, vendored_info))
             from_lib.append((soname, found))
             needs_lib_dir = True
+        if verbatim:
+            return  # glibc's own files stay byte for byte as the build host has them
         new = list(kept) + extra
         if needs_lib_dir and self._copy_beside(rel, tree_dirs, from_lib, searches, new):
             needs_lib_dir = False
@@ -304,6 +329,8 @@ def plan(
     planner = _Planner(root, policy, host or host_libraries(machine), read, provided)
     for rel in files if files is not None else iter_elves(root):
         planner.add_tree_file(rel)
+    for soname in policy.required(machine):
+        planner.require(soname)
     return planner.run()
 
 

@@ -167,7 +167,8 @@ def help_text(target: Target) -> str:
         f"  bundle     {where}",
         f"  python     {_IMPLEMENTATIONS.get(str(py.get('implementation')), py.get('implementation', '?'))} "
         f"{py.get('version', '?')} ({py.get('abi', '?')}), "
-        f"{plat.get('arch', '?')}, glibc >= {plat.get('glibc_floor') or '?'}",
+        f"{plat.get('arch', '?')}, "
+        + (f"glibc {plat.get('glibc', '?')} bundled, Linux >= {plat.get('kernel_floor', '?')}" if plat.get("libc") == "bundled" else f"glibc >= {plat.get('glibc_floor') or '?'}"),
         f"  commands   {', '.join(target.commands) or '(none)'}",
         f"  packages   {listing(dists, limit=8) if dists else '(none)'}",
     ]

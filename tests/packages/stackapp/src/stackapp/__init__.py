@@ -24,3 +24,11 @@ def serve():
     with make_server("127.0.0.1", port, app, handler_class=_Quiet) as server:
         print(f"listening on {port}", flush=True)
         server.handle_request()
+
+
+def where():
+    """Which interpreter and C library run this command (``--entry where=stackapp:where``)."""
+    import platform
+
+    print(f"WHERE {sys.executable} {platform.libc_ver()[1]}")
+    return 0
