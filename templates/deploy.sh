@@ -427,15 +427,17 @@ EOT
 
 # ---- reading a bundle --------------------------------------------------------------------------
 
-# manifest.json is written by json.dumps(indent=2, sort_keys=True): a top-level
-# key is indented by two spaces, a key of "platform" by four inside its block.
-manifest_top() { # KEY FILE
-    sed -n "s/^  \"$1\": \"\\([^\"]*\\)\",\\{0,1\\}\$/\\1/p" "$2" | head -n 1
+# .shipenv/facts holds what deploy.sh needs from the manifest, one KEY=VALUE line
+# each, written by shipenv build (shipenv.bundle.manifest.render_facts); a value
+# holding "%" is escaped and is none that deploy.sh reads. No JSON is parsed here.
+fact() { # KEY FILE
+    sed -n "s/^$1=//p" "$2" | head -n 1
 }
 
-manifest_platform() { # KEY FILE
-    sed -n '/^  "platform": {$/,/^  }/p' "$2" |
-        sed -n "s/^    \"$1\": \"\\{0,1\\}\\([^\",]*\\)\"\\{0,1\\},\\{0,1\\}\$/\\1/p" | head -n 1
+# Releases unpacked before .shipenv/facts existed are still found by their
+# manifest.json (json.dumps(indent=2, sort_keys=True): top-level keys indented by two).
+manifest_top() { # KEY FILE
+    sed -n "s/^  \"$1\": \"\\([^\"]*\\)\",\\{0,1\\}\$/\\1/p" "$2" | head -n 1
 }
 
 pick_decompressor() {
@@ -601,27 +603,33 @@ check_record() {
 }
 
 check_host() {
-    _file="$work/$top/.shipenv/manifest.json"
-    _name=$(manifest_top name "$_file")
-    _version=$(manifest_top version "$_file")
+    _file="$work/$top/.shipenv/facts"
+    [ -f "$_file" ] || refuse "it holds no $top/.shipenv/facts (it was built by an older shipenv); deploy it with shipenv deploy"
+    _want=$(sed -n 's/^\.shipenv\/facts,sha256=\([0-9a-f]*\),[0-9]*$/\1/p' "$work/$top/.shipenv/RECORD")
+    _got=$(sha256sum <"$_file")
+    if [ -z "$_want" ] || [ "${_got%% *}" != "$_want" ]; then
+        refuse "$top/.shipenv/facts differs from its RECORD entry"
+    fi
+    _name=$(fact name "$_file")
+    _version=$(fact version "$_file")
     [ "$_name-$_version" = "$top" ] || refuse "its top directory $top/ does not match the manifest's $_name-$_version"
-    _arch=$(manifest_platform arch "$_file")
+    _arch=$(fact arch "$_file")
     _host_arch=$(uname -m)
     if [ -n "$_arch" ] && [ "$_arch" != "$_host_arch" ]; then
         die_with 4 "This host is $_host_arch but $top was built for $_arch; deploy it on an $_arch host or build it on $_host_arch."
     fi
-    if [ "$(manifest_platform libc "$_file")" = bundled ]; then
+    if [ "$(fact libc "$_file")" = bundled ]; then
         # It carries its own glibc: only the kernel that glibc needs matters.
-        _kfloor=$(manifest_platform kernel_floor "$_file")
+        _kfloor=$(fact kernel_floor "$_file")
         is_version "$_kfloor" || refuse "its manifest has an unreadable kernel floor '$_kfloor'"
         _kernel=$(uname -r | sed 's/[^0-9.].*//')
         if is_version "$_kernel" && ! version_ge "$_kernel" "$_kfloor"; then
-            die_with 4 "This host runs Linux $_kernel but $top carries glibc $(manifest_platform glibc "$_file"), which needs Linux $_kfloor or newer; deploy it on a newer kernel."
+            die_with 4 "This host runs Linux $_kernel but $top carries glibc $(fact glibc "$_file"), which needs Linux $_kfloor or newer; deploy it on a newer kernel."
         fi
         return 0
     fi
-    _floor=$(manifest_platform glibc_floor "$_file")
-    [ -n "$_floor" ] && [ "$_floor" != null ] || return 0
+    _floor=$(fact glibc_floor "$_file")
+    [ -n "$_floor" ] || return 0
     is_version "$_floor" || refuse "its manifest has an unreadable glibc floor '$_floor'"
     _have=$(host_glibc)
     if [ -z "$_have" ]; then
@@ -696,6 +704,9 @@ cmd_deploy() {
     check_listing
     untar -xof - -C "$work" "$top/.shipenv/manifest.json" "$top/.shipenv/RECORD" ||
         refuse "it does not hold $top/.shipenv/manifest.json and RECORD: it is not a shipenv bundle"
+    if grep -Fqx '.shipenv/facts' "$work/.files"; then
+        untar -xof - -C "$work" "$top/.shipenv/facts" || refuse "its $top/.shipenv/facts cannot be read"
+    fi
     check_host
     check_record
 

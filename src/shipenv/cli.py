@@ -267,31 +267,29 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
     info = verify.inspect(args.bundle)
     if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
+        print(json.dumps(info.as_dict(), indent=2, sort_keys=True))
         return 0
-    py = info["python"]
-    plat = info["platform"]
-    print(f"{info['name']} {info['version']}")
-    print(f"  python     {py['implementation']} {py['version']} ({py['abi']})")
-    floor = f"glibc >= {plat['glibc_floor']}" if plat.get("glibc_floor") else "no glibc requirement"
-    if plat.get("libc") == "bundled":
+    m = info.manifest
+    py, plat = m.python, m.platform
+    print(f"{m.name} {m.version}")
+    print(f"  python     {py.implementation} {py.version} ({py.abi})")
+    floor = f"glibc >= {plat.glibc_floor}" if plat.glibc_floor else "no glibc requirement"
+    if plat.libc == "bundled":
         from shipenv.build.libc import summary
 
-        print(f"  libc       {summary(plat, plat['arch'])}")
+        print(f"  libc       {summary(plat.bundled_libc(), plat.arch)}")
     else:
-        print(f"  platform   {plat['arch']}, {floor} ({plat['tag']})")
+        print(f"  platform   {plat.arch}, {floor} ({plat.tag})")
     kinds = {"native": "native (static ELF: no shell needed)", "sh": "sh (#!/bin/sh scripts: need /bin/sh)"}
-    if info.get("launchers"):
-        print(f"  launchers  {kinds.get(info['launchers'], info['launchers'])}")
-    print(f"  size       {info['size'] / 1e6:,.1f} MB in {info['files']:,} files")
-    packed = info.get("archive")
-    if packed:
-        print(f"  archive    {packed['format']}, {packed['size'] / 1e6:,.1f} MB, sha256 {packed['sha256']}")
-    print(f"  built      {info['build']['time']} by shipenv {info['build']['shipenv_version']}")
-    dists = info.get("distributions", [])
-    print(f"  packages   {len(dists)}")
-    for dist in dists:
-        print(f"    {dist['name']}=={dist['version']}  ({dist['source']})")
+    if m.launchers:
+        print(f"  launchers  {kinds.get(m.launchers, m.launchers)}")
+    print(f"  size       {info.size / 1e6:,.1f} MB in {info.files:,} files")
+    if info.archive:
+        print(f"  archive    {info.archive.format}, {info.archive.size / 1e6:,.1f} MB, sha256 {info.archive.sha256}")
+    print(f"  built      {m.build.time} by shipenv {m.build.shipenv_version}")
+    print(f"  packages   {len(m.distributions)}")
+    for dist in m.distributions:
+        print(f"    {dist.name}=={dist.version}  ({dist.source})")
     return 0
 
 

@@ -54,6 +54,10 @@ class ArchiveError(ShipenvError):
     """An archive cannot be written or read, or it is corrupt or hostile."""
 
 
+class ManifestError(ShipenvError):
+    """A ``manifest.json`` that is not shipenv's: not JSON, the wrong shape, a key missing or of the wrong type."""
+
+
 class VerifyError(ShipenvError):
     """Files do not match the bundle's manifest."""
 

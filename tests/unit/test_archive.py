@@ -59,7 +59,7 @@ def make_tree(base: Path, *, with_manifest: bool = True, big: int = 0) -> Path:
     (root / LONG).write_text("long")
     (root / ".a-first-by-name").write_text("sorts before .shipenv")
     if with_manifest:
-        manifest.write(root, {"name": "demo", "version": "1.0", "python": {}, "platform": {}, "build": {}})
+        manifest.write(root, manifest.Manifest("demo", "1.0", manifest.ManifestPython("3.12.1"), manifest.ManifestPlatform("x86_64")))
     return root
 
 

@@ -67,7 +67,7 @@ def make_tree(base: Path, version: str = "1.0", *, name: str = "app", floor: str
         "platform": {"arch": arch, "glibc_floor": floor, "tag": f"linux_{arch}"},
         "python": {"version": "3.12.1", "executable": "bin/python3.12"},
     }
-    manifest.write(root, metadata)
+    manifest.write(root, manifest.Manifest.from_dict(metadata))
     return root
 
 

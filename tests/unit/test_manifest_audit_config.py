@@ -18,13 +18,13 @@ def test_record_round_trip_with_symlinks_and_odd_names(tmp_path: Path) -> None:
     (tmp_path / "bin" / "python3.12").write_bytes(b"elf")
     (tmp_path / "bin" / "python").symlink_to("python3.12")
     (tmp_path / "a, b \"c\".txt").write_text("odd")
-    manifest.write(tmp_path, {"name": "x", "version": "1"})
+    manifest.write(tmp_path, manifest.Manifest("x", "1", manifest.ManifestPython("3.12.1"), manifest.ManifestPlatform("x86_64")))
     entries = manifest.parse_record((tmp_path / manifest.RECORD).read_bytes())
     assert entries["bin/python"].symlink == "python3.12"
     assert entries['a, b "c".txt'].size == 3
     assert entries[".shipenv/manifest.json"].sha256 is not None
     assert entries[".shipenv/RECORD"].sha256 is None
-    assert manifest.read_metadata(tmp_path)["format"] == manifest.FORMAT_VERSION
+    assert manifest.read(tmp_path).format == manifest.FORMAT_VERSION
 
 
 def test_record_rejects_malformed_rows() -> None:

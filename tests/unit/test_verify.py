@@ -29,7 +29,8 @@ EPOCH = 1_600_000_000
 METADATA: dict[str, Any] = {
     "name": "demo",
     "version": "1.0",
-    "python": {"implementation": "cpython", "version": "3.12.1", "abi": "cp312", "executable": "bin/python3.12"},
+    "python": {"implementation": "cpython", "version": "3.12.1", "abi": "cp312", "executable": "bin/python3.12",
+               "soabi": "cpython-312-x86_64-linux-gnu", "site_packages": "lib/python3.12/site-packages"},
     "platform": {"arch": "x86_64", "glibc_floor": "2.35", "tag": "manylinux_2_35_x86_64"},
     "distributions": [{"name": "six", "version": "1.16.0", "source": "requirements"}],
     "vendored_libraries": ["libz.so.1"],
@@ -52,7 +53,7 @@ def make_bundle(base: Path, extra: dict[str, bytes] | None = None) -> Path:
     for rel, data in (extra or {}).items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
-    manifest.write(root, METADATA)
+    manifest.write(root, manifest.Manifest.from_dict(METADATA))
     return root
 
 
@@ -75,11 +76,11 @@ def bundle(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("fmt", ["tar.zst", "tar.gz", "tar.xz", "dir"])
 def test_inspect_shows_the_manifest_size_and_archive(bundle: Path, tmp_path: Path, fmt: str) -> None:
     path = bundle if fmt == "dir" else pack(bundle, tmp_path / f"demo-1.0.{fmt}", fmt)
-    info = verify.inspect(path)
+    info = verify.inspect(path).as_dict()
     record = manifest.parse_record((bundle / ".shipenv" / "RECORD").read_bytes())
     for key, value in METADATA.items():
         assert info[key] == value
-    assert info["files"] == len(record) == 7
+    assert info["files"] == len(record) == 8
     assert info["size"] == sum(e.size or 0 for e in record.values())
     if fmt == "dir":
         assert info["archive"] is None
@@ -90,11 +91,11 @@ def test_inspect_shows_the_manifest_size_and_archive(bundle: Path, tmp_path: Pat
 def test_inspect_reads_only_the_front_of_an_archive(bundle: Path, tmp_path: Path) -> None:
     """A .tar.gz cut in half still inspects (the manifest is in the first kilobytes); verify refuses it."""
     (bundle / "lib" / "big.bin").write_bytes(os.urandom(3_000_000))
-    manifest.write(bundle, METADATA)
+    manifest.write(bundle, manifest.Manifest.from_dict(METADATA))
     data = pack(bundle, tmp_path / "a.tar.gz", "tar.gz").read_bytes()
     half = tmp_path / "half.tar.gz"
     half.write_bytes(data[: len(data) // 2])
-    assert verify.inspect(half)["name"] == "demo"
+    assert verify.inspect(half).manifest.name == "demo"
     with pytest.raises(ArchiveError, match="is truncated"):
         verify.verify(half)
 
@@ -107,8 +108,8 @@ def test_an_intact_bundle_verifies(bundle: Path, tmp_path: Path, fmt: str) -> No
     path = bundle if fmt == "dir" else pack(bundle, tmp_path / f"demo-1.0.{fmt}", fmt)
     calls: list[tuple[int, int]] = []
     report = verify.verify(path, progress=lambda f, b: calls.append((f, b)))
-    assert report == verify.VerifyReport("demo-1.0", 7)
-    assert calls[-1][0] == 7  # every file and symlink
+    assert report == verify.VerifyReport("demo-1.0", 8)
+    assert calls[-1][0] == 8  # every file and symlink
     assert calls == sorted(calls)
 
 
@@ -200,7 +201,7 @@ def test_verify_finds_host_paths_that_would_run(tmp_path: Path, fmt: str) -> Non
     })
     os.chmod(root / "bin" / "tool", 0o755)
     os.symlink("/etc/ssl/certs", root / "lib" / "certs")
-    manifest.write(root, METADATA)
+    manifest.write(root, manifest.Manifest.from_dict(METADATA))
     path = root if fmt == "dir" else pack(root, tmp_path / "demo-1.0.tar.gz", "tar.gz")
     with pytest.raises(VerifyError) as info:
         verify.verify(path)
@@ -228,7 +229,7 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_run_works_in_a_moved_copy_under_a_path_with_a_space(bundle: Path, tmp_path: Path, private_tmp: Path, fmt: str) -> None:
     path = bundle if fmt == "dir" else pack(bundle, tmp_path / "demo-1.0.tar.zst")
     check = f'case "$(pwd)" in *" "*/demo-1.0) ;; *) exit 9;; esac; [ "$(pwd)" != "{bundle}" ] && bin/hello && test -x bin/hi'
-    assert verify.verify(path, run=check).files == 7
+    assert verify.verify(path, run=check).files == 8
     assert list(private_tmp.iterdir()) == []
 
 
@@ -299,7 +300,7 @@ def test_cli_missing_path(tmp_path: Path) -> None:
 def test_cli_verify_and_inspect_json(bundle: Path, tmp_path: Path) -> None:
     path = pack(bundle, tmp_path / "demo-1.0.tar.zst")
     done = cli("verify", path)
-    assert done.returncode == 0 and done.stdout.strip() == "OK: 7 files match the manifest of demo-1.0"
+    assert done.returncode == 0 and done.stdout.strip() == "OK: 8 files match the manifest of demo-1.0"
     info = json.loads(cli("inspect", "--json", path).stdout)
     assert info["archive"]["sha256"] == manifest.hash_file(path)[0]
     text = cli("inspect", path).stdout

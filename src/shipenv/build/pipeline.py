@@ -28,7 +28,7 @@ from shipenv import __version__, data, templates
 from shipenv.build import bytecode, cache, interpreter, launchers, libc, patch, policy, relocate, venv
 from shipenv.bundle import elf, manifest
 from shipenv.errors import InstallError, PolicyError, RelocateError, ShipenvError, UsageError, listing
-from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, PythonInfo
+from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, Distribution, PythonInfo
 
 log = logging.getLogger(__name__)
 
@@ -312,34 +312,8 @@ def _build_tree(
             hint="Build on an older distribution (or a manylinux image), or drop the packages that need a newer glibc.",
         )
     vendored = sorted(p.name for p in (root / "lib").iterdir() if p.is_file() and elf.is_elf(p))
-    metadata = {
-        "name": name,
-        "version": version,
-        "python": {
-            "implementation": py.implementation,
-            "version": py.version_str,
-            "abi": py.abi_tag,
-            "soabi": py.soabi,
-            "executable": f"bin/python{py.xy}",
-            "site_packages": scheme.purelib.as_posix(),
-        },
-        "platform": {
-            "arch": py.machine,
-            "glibc_floor": manifest.format_version(floor),
-            "tag": _platform_tag(floor, py.machine),
-            **(bundled.as_platform() if bundled else {}),
-        },
-        "distributions": [
-            {"name": d.name, "version": d.version, "source": d.source} for d in distributions
-        ],
-        "vendored_libraries": vendored,
-        "launchers": launchers.kind(py),
-        "build": {
-            "shipenv_version": __version__,
-            "source_date_epoch": epoch,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)),
-        },
-    }
+    metadata = _manifest(name, version, py, scheme.purelib.as_posix(), floor, distributions, vendored, epoch, launchers.kind(py),
+                         bundled.as_platform() if bundled else {})
     say("Writing the manifest")
     templates.install_bundle_files(root)
     manifest.write(root, metadata)
@@ -353,6 +327,28 @@ def _merge(layer: Path, root: Path, what: str, *, move: bool = False) -> None:
             f"{what} would overwrite files that another package installed: {listing(clashes)}.",
             hint="Two requirements ship the same files; drop one of them.",
         )
+
+
+def _manifest(name: str, version: str, py: PythonInfo, site_packages: str, floor: tuple[int, int] | None,
+              distributions: list[Distribution], vendored: list[str], epoch: int, launcher_kind: str,
+              bundled_libc: dict[str, str]) -> manifest.Manifest:
+    """What ``.shipenv/manifest.json`` (and ``.shipenv/facts``) will say about the tree."""
+    return manifest.Manifest(
+        name=name,
+        version=version,
+        python=manifest.ManifestPython(
+            version=py.version_str, implementation=py.implementation, abi=py.abi_tag, soabi=py.soabi,
+            executable=f"bin/python{py.xy}", site_packages=site_packages,
+        ),
+        platform=manifest.ManifestPlatform(
+            py.machine, manifest.format_version(floor), _platform_tag(floor, py.machine), bundled_libc.get("libc"),
+            bundled_libc.get("glibc"), bundled_libc.get("kernel_floor"), bundled_libc.get("loader"),
+        ),
+        distributions=tuple(manifest.ManifestDistribution(d.name, d.version, d.source) for d in distributions),
+        vendored_libraries=tuple(vendored),
+        build=manifest.ManifestBuild(__version__, epoch, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))),
+        launchers=launcher_kind,
+    )  # fmt: skip
 
 
 def _platform_tag(floor: tuple[int, int] | None, machine: str) -> str:

@@ -1,15 +1,31 @@
-"""The bundle's description of itself: ``.shipenv/manifest.json`` and ``.shipenv/RECORD``.
+"""The bundle's description of itself: ``.shipenv/manifest.json``, ``.shipenv/facts`` and ``.shipenv/RECORD``.
 
 ``manifest.json`` says what the bundle is and what a host needs to run it
-(arch, glibc floor, Python version and ABI). ``RECORD`` lists every file with
-its sha256 and size, one CSV row per file, in the shape of a wheel's RECORD::
+(arch, glibc floor, Python version and ABI). In code it is a :class:`Manifest`,
+a frozen value parsed by :meth:`Manifest.parse`, which raises one
+:class:`~shipenv.errors.ManifestError` for anything that is not a manifest
+shipenv wrote (not JSON, the wrong shape, a key missing or of the wrong type).
+Keys it does not know are ignored, so an older shipenv reads a newer manifest;
+fields added later are optional with a default and are left out of the JSON
+while they hold it, so :meth:`Manifest.to_json` keeps giving the same bytes.
+
+``facts`` is the part of the manifest that ``deploy.sh`` needs, one
+``KEY=VALUE`` line each, so that POSIX sh reads it with ``sed`` and never
+parses JSON (:func:`render_facts`). Values are UTF-8 text in which ``%``,
+control characters and every byte outside printable ASCII are written
+``%XX`` (upper-case hex); deploy.sh only reads values that need no escape
+(name, version, arch, glibc floor) and refuses one that holds a ``%``. The
+readers check that ``facts`` says what the manifest says.
+
+``RECORD`` lists every file with its sha256 and size, one CSV row per file, in
+the shape of a wheel's RECORD::
 
     bin/python3.12,sha256=<hex>,17584
     bin/python,symlink=python3.12,
     .shipenv/RECORD,,
 
 Digests are hex so that a server without Python can check them with
-``sha256sum`` (see the ``shipenv-deploy.sh`` template).
+``sha256sum`` (see ``templates/deploy.sh``).
 """
 
 from __future__ import annotations
@@ -19,14 +35,18 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from shipenv.errors import ManifestError
+
 META_DIR = PurePosixPath(".shipenv")
 MANIFEST = META_DIR / "manifest.json"
+FACTS = META_DIR / "facts"
 RECORD = META_DIR / "RECORD"
 FORMAT_VERSION = 1
 _CHUNK = 1 << 20
@@ -111,17 +131,23 @@ def parse_record(data: bytes) -> dict[str, RecordEntry]:
     return result
 
 
-def write(root: Path, metadata: dict[str, Any]) -> None:
-    """Write manifest.json, then RECORD over every file (manifest included)."""
+def write(root: Path, manifest: Manifest) -> None:
+    """Write manifest.json and facts, then RECORD over every file (both included)."""
     (root / META_DIR).mkdir(exist_ok=True)
-    payload = dict(metadata, format=FORMAT_VERSION)
-    (root / MANIFEST).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    (root / MANIFEST).write_bytes(manifest.to_json())
+    (root / FACTS).write_bytes(render_facts(manifest))
     (root / RECORD).write_bytes(render_record(scan(root)))
 
 
-def read_metadata(root: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((root / MANIFEST).read_text())
-    return data
+def read(root: Path) -> Manifest:
+    """The manifest of an unpacked bundle; :class:`ManifestError` when it is missing or not shipenv's."""
+    try:
+        data = (root / MANIFEST).read_bytes()
+    except OSError as exc:
+        raise ManifestError(
+            f"Cannot read {root / MANIFEST}: {exc.strerror or exc}.", hint="Is it a complete shipenv bundle? shipenv verify will tell."
+        ) from None
+    return Manifest.parse(data, source=str(root / MANIFEST))
 
 
 def parse_version(text: str) -> tuple[int, int]:
@@ -132,3 +158,220 @@ def parse_version(text: str) -> tuple[int, int]:
 
 def format_version(version: tuple[int, int] | None) -> str | None:
     return None if version is None else f"{version[0]}.{version[1]}"
+
+
+# -- the manifest ------------------------------------------------------------------------------
+
+_REQUIRED: Any = object()
+_FLOOR_RE = re.compile(r"[0-9]+\.[0-9]+")
+
+
+class _Fields:
+    """Typed reads from one JSON object, naming the key in the error (``platform.arch``)."""
+
+    def __init__(self, data: object, where: str, source: str) -> None:
+        self.where, self.source = where, source
+        if not isinstance(data, dict):
+            raise self.error(f"{where or 'it'} is not a JSON object")
+        self.data: dict[str, Any] = data
+
+    def error(self, why: str) -> ManifestError:
+        return ManifestError(
+            f"{self.source} is not a shipenv manifest: {why}.",
+            hint="Give a bundle that shipenv build made; shipenv verify says what else is wrong with it.",
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(self, key: str, kind: type, default: Any = _REQUIRED, *, nullable: bool = False) -> Any:
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise self.error(f"it has no {self._key(key)!r}")
+            return default
+        value = self.data[key]
+        if value is None and nullable:
+            return None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(f"{self._key(key)!r} is not {_KIND_NAMES[kind]}")
+        return value
+
+    def section(self, key: str, required: bool = True) -> _Fields:
+        if key not in self.data and not required:
+            return _Fields({}, self._key(key), self.source)
+        return _Fields(self.get(key, dict), self._key(key), self.source)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        items = self.get(key, list, [])
+        if not all(isinstance(i, str) for i in items):
+            raise self.error(f"{self._key(key)!r} is not a list of strings")
+        return tuple(items)
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", dict: "a JSON object", list: "a list"}
+
+
+@dataclass(frozen=True)
+class ManifestPython:
+    version: str  #: "3.12.1"
+    implementation: str = "cpython"
+    abi: str = ""  #: "cp312"
+    soabi: str = ""  #: "cpython-312-x86_64-linux-gnu"
+    executable: str = ""  #: "bin/python3.12", relative to the bundle
+    site_packages: str = ""  #: "lib/python3.12/site-packages"
+
+
+@dataclass(frozen=True)
+class ManifestPlatform:
+    arch: str  #: "x86_64", as ``uname -m`` says
+    glibc_floor: str | None = None  #: "2.36"; None when nothing needs glibc
+    tag: str = ""  #: "manylinux_2_36_x86_64"
+    #: With ``--libc bundled`` (left out of the JSON otherwise): "bundled", its glibc, the kernel it needs, the loader.
+    libc: str | None = None
+    glibc: str | None = None
+    kernel_floor: str | None = None
+    loader: str | None = None
+
+    def bundled_libc(self) -> dict[str, str]:
+        """The ``--libc bundled`` keys as they are in the JSON (what ``build.libc.summary`` reads)."""
+        return {k: v for k, v in (("libc", self.libc), ("glibc", self.glibc), ("kernel_floor", self.kernel_floor), ("loader", self.loader)) if v is not None}
+
+    def as_dict(self) -> dict[str, Any]:
+        later = ("libc", "glibc", "kernel_floor", "loader")
+        return {k: v for k, v in vars(self).items() if k not in later or v is not None}
+
+
+@dataclass(frozen=True)
+class ManifestDistribution:
+    name: str
+    version: str
+    source: str = ""  #: "requirements", "project", "wheelhouse", "venv"
+
+
+@dataclass(frozen=True)
+class ManifestBuild:
+    shipenv_version: str = ""
+    source_date_epoch: int | None = None
+    time: str = ""  #: ISO 8601, UTC
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` says; :meth:`parse` reads it, :meth:`to_json` writes it."""
+
+    name: str
+    version: str
+    python: ManifestPython
+    platform: ManifestPlatform
+    distributions: tuple[ManifestDistribution, ...] = ()
+    vendored_libraries: tuple[str, ...] = ()
+    build: ManifestBuild = ManifestBuild()
+    format: int = FORMAT_VERSION
+    #: Fields added after format 1 are optional and left out of the JSON while None.
+    launchers: str | None = None  #: "native" (static ELF launchers) or "sh" (#!/bin/sh scripts)
+
+    @property
+    def release(self) -> str:
+        """``NAME-VERSION``: the archive's top directory and the release's name."""
+        return f"{self.name}-{self.version}"
+
+    @classmethod
+    def parse(cls, data: bytes, *, source: str = MANIFEST.as_posix()) -> Manifest:
+        """``manifest.json`` bytes to a Manifest; :class:`ManifestError` for anything else."""
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise _Fields({}, "", source).error("it is not JSON") from None
+        return cls.from_dict(obj, source=source)
+
+    @classmethod
+    def from_dict(cls, obj: object, *, source: str = MANIFEST.as_posix()) -> Manifest:
+        top = _Fields(obj, "", source)
+        fmt = top.get("format", int, FORMAT_VERSION)
+        if fmt > FORMAT_VERSION:
+            raise ManifestError(
+                f"{source} is in manifest format {fmt}, newer than this shipenv reads ({FORMAT_VERSION}).",
+                hint="Upgrade shipenv (pip install -U shipenv), then try again.",
+            )
+        py, plat, build = top.section("python"), top.section("platform"), top.section("build", required=False)
+        floor = plat.get("glibc_floor", str, None, nullable=True)
+        if floor is not None and not _FLOOR_RE.fullmatch(floor):
+            raise top.error(f"'platform.glibc_floor' {floor!r} is not a glibc version such as 2.36")
+        dists = []
+        for i, item in enumerate(top.get("distributions", list, [])):
+            d = _Fields(item, f"distributions[{i}]", source)
+            dists.append(ManifestDistribution(d.get("name", str), d.get("version", str), d.get("source", str, "")))
+        return cls(
+            name=top.get("name", str),
+            version=top.get("version", str),
+            python=ManifestPython(
+                version=py.get("version", str), implementation=py.get("implementation", str, "cpython"),
+                abi=py.get("abi", str, ""), soabi=py.get("soabi", str, ""),
+                executable=py.get("executable", str, ""), site_packages=py.get("site_packages", str, ""),
+            ),
+            platform=ManifestPlatform(
+                plat.get("arch", str), floor, plat.get("tag", str, ""), plat.get("libc", str, None), plat.get("glibc", str, None),
+                plat.get("kernel_floor", str, None), plat.get("loader", str, None),
+            ),
+            distributions=tuple(dists),
+            vendored_libraries=top.strings("vendored_libraries"),
+            build=ManifestBuild(
+                build.get("shipenv_version", str, ""), build.get("source_date_epoch", int, None, nullable=True), build.get("time", str, ""),
+            ),
+            format=fmt,
+            launchers=top.get("launchers", str, None, nullable=True),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, every key of format 1 present (``inspect --json`` prints it)."""
+        later = {"launchers": self.launchers}
+        return {k: v for k, v in later.items() if v is not None} | {
+            "name": self.name,
+            "version": self.version,
+            "python": dict(vars(self.python)),
+            "platform": self.platform.as_dict(),
+            "distributions": [dict(vars(d)) for d in self.distributions],
+            "vendored_libraries": list(self.vendored_libraries),
+            "build": dict(vars(self.build)),
+            "format": self.format,
+        }
+
+    def to_json(self) -> bytes:
+        """The bytes of ``manifest.json``: ``json.dumps(indent=2, sort_keys=True)`` and a newline."""
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+    def facts(self) -> dict[str, str]:
+        """What ``.shipenv/facts`` holds, in its order."""
+        return {
+            "format": str(self.format),
+            "release": self.release,
+            "name": self.name,
+            "version": self.version,
+            "arch": self.platform.arch,
+            "glibc_floor": self.platform.glibc_floor or "",
+            "libc": self.platform.libc or "",
+            "glibc": self.platform.glibc or "",
+            "kernel_floor": self.platform.kernel_floor or "",
+            "python": self.python.version,
+            "python_abi": self.python.abi,
+        }
+
+
+def _escape(value: str) -> str:
+    return "".join(ch if " " <= ch <= "~" and ch != "%" else "".join(f"%{b:02X}" for b in ch.encode()) for ch in value)
+
+
+def render_facts(manifest: Manifest) -> bytes:
+    """``.shipenv/facts``: ``KEY=VALUE`` lines, values escaped as the module docstring says."""
+    return "".join(f"{key}={_escape(value)}\n" for key, value in manifest.facts().items()).encode("ascii")
+
+
+def parse_facts(data: bytes) -> dict[str, str]:
+    """``.shipenv/facts`` back to its keys and values; raises ValueError on a line without ``=``."""
+    result = {}
+    for line in data.decode("ascii").splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ValueError(f"malformed facts line: {line!r}")
+        result[key] = re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value).encode("latin-1").decode()
+    return result

@@ -117,9 +117,9 @@ def prepare(image: ImageOptions, machine: str, level: int | None = None, threads
 
 def split(root: Path, image_root: PurePosixPath, mtime: int) -> tuple[LayerPlan, ...]:
     """The tree's members split into the interpreter, packages and app layers (empty ones left out)."""
-    meta = manifest.read_metadata(root)
-    site = meta["python"]["site_packages"]
-    owners = _owners(root, site, {canonicalize_name(d["name"]) for d in meta["distributions"] if d["source"] == "project"})
+    meta = manifest.read(root)
+    site = meta.python.site_packages
+    owners = _owners(root, site, {canonicalize_name(d.name) for d in meta.distributions if d.source == "project"})
     arcname = image_root.as_posix().strip("/")
     entries = list(archive.plan(root, arcname, mtime))
     bad = [e.name for e in entries if e.kind == "other"]
@@ -129,7 +129,7 @@ def split(root: Path, image_root: PurePosixPath, mtime: int) -> tuple[LayerPlan,
             hint="Remove sockets, FIFOs and device files from the tree.",
         )
     rels = [e.name[len(arcname) + 1 :] for e in entries]
-    interpreter = meta["python"]["executable"]
+    interpreter = meta.python.executable
     # A file goes into its own layer; a directory into every layer that holds something under it,
     # or its own when it is empty. Children come after their parents, so walk backwards.
     below: dict[str, set[str]] = {}
@@ -272,14 +272,14 @@ def entrypoint(root: Path, image: ImageOptions, python: str, entry: str | None) 
 
 
 def image_config(
-    meta: dict[str, Any], image: ImageOptions, base: BaseImage, layers: Iterable[Layer], command: tuple[list[str] | None, list[str] | None], epoch: int
+    meta: manifest.Manifest, image: ImageOptions, base: BaseImage, layers: Iterable[Layer], command: tuple[list[str] | None, list[str] | None], epoch: int
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """The image config (the base's, merged) and the manifest's annotations."""
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
     prefix = image.root.as_posix().rstrip("/")
     annotations = {
-        "org.opencontainers.image.title": meta["name"],
-        "org.opencontainers.image.version": meta["version"],
+        "org.opencontainers.image.title": meta.name,
+        "org.opencontainers.image.version": meta.version,
         "org.opencontainers.image.created": created,
     }
     if image.revision:
@@ -296,7 +296,7 @@ def image_config(
     settings["Entrypoint"], settings["Cmd"] = command
     settings["WorkingDir"] = prefix
     settings["Labels"] = {**(settings.get("Labels") or {}), **annotations}
-    goarch, variant = platform(meta["platform"]["arch"])
+    goarch, variant = platform(meta.platform.arch)
     history = list(parent.get("history") or [])
     ours = list(layers)
     history += [{"created": created, "created_by": f"shipenv {__version__} build: {layer.name} layer"} for layer in ours]
@@ -330,8 +330,8 @@ def write(
     """Write the image of the bundle tree ``root`` to ``dest`` (a layout directory, or a tar for ``oci-archive``)."""
     gz = archive.codec("tar.gz", level, threads)
     assert gz.level is not None
-    meta = manifest.read_metadata(root)
-    command = entrypoint(root, image, meta["python"]["executable"], entry)
+    meta = manifest.read(root)
+    command = entrypoint(root, image, meta.python.executable, entry)
     layout = dest if fmt == "oci" else dest.with_name(dest.name + ".layout")
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
@@ -348,9 +348,9 @@ def write(
         "annotations": annotations,
     }
     manifest_desc = _put_json(blobs, MEDIA_MANIFEST, manifest_doc)
-    goarch, variant = platform(meta["platform"]["arch"])
+    goarch, variant = platform(meta.platform.arch)
     entry_json = dict(manifest_desc.as_json(), platform={"architecture": goarch, "os": "linux", **({"variant": variant} if variant else {})})
-    entry_json["annotations"] = {REF_NAME: f"{meta['name']}:{meta['version']}"}
+    entry_json["annotations"] = {REF_NAME: f"{meta.name}:{meta.version}"}
     index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [entry_json]}
     (layout / "index.json").write_text(json.dumps(index, sort_keys=True, separators=(",", ":")))
     if fmt == "oci":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import posixpath
 import shutil
@@ -41,7 +40,7 @@ from typing import IO, Any, Literal
 from elftools.common.exceptions import ELFError
 
 from shipenv.bundle import archive, elf, manifest
-from shipenv.bundle.manifest import RecordEntry
+from shipenv.bundle.manifest import Manifest, RecordEntry
 from shipenv.errors import ArchiveError, UsageError, VerifyError, listing
 from shipenv.model import ElfInfo
 
@@ -149,7 +148,7 @@ def _elf_of(rel: str, stream: IO[bytes]) -> list[str]:
 @dataclass(frozen=True)
 class _Head:
     top: str  #: NAME-VERSION for an archive; the directory's name for a tree
-    metadata: dict[str, Any]
+    manifest: Manifest
     record: dict[str, RecordEntry]
 
 
@@ -163,17 +162,12 @@ def _parse_head(label: Path, manifest_bytes: bytes | None, record_bytes: bytes |
         raise VerifyError(f"{label} is not a shipenv bundle: it has no {_MANIFEST}.", hint="Give what shipenv build wrote.")
     if record_bytes is None:
         raise VerifyError(f"{label} is not a complete shipenv bundle: it has no {_RECORD}.", hint="Give what shipenv build wrote.")
-    try:
-        metadata = json.loads(manifest_bytes)
-    except (ValueError, UnicodeDecodeError):
-        raise VerifyError(f"The {_MANIFEST} of {label} is not valid JSON.") from None
-    if not isinstance(metadata, dict) or not {"name", "version"} <= metadata.keys():
-        raise VerifyError(f"The {_MANIFEST} of {label} does not say the bundle's name and version.")
+    parsed = Manifest.parse(manifest_bytes, source=f"The {_MANIFEST} of {label}")
     try:
         record = manifest.parse_record(record_bytes)
     except (ValueError, UnicodeDecodeError) as exc:
         raise VerifyError(f"The {_RECORD} of {label} cannot be read ({exc}).") from None
-    return _Head(top, metadata, record)
+    return _Head(top, parsed, record)
 
 
 def _read_small(path: Path) -> bytes | None:
@@ -224,10 +218,32 @@ def _archive_head(path: Path) -> _Head:
     return _parse_head(path, found.get(_MANIFEST), found.get(_RECORD), top)
 
 
-def inspect(bundle: Path) -> dict[str, Any]:
-    """The bundle's manifest, plus ``size`` and ``files`` from RECORD and, for an archive, ``archive``.
+@dataclass(frozen=True)
+class Packed:
+    format: str
+    size: int
+    sha256: str
 
-    >>> inspect(Path("dist/app-2.0.0.tar.zst"))["platform"]["glibc_floor"]  # doctest: +SKIP
+
+@dataclass(frozen=True)
+class Inspection:
+    """What ``shipenv inspect`` shows: the manifest, RECORD's totals and, for an archive, the archive."""
+
+    manifest: Manifest
+    size: int  #: bytes of every file RECORD lists
+    files: int
+    archive: Packed | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest's JSON object plus ``size``, ``files`` and ``archive`` (``inspect --json``)."""
+        packed = None if self.archive is None else dict(vars(self.archive))
+        return dict(self.manifest.to_dict(), size=self.size, files=self.files, archive=packed)
+
+
+def inspect(bundle: Path) -> Inspection:
+    """The bundle's manifest, plus the size and count of its files and, for an archive, the archive's.
+
+    >>> inspect(Path("dist/app-2.0.0.tar.zst")).manifest.platform.glibc_floor  # doctest: +SKIP
     '2.36'
     """
     _exists(bundle)
@@ -237,12 +253,8 @@ def inspect(bundle: Path) -> dict[str, Any]:
     else:
         fmt = archive.detect(bundle)
         head = _archive_head(bundle)
-        packed = {"format": fmt, "size": bundle.stat().st_size, "sha256": _sha256(bundle)}
-    info = dict(head.metadata)
-    info["size"] = sum(e.size or 0 for e in head.record.values())
-    info["files"] = len(head.record)
-    info["archive"] = packed
-    return info
+        packed = Packed(fmt, bundle.stat().st_size, _sha256(bundle))
+    return Inspection(head.manifest, sum(e.size or 0 for e in head.record.values()), len(head.record), packed)
 
 
 def _sha256(path: Path) -> str:
@@ -386,7 +398,7 @@ def verify(bundle: Path, *, run: str | None = None, progress: Progress | None = 
         head = _tree_head(bundle)
         seen, audit = _scan_tree(bundle, tally)
         layout: list[str] = []
-        name = f"{head.metadata['name']}-{head.metadata['version']}"
+        name = head.manifest.release
     else:
         archive.detect(bundle)
         maybe, top, seen, audit, layout = _scan_archive(bundle, tally)
@@ -396,7 +408,7 @@ def verify(bundle: Path, *, run: str | None = None, progress: Progress | None = 
                 hint="Give the archive that shipenv build wrote.",
             )
         head = maybe
-        name = f"{head.metadata['name']}-{head.metadata['version']}"
+        name = head.manifest.release
         if top != name:
             layout.append(f"{top}/ (the manifest says {name})")
     tally.done()

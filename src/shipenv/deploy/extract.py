@@ -41,7 +41,6 @@ import contextlib
 import errno
 import hashlib
 import io
-import json
 import os
 import posixpath
 import re
@@ -51,12 +50,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from shipenv.bundle import archive as archive_io
 from shipenv.bundle import manifest
-from shipenv.bundle.manifest import RecordEntry
-from shipenv.errors import RefusedArchive, listing
+from shipenv.bundle.manifest import Manifest, RecordEntry
+from shipenv.errors import ManifestError, RefusedArchive, listing
 
 Progress = Callable[[int, int], None]
 
@@ -66,6 +65,7 @@ _HEAD_LIMIT = 64 << 20
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _MANIFEST = manifest.MANIFEST.as_posix()
 _RECORD = manifest.RECORD.as_posix()
+_FACTS = manifest.FACTS.as_posix()
 _KINDS = {
     tarfile.CHRTYPE: "a character device",
     tarfile.BLKTYPE: "a block device",
@@ -83,7 +83,7 @@ class Head:
     """What the first two files of a bundle archive say about it."""
 
     top: str  #: NAME-VERSION, the archive's top directory and the release's name
-    metadata: dict[str, Any]
+    manifest: Manifest
     record: dict[str, RecordEntry]
     record_sha256: str  #: identifies the content: RECORD holds every file's digest
 
@@ -186,15 +186,15 @@ class BundleReader:
         manifest_bytes = self._head_members[_MANIFEST][1]
         self._check_bytes(_MANIFEST, manifest_bytes, record)
         try:
-            metadata = json.loads(manifest_bytes)
-        except ValueError:
-            raise _Refused(f"its {_MANIFEST} is not JSON") from None
-        if not isinstance(metadata, dict):
-            raise _Refused(f"its {_MANIFEST} is not a JSON object")
-        expected = f"{metadata.get('name')}-{metadata.get('version')}"
-        if expected != self._top:
-            raise _Refused(f"its top directory {self._top}/ does not match the manifest's {expected}")
-        return Head(self._top, metadata, record, hashlib.sha256(record_bytes).hexdigest())
+            parsed = Manifest.parse(manifest_bytes, source=f"{self._top}/{_MANIFEST}")
+        except ManifestError as exc:
+            raise _Refused(exc.message.rstrip(".")) from None
+        if parsed.release != self._top:
+            raise _Refused(f"its top directory {self._top}/ does not match the manifest's {parsed.release}")
+        facts = record.get(_FACTS)
+        if facts is not None and facts.sha256 != hashlib.sha256(manifest.render_facts(parsed)).hexdigest():
+            raise _Refused(f"its {_FACTS} does not say what its {_MANIFEST} says")
+        return Head(self._top, parsed, record, hashlib.sha256(record_bytes).hexdigest())
 
     def _check_bytes(self, rel: str, data: bytes, record: dict[str, RecordEntry]) -> None:
         entry = record.get(rel)

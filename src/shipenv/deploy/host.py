@@ -12,9 +12,9 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from shipenv.bundle import manifest
+from shipenv.bundle.manifest import Manifest
 from shipenv.errors import DeployError, HostError, UsageError
 
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
@@ -64,7 +64,7 @@ def kernel_version(release: str) -> tuple[int, ...] | None:
     return tuple(parts) or None
 
 
-def _check_kernel(platform: dict[str, Any], host: HostFacts, release: str) -> None:
+def _check_kernel(platform: dict[str, str], host: HostFacts, release: str) -> None:
     """A bundle that carries its glibc needs only the kernel that glibc was built for."""
     floor = str(platform.get("kernel_floor") or "")
     need = kernel_version(floor)
@@ -81,22 +81,18 @@ def _check_kernel(platform: dict[str, Any], host: HostFacts, release: str) -> No
 _BUNDLED_HINT = "Or rebuild it with --libc bundled: it then carries its own glibc and needs only a Linux kernel."
 
 
-def check_host(metadata: dict[str, Any], host: HostFacts, release: str) -> None:
+def check_host(bundle: Manifest, host: HostFacts, release: str) -> None:
     """Refuse, in words, a bundle this host cannot run (DESIGN: "honest about its floor")."""
-    platform = metadata.get("platform") or {}
-    arch = platform.get("arch")
+    arch = bundle.platform.arch
     if arch and _ARCH_ALIASES.get(arch, arch) != _ARCH_ALIASES.get(host.arch, host.arch):
         raise HostError(f"This host is {host.arch} but {release} was built for {arch}; deploy it on an {arch} host or build it on {host.arch}.")
-    if platform.get("libc") == "bundled":
-        _check_kernel(platform, host, release)
+    if bundle.platform.libc == "bundled":
+        _check_kernel(bundle.platform.bundled_libc(), host, release)
         return
-    floor = platform.get("glibc_floor")
+    floor = bundle.platform.glibc_floor
     if not floor:
         return
-    try:
-        need = manifest.parse_version(str(floor))
-    except ValueError:
-        raise DeployError(f"The manifest of {release} has an unreadable glibc floor {floor!r}.") from None
+    need = manifest.parse_version(floor)  # Manifest.parse checked its shape
     if host.glibc is None:
         raise HostError(
             f"This host has no glibc but {release} needs glibc {floor} or newer; deploy it on a glibc-based distribution.",

@@ -34,15 +34,16 @@ with a real one.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from shipenv import __version__, templates
+from shipenv.bundle import manifest
+from shipenv.bundle.manifest import Manifest
 from shipenv.errors import ShipenvError, UsageError, listing
 
 Syntax = Literal["tcl", "lua"]
@@ -66,7 +67,7 @@ class Target:
     version: str  #: module version: 2.0.0 in app/2.0.0
     release: str  #: NAME-VERSION of the bundle that path holds now
     follows_current: bool
-    metadata: dict[str, Any]  #: the bundle's manifest.json
+    manifest: Manifest  #: the bundle's manifest.json
     commands: tuple[str, ...]  #: what bin/ offers
 
     @property
@@ -101,12 +102,8 @@ def find_target(
             hint="Give the --root of shipenv deploy, or an unpacked bundle directory.",
         )
     real = Path(os.path.realpath(path))
-    try:
-        metadata: dict[str, Any] = json.loads((real / ".shipenv" / "manifest.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ShipenvError(f"Cannot read the manifest of {real}: {exc}.", hint="Is it a complete shipenv bundle? shipenv verify will tell.") from exc
-    bundle_name = str(metadata.get("name") or real.name)
-    bundle_version = str(metadata.get("version") or "")
+    bundle = manifest.read(real)
+    bundle_name, bundle_version = bundle.name, bundle.version
     module_name = name or bundle_name
     module_version = version or ("current" if follows else bundle_version)
     for what, value in (("name", module_name), ("version", module_version)):
@@ -119,7 +116,7 @@ def find_target(
     commands = tuple(sorted(p.name for p in bin_dir.iterdir() if not _NOT_COMMANDS.match(p.name))) if bin_dir.is_dir() else ()
     return Target(
         path=path, name=module_name, version=module_version, release=f"{bundle_name}-{bundle_version}",
-        follows_current=follows, metadata=metadata, commands=commands,
+        follows_current=follows, manifest=bundle, commands=commands,
     )  # fmt: skip
 
 
@@ -143,8 +140,8 @@ def _in_deploy_root(root: Path, release: str | None, follow_current: bool) -> Pa
 
 def _version_of(release: Path) -> str | None:
     try:
-        return str(json.loads((release / ".shipenv" / "manifest.json").read_text()).get("version"))
-    except (OSError, ValueError):
+        return manifest.read(release).version
+    except ShipenvError:
         return None
 
 
@@ -153,11 +150,9 @@ def _version_of(release: Path) -> str | None:
 
 def help_text(target: Target) -> str:
     """What ``module help NAME/VERSION`` prints."""
-    meta = target.metadata
-    py = meta.get("python", {})
-    plat = meta.get("platform", {})
-    build = meta.get("build", {})
-    dists = [f"{d.get('name')} {d.get('version')}" for d in meta.get("distributions", [])]
+    meta = target.manifest
+    py, plat, build = meta.python, meta.platform, meta.build
+    dists = [f"{d.name} {d.version}" for d in meta.distributions]
     where = str(target.path)
     if target.follows_current:
         where += f" (now {target.release}; follows deploys and rollbacks)"
@@ -165,26 +160,25 @@ def help_text(target: Target) -> str:
         f"{target.release}: a relocatable Python application bundle made by shipenv.",
         "",
         f"  bundle     {where}",
-        f"  python     {_IMPLEMENTATIONS.get(str(py.get('implementation')), py.get('implementation', '?'))} "
-        f"{py.get('version', '?')} ({py.get('abi', '?')}), "
-        f"{plat.get('arch', '?')}, "
-        + (f"glibc {plat.get('glibc', '?')} bundled, Linux >= {plat.get('kernel_floor', '?')}" if plat.get("libc") == "bundled" else f"glibc >= {plat.get('glibc_floor') or '?'}"),
+        f"  python     {_IMPLEMENTATIONS.get(py.implementation, py.implementation or '?')} "
+        f"{py.version} ({py.abi or '?'}), "
+        f"{plat.arch}, "
+        + (f"glibc {plat.glibc or '?'} bundled, Linux >= {plat.kernel_floor or '?'}" if plat.libc == "bundled" else f"glibc >= {plat.glibc_floor or '?'}"),
         f"  commands   {', '.join(target.commands) or '(none)'}",
         f"  packages   {listing(dists, limit=8) if dists else '(none)'}",
     ]
-    if build.get("time"):
-        lines.append(f"  built      {build['time']} by shipenv {build.get('shipenv_version', '?')}")
+    if build.time:
+        lines.append(f"  built      {build.time} by shipenv {build.shipenv_version or '?'}")
     lines += ["", "Loading puts the bundle's bin/ first on PATH; unloading takes it out again."]
     return "\n".join(lines)
 
 
 def whatis(target: Target) -> list[str]:
     """``module whatis`` lines, in the Name/Version/Description form Lmod's spider reads."""
-    py = target.metadata.get("python", {})
     return [
         f"Name: {target.name}",
         f"Version: {target.version}",
-        f"Description: {target.release}, Python {py.get('version', '?')} application bundle (shipenv)",
+        f"Description: {target.release}, Python {target.manifest.python.version} application bundle (shipenv)",
     ]
 
 

@@ -250,7 +250,7 @@ def _deploy_locked(root: Root, archive: Path, previous: str | None, check: str |
             head = reader.head
             name = head.top
             say(f"Checking {name} against this host")
-            check_host(head.metadata, host, name)
+            check_host(head.manifest, host, name)
             final = root.path / RELEASES / name
             if fs.lstat_at(root.releases_fd, name) is not None:
                 digest = _record_of(releases_dir / name)[0] if release_version(root, name) else None
