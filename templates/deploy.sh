@@ -457,9 +457,17 @@ pick_decompressor() {
 }
 
 # tar ARGS... on the decompressed archive; fails if either side fails (sh has no pipefail).
+# tar runs with its address space capped (TAR_MEMORY_KB): it reads a pax extended
+# header whole, so a 1 MB archive declaring a 1 GiB header would otherwise cost
+# 1 GiB of memory; with the cap tar fails instead, and the archive is refused.
+TAR_MEMORY_KB=131072
 untar() {
     rm -f -- "$work/.zfail"
-    { "$decompress" -dc <"$archive" || : >"$work/.zfail"; } | tar "$@"
+    { "$decompress" -dc <"$archive" || : >"$work/.zfail"; } | (
+        # shellcheck disable=SC3045 # dash, bash and busybox ash have -v; elsewhere this is a no-op
+        ulimit -v "$TAR_MEMORY_KB" 2>/dev/null
+        exec tar "$@"
+    )
     _status=$?
     [ ! -e "$work/.zfail" ] && [ "$_status" = 0 ]
 }
@@ -510,7 +518,13 @@ refuse() {
 # ---- deploy -------------------------------------------------------------------------------
 
 check_listing() { # names and types of every entry, before anything is unpacked
-    untar -tf - >"$work/.names" || die "Cannot read $archive: it is truncated or corrupt."
+    if ! untar -tf - >"$work/.names" 2>"$work/.tarerr"; then
+        if grep -q -e 'memory exhausted' -e 'out of memory' "$work/.tarerr"; then
+            refuse "an extended tar header is larger than any bundle needs"
+        fi
+        cat "$work/.tarerr" >&2
+        die "Cannot read $archive: it is truncated or corrupt."
+    fi
     untar -tvf - >"$work/.long" || die "Cannot read $archive: it is truncated or corrupt."
     [ "$(wc -l <"$work/.names")" = "$(wc -l <"$work/.long")" ] || refuse "its listing cannot be read"
     top=$(head -n 1 "$work/.names")

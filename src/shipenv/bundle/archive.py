@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import stat
 import tarfile
@@ -48,6 +49,8 @@ from typing import BinaryIO, Literal
 from shipenv.bundle import codecs as _codecs
 from shipenv.bundle.codecs import CHUNK, Encoder
 from shipenv.errors import ArchiveError, UsageError, listing
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 Kind = Literal["dir", "file", "symlink", "other"]
@@ -381,10 +384,38 @@ def detect(path: Path) -> str:
     )
 
 
+#: The largest pax extended header or GNU long name/link a reader accepts. shipenv
+#: writes a few hundred bytes at most (a long path, a long link target); Python's
+#: tarfile would read whatever a header declares into memory (1 GiB for a 36 KB
+#: archive), so the size is checked before a byte of it is read.
+HEADER_LIMIT = 256 << 10
+_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+class HeaderTooLarge(tarfile.HeaderError):
+    """Internal: an extended header larger than :data:`HEADER_LIMIT`, or a GNU sparse member."""
+
+    def __init__(self, name: str, size: int, sparse: bool = False) -> None:
+        super().__init__(name)
+        self.name, self.size, self.sparse = name, size, sparse
+
+
+class _BoundedInfo(tarfile.TarInfo):
+    """A member header whose extended headers are bounded before they are read."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _EXTENDED and self.size > HEADER_LIMIT:
+            raise HeaderTooLarge(self.name, self.size)
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise HeaderTooLarge(self.name, self.size, sparse=True)
+        return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
+
+
 class _TarFile(tarfile.TarFile):
-    """Remembers whether the reader got to the end-of-archive marker."""
+    """Remembers whether the reader got to the end-of-archive marker; bounds extended headers."""
 
     ended = False
+    tarinfo = _BoundedInfo
 
     def next(self) -> tarfile.TarInfo | None:
         member = super().next()
@@ -409,17 +440,33 @@ def open_stream(path: Path) -> Iterator[tarfile.TarFile]:
         stream = io.BufferedReader(_codecs.decoder(fmt, f, path), CHUNK)
         try:
             tar = _TarFile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
+        except HeaderTooLarge as exc:
+            raise _too_large(path, exc) from None
         except (tarfile.TarError, EOFError) as exc:
             raise _tar_error(path, fmt, exc, first=True) from exc
         assert isinstance(tar, _TarFile)
         with tar:
             try:
                 yield tar
+            except HeaderTooLarge as exc:
+                raise _too_large(path, exc) from None
             except (tarfile.ReadError, tarfile.HeaderError, tarfile.CompressionError, EOFError) as exc:
                 raise _tar_error(path, fmt, exc) from exc
             if tar.ended:
                 while stream.read(CHUNK):
                     pass
+
+
+def _too_large(path: Path, exc: HeaderTooLarge) -> ArchiveError:
+    if exc.sparse:
+        why = f"entry {exc.name!r} is a sparse file, which shipenv build never writes"
+    else:
+        why = "an extended tar header is larger than any bundle needs"
+    log.info("%s: an extended header of %d bytes, above the limit of %d", path, exc.size, HEADER_LIMIT)
+    return ArchiveError(
+        f"Refused {path.name}: {why}; nothing was deployed.",
+        hint="Copy the archive again (compare it with its .sha256) or rebuild it with shipenv build.",
+    )
 
 
 def _tar_error(path: Path, fmt: str, exc: BaseException, *, first: bool = False) -> ArchiveError:
