@@ -663,7 +663,10 @@ verify_unpacked() {
         refuse "$_count file(s) differ from RECORD: $_failed"
     fi
     set -f
-    while read -r _hash _path; do
+    # Whole lines: read would trim a name's leading and trailing spaces, and
+    # sha256sum -c follows a symlink named " lib/x" to its target's bytes.
+    while IFS= read -r _line; do
+        _path=${_line#*  }
         [ ! -L "$_dir/$_path" ] || refuse "'$top/$_path' is a symlink but RECORD lists it as a file"
     done <"$work/.sha256"
     _real_dir=$(cd -P -- "$_dir" && pwd)

@@ -48,7 +48,7 @@ from typing import BinaryIO, Literal
 
 from shipenv.bundle import codecs as _codecs
 from shipenv.bundle.codecs import CHUNK, Encoder
-from shipenv.errors import ArchiveError, UsageError, listing
+from shipenv.errors import ArchiveError, RefusedArchive, UsageError, listing
 
 log = logging.getLogger(__name__)
 
@@ -457,13 +457,13 @@ def open_stream(path: Path) -> Iterator[tarfile.TarFile]:
                     pass
 
 
-def _too_large(path: Path, exc: HeaderTooLarge) -> ArchiveError:
+def _too_large(path: Path, exc: HeaderTooLarge) -> RefusedArchive:
     if exc.sparse:
         why = f"entry {exc.name!r} is a sparse file, which shipenv build never writes"
     else:
         why = "an extended tar header is larger than any bundle needs"
     log.info("%s: an extended header of %d bytes, above the limit of %d", path, exc.size, HEADER_LIMIT)
-    return ArchiveError(
+    return RefusedArchive(
         f"Refused {path.name}: {why}; nothing was deployed.",
         hint="Copy the archive again (compare it with its .sha256) or rebuild it with shipenv build.",
     )

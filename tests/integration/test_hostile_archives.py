@@ -1,0 +1,200 @@
+"""One table of hostile and broken archives, each row run against ``shipenv deploy`` and ``deploy.sh``.
+
+Every row is an archive made here with ``tarfile`` or raw bytes, with exactly
+one thing wrong and a RECORD that otherwise matches. ``shipenv deploy`` runs on
+this host; ``deploy.sh`` runs in the Debian 12 minbase root (dash, GNU tar,
+coreutils; see tests/chroots.py), each on a root where app-1.0 is deployed. Both
+must give the row's verdict: refused with the row's sentence (the same words
+from both, unless the row says why they differ), or deployed. After a refusal
+nothing outside the release may have changed: a listing with hashes of the
+whole root and of a sentinel directory beside it is compared before and after
+(for deploy.sh: of the overlay's whole upper layer, which is every byte the run
+could have changed in the server's file system).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shipenv.bundle.manifest import RecordEntry
+from tests.chroots import OverlayRoot, root_path
+from tests.conftest import run_shipenv
+from tests.unit.test_deploy import Member, entry, file_member, link_member, make_tree, members_of, pack, with_record, write_tar
+
+Craft = Callable[[list[Member], Path], list[Member]]
+DEPLOYED = "deployed"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    craft: Craft | None  #: None: raw bytes from ``raw``
+    sentence: str  #: the refusal's reason as both print it, or DEPLOYED
+    sh_sentence: str | None = None  #: where deploy.sh must say something else: what, and the reason in ``why``
+    why: str = ""
+    raw: Callable[[Path], bytes] | None = None
+
+
+def _escape(members: list[Member], tmp: Path) -> list[Member]:
+    up = "../" * 6
+    return with_record(members + [link_member("app-2.0/lib/esc", f"{up}outside"), file_member("app-2.0/lib/esc/planted", b"pwned\n")],
+                       RecordEntry("lib/esc", symlink=f"{up}outside"), entry("lib/esc/planted", b"pwned\n"))
+
+
+def _device(members: list[Member], tmp: Path) -> list[Member]:
+    info = tarfile.TarInfo("app-2.0/lib/null")
+    info.type = tarfile.CHRTYPE
+    info.devmajor, info.devminor = 1, 3
+    return members + [(info, None)]
+
+
+def _tampered(members: list[Member], tmp: Path) -> list[Member]:
+    out = []
+    for info, data in members:
+        if info.name == "app-2.0/lib/app/__init__.py":
+            data = b"VERSION = 'evil'\n"
+            info.size = len(data)
+        out.append((info, data))
+    return out
+
+
+def _spaced_symlink(members: list[Member], tmp: Path) -> list[Member]:
+    """Issue 11, item 2: a symlink named ' lib/x' listed in RECORD as a file with its target's hash."""
+    target = (root_path("bookworm") / "etc" / "debian_version").read_bytes()  # what deploy.sh's sha256sum would read
+    info, _ = link_member("app-2.0/lib/ x", "../../../../../../etc/debian_version")
+    return with_record(members + [(info, None)], entry("lib/ x", target))
+
+
+def _pax_bomb(tmp: Path) -> bytes:
+    """Issue 11, item 3: one pax header declaring 1 GiB (about 1 MB of gzip)."""
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type = tarfile.XHDTYPE
+    info.size = 1 << 30
+    return gzip.compress(info.tobuf(tarfile.USTAR_FORMAT) + bytes(info.size) + bytes(1024), compresslevel=1)
+
+
+def _sparse(members: list[Member], tmp: Path) -> list[Member]:
+    info, data = file_member("app-2.0/lib/holes", b"")
+    info.type = tarfile.GNUTYPE_SPARSE
+    return members + [(info, data)]
+
+
+ROWS = [
+    Row("fine", lambda m, t: m, DEPLOYED),
+    Row("dotdot", lambda m, t: m + [file_member("app-2.0/../../escaped", b"x\n")], "entry 'app-2.0/../../escaped' climbs out of its directory with '..'"),
+    Row("absolute", lambda m, t: m + [file_member("/tmp/abs-escape", b"x\n")], "entry '/tmp/abs-escape' is an absolute path"),
+    Row("symlink-then-write-through", _escape, "the symlink 'app-2.0/lib/esc' points outside the release (to '../../../../../../outside')",
+        sh_sentence="a path would be written through the symlink 'app-2.0/lib/esc'",
+        why="deploy.sh checks the whole listing before RECORD, so it sees the file below the link first"),
+    Row("symlink-via-symlink", lambda m, t: with_record(m + [link_member("app-2.0/here", "."), link_member("app-2.0/up", "here/..")],
+                                                       RecordEntry("here", symlink="."), RecordEntry("up", symlink="here/..")),
+        "the symlink 'app-2.0/up' -> 'here/..' resolves outside the release", sh_sentence="the symlink 'app-2.0/up' resolves outside the release",
+        why="deploy.sh resolves with realpath and does not repeat the target"),
+    Row("device", _device, "entry 'app-2.0/lib/null' is a character device; a bundle holds only files, directories and symlinks",
+        sh_sentence="entry 'app-2.0/lib/null' is a device node; a bundle holds only files, directories and symlinks",
+        why="tar -tv does not tell deploy.sh character from block devices"),
+    Row("setuid", lambda m, t: with_record(m + [file_member("app-2.0/bin/rootme", b"id\n", 0o4755)], entry("bin/rootme", b"id\n")),
+        "'app-2.0/bin/rootme' has the setuid or setgid bit set (mode 4755)", sh_sentence="'app-2.0/bin/rootme' has the setuid or setgid bit set",
+        why="tar -tv shows the bits, not the octal mode"),
+    Row("bytes-differ", _tampered, "the bytes of 'app-2.0/lib/app/__init__.py' differ from its RECORD entry",
+        sh_sentence="1 file(s) differ from RECORD: lib/app/__init__.py", why="sha256sum -c runs over the unpacked tree and counts"),
+    Row("hard-link-to-etc-passwd", lambda m, t: with_record(m + [link_member("app-2.0/lib/passwd", "/etc/passwd", tarfile.LNKTYPE)],
+                                                        entry("lib/passwd", Path("/etc/passwd").read_bytes())),
+        "the hard link 'app-2.0/lib/passwd' points to '/etc/passwd', which is not a file unpacked earlier from this archive",
+        sh_sentence="'app-2.0/lib/passwd' is a hard link; a bundle holds only files, directories and symlinks",
+        why="deploy.sh refuses every hard link; shipenv accepts one to a file of the same archive (tarfile writes those)"),
+    Row("missing-file", lambda m, t: with_record(m, entry("lib/app/ghost.py", b"boo\n")), "RECORD lists 1 file(s) the archive lacks: lib/app/ghost.py",
+        sh_sentence="RECORD lists 'lib/app/ghost.py', which the archive lacks", why="deploy.sh stops at the first"),
+    Row("not-in-record", lambda m, t: m + [file_member("app-2.0/lib/app/extra.py", b"x = 1\n")], "'app-2.0/lib/app/extra.py' is not listed in RECORD"),
+    Row("symlink-named-with-a-space", _spaced_symlink, "the symlink 'app-2.0/lib/ x' -> '../../../../../../etc/debian_version' differs from its RECORD entry",
+        sh_sentence="'app-2.0/lib/ x' is a symlink but RECORD lists it as a file",
+        why="the same mismatch; Python sees it at the member, deploy.sh after unpacking (it once trimmed the space and followed the link)"),
+    Row("pax-header-of-1-GiB", None, "an extended tar header is larger than any bundle needs", raw=_pax_bomb),
+    Row("gnu-sparse-member", _sparse, "entry 'app-2.0/lib/holes' is a sparse file, which shipenv build never writes",
+        sh_sentence="'app-2.0/lib/holes' is not listed in RECORD",
+        why="tar -tv lists a sparse member as a plain file, so deploy.sh refuses it only because RECORD does not list it"),
+]
+
+
+def snapshot(*dirs: Path) -> dict[str, tuple[object, ...]]:
+    """Every path under ``dirs`` with its type, mode, and content hash or link target."""
+    found: dict[str, tuple[object, ...]] = {}
+    for base in dirs:
+        for dirpath, dirnames, filenames in os.walk(base):
+            for name in dirnames + filenames:
+                full = Path(dirpath) / name
+                st = full.lstat()
+                if full.is_symlink():
+                    found[str(full)] = ("l", os.readlink(full))
+                elif full.is_file():
+                    found[str(full)] = ("f", st.st_mode, hashlib.sha256(full.read_bytes()).hexdigest())
+                else:
+                    found[str(full)] = ("d", st.st_mode)
+    return found
+
+
+def _archive(row: Row, tmp: Path) -> Path:
+    path = tmp / "app-2.0.tar.gz"
+    if row.raw is not None:
+        path.write_bytes(row.raw(tmp))
+    else:
+        assert row.craft is not None
+        write_tar(path, row.craft(members_of(make_tree(tmp / "t2", "2.0")), tmp))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sh_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, bool]]:
+    """Every row through deploy.sh in one Debian 12 root: (exit status, last stderr line, upper layer unchanged)."""
+    base = tmp_path_factory.mktemp("hostile-sh")
+    v1 = pack(make_tree(base / "t1", "1.0"), base / "dist")
+    binds: dict[Path, str] = {v1: "/in/app-1.0.tar.gz", Path(__file__).resolve().parents[2] / "templates" / "deploy.sh": "/in/deploy.sh"}
+    for i, row in enumerate(ROWS):
+        (base / f"row{i}").mkdir()
+        binds[_archive(row, base / f"row{i}")] = f"/in/row{i}/app-2.0.tar.gz"
+    results: dict[str, tuple[int, str, bool]] = {}
+    with OverlayRoot("bookworm") as server:
+        for i, row in enumerate(ROWS):
+            root = f"/srv/row{i}"
+            done = server.run(["sh", "-c", f"mkdir -p /srv/outside{i} && echo keep > /srv/outside{i}/sentinel && "
+                                           f"sh /in/deploy.sh deploy /in/app-1.0.tar.gz {root}"], binds=binds)
+            assert done.returncode == 0, done.stderr
+            before = snapshot(server.upper)
+            done = server.run(["sh", "/in/deploy.sh", "deploy", f"/in/row{i}/app-2.0.tar.gz", root], binds=binds)
+            last = (done.stderr.strip().splitlines() or [""])[-1] if done.returncode else done.stdout.strip()
+            after = snapshot(server.upper)
+            results[row.name] = (done.returncode, last, after == before)
+    return results
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_both_deploys_give_the_rows_verdict(row: Row, sh_verdicts: dict[str, tuple[int, str, bool]], tmp_path: Path) -> None:
+    root, outside = tmp_path / "srv", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "sentinel").write_text("keep\n")
+    run_shipenv("deploy", pack(make_tree(tmp_path / "t1", "1.0"), tmp_path / "dist"), "--root", root)
+    (tmp_path / "row").mkdir()
+    archive = _archive(row, tmp_path / "row")
+    before = snapshot(root, outside)
+    done = run_shipenv("deploy", archive, "--root", root, check=False)
+    sh_code, sh_last, sh_untouched = sh_verdicts[row.name]
+    if row.sentence == DEPLOYED:
+        assert done.returncode == 0 and done.stdout.startswith("Deployed app-2.0 and switched"), done.stderr
+        assert sh_code == 0 and sh_last.startswith("Deployed app-2.0 and switched /srv/"), sh_last
+        assert os.readlink(root / "current") == "releases/app-2.0"
+        return
+    refusal = f"error: Refused app-2.0.tar.gz: {row.sentence}; nothing was deployed."
+    assert done.returncode == 3 and refusal in done.stderr.splitlines(), done.stderr  # 3: a refused archive
+    assert "Traceback" not in done.stderr
+    assert snapshot(root, outside) == before
+    sh_refusal = f"error: Refused app-2.0.tar.gz: {row.sh_sentence or row.sentence}; nothing was deployed."
+    assert (sh_code, sh_last) == (3, sh_refusal)
+    assert sh_untouched, "deploy.sh changed something in the server's file system"
