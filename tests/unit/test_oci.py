@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shipenv.bundle import oci, ocibase
+from shipenv.bundle import manifest, oci, ocibase
 from shipenv.config import parse_command
 from shipenv.errors import UsageError
 from shipenv.model import ImageOptions
@@ -47,7 +47,7 @@ def make_tree(root: Path) -> Path:
     meta = {
         "name": "my-app",
         "version": "0.1",
-        "python": {"executable": "bin/python3.12", "site_packages": SITE},
+        "python": {"version": "3.12.1", "executable": "bin/python3.12", "site_packages": SITE},
         "platform": {"arch": "x86_64"},
         "distributions": [{"name": "foo", "version": "1.0", "source": "requirements"}, {"name": "My.App", "version": "0.1", "source": "project"}],
     }
@@ -197,7 +197,7 @@ def test_no_base_is_refused_until_glibc_and_the_launcher_can_be_bundled() -> Non
 def config_for(tmp_path: Path, image: ImageOptions, base_config: dict[str, Any], entry: str | None = "app") -> dict[str, Any]:
     tree = make_tree(tmp_path / "tree")
     base = ocibase.read_base(f"oci:{make_base(tmp_path / 'base', config=base_config)}", "x86_64")
-    meta = json.loads((tree / ".shipenv" / "manifest.json").read_text())
+    meta = manifest.read(tree)
     command = oci.entrypoint(tree, image, "bin/python3.12", entry)
     config, _ = oci.image_config(meta, image, base, [], command, EPOCH)
     settings: dict[str, Any] = config["config"]
