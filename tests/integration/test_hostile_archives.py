@@ -67,10 +67,10 @@ def _tampered(members: list[Member], tmp: Path) -> list[Member]:
 
 
 def _spaced_symlink(members: list[Member], tmp: Path) -> list[Member]:
-    """Issue 11, item 2: a symlink named ' lib/x' listed in RECORD as a file with its target's hash."""
+    """Issue 11, item 2: a symlink named ' x' listed in RECORD as a file with its target's hash."""
     target = (root_path("bookworm") / "etc" / "debian_version").read_bytes()  # what deploy.sh's sha256sum would read
-    info, _ = link_member("app-2.0/lib/ x", "../../../../../../etc/debian_version")
-    return with_record(members + [(info, None)], entry("lib/ x", target))
+    info, _ = link_member("app-2.0/ x", "../../../../../etc/debian_version")
+    return with_record(members + [(info, None)], entry(" x", target))
 
 
 def _pax_bomb(tmp: Path) -> bytes:
@@ -117,8 +117,8 @@ ROWS = [
     Row("missing-file", lambda m, t: with_record(m, entry("lib/app/ghost.py", b"boo\n")), "RECORD lists 1 file(s) the archive lacks: lib/app/ghost.py",
         sh_sentence="RECORD lists 'lib/app/ghost.py', which the archive lacks", why="deploy.sh stops at the first"),
     Row("not-in-record", lambda m, t: m + [file_member("app-2.0/lib/app/extra.py", b"x = 1\n")], "'app-2.0/lib/app/extra.py' is not listed in RECORD"),
-    Row("symlink-named-with-a-space", _spaced_symlink, "the symlink 'app-2.0/lib/ x' -> '../../../../../../etc/debian_version' differs from its RECORD entry",
-        sh_sentence="'app-2.0/lib/ x' is a symlink but RECORD lists it as a file",
+    Row("symlink-named-with-a-space", _spaced_symlink, "the symlink 'app-2.0/ x' -> '../../../../../etc/debian_version' differs from its RECORD entry",
+        sh_sentence="'app-2.0/ x' is a symlink but RECORD lists it as a file",
         why="the same mismatch; Python sees it at the member, deploy.sh after unpacking (it once trimmed the space and followed the link)"),
     Row("pax-header-of-1-GiB", None, "an extended tar header is larger than any bundle needs", raw=_pax_bomb),
     Row("gnu-sparse-member", _sparse, "entry 'app-2.0/lib/holes' is a sparse file, which shipenv build never writes",
