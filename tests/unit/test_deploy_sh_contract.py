@@ -45,7 +45,7 @@ def test_deploy_sh_spells_each_shared_name_as_python_does(what: str, value: str,
 
 def test_every_fact_deploy_sh_reads_is_written_by_the_build() -> None:
     read = set(re.findall(r"\$\(fact ([a-z_]+) ", SCRIPT))
-    assert read == {"name", "version", "arch", "glibc_floor"}
+    assert read == {"name", "version", "arch", "glibc_floor", "libc", "glibc", "kernel_floor"}
     assert read <= SAMPLE.facts().keys()
     assert b"glibc_floor=2.36\n" in manifest.render_facts(SAMPLE)
 

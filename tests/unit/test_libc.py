@@ -11,6 +11,7 @@ import pytest
 from shipenv import config
 from shipenv.build import launchers, libc, relocate
 from shipenv.build.policy import load
+from shipenv.bundle.manifest import Manifest
 from shipenv.deploy import releases as deploy
 from shipenv.errors import HostError, UsageError
 from shipenv.model import ElfInfo, PythonInfo
@@ -130,19 +131,23 @@ def test_kernel_floor_and_summary() -> None:
 BUNDLED = {"arch": "x86_64", "glibc_floor": None, "libc": "bundled", "glibc": "2.36", "kernel_floor": "3.2.0"}
 
 
+def _manifest(platform: dict[str, str | None]) -> Manifest:
+    return Manifest.from_dict({"name": "app", "version": "2.0", "python": {"version": "3.12.1"}, "platform": platform})
+
+
 def test_deploy_checks_the_kernel_not_glibc_for_a_bundled_libc_bundle() -> None:
-    deploy.check_host({"platform": BUNDLED}, deploy.HostFacts("x86_64", None, (4, 19, 0)), "app-2.0")  # musl host: fine
-    deploy.check_host({"platform": BUNDLED}, deploy.HostFacts("x86_64", (2, 17), (3, 10, 0)), "app-2.0")
+    deploy.check_host(_manifest(BUNDLED), deploy.HostFacts("x86_64", None, (4, 19, 0)), "app-2.0")  # musl host: fine
+    deploy.check_host(_manifest(BUNDLED), deploy.HostFacts("x86_64", (2, 17), (3, 10, 0)), "app-2.0")
     with pytest.raises(HostError) as err:
-        deploy.check_host({"platform": BUNDLED}, deploy.HostFacts("x86_64", (2, 36), (2, 6, 32)), "app-2.0")
+        deploy.check_host(_manifest(BUNDLED), deploy.HostFacts("x86_64", (2, 36), (2, 6, 32)), "app-2.0")
     assert err.value.message == "This host runs Linux 2.6.32 but app-2.0 carries glibc 2.36, which needs Linux 3.2.0 or newer; deploy it on a newer kernel."
     with pytest.raises(HostError, match="built for x86_64"):
-        deploy.check_host({"platform": BUNDLED}, deploy.HostFacts("aarch64", None, (6, 1, 0)), "app-2.0")
+        deploy.check_host(_manifest(BUNDLED), deploy.HostFacts("aarch64", None, (6, 1, 0)), "app-2.0")
 
 
 def test_old_glibc_refusal_hints_at_bundled_mode() -> None:
     with pytest.raises(HostError) as err:
-        deploy.check_host({"platform": {"arch": "x86_64", "glibc_floor": "2.36"}}, deploy.HostFacts("x86_64", (2, 31)), "app-2.0")
+        deploy.check_host(_manifest({"arch": "x86_64", "glibc_floor": "2.36"}), deploy.HostFacts("x86_64", (2, 31)), "app-2.0")
     assert err.value.hint is not None and "--libc bundled" in err.value.hint
 
 

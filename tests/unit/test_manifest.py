@@ -100,3 +100,13 @@ def test_facts_file_is_written_listed_in_record_and_escaped(tmp_path: Path) -> N
 def test_reading_a_missing_manifest_is_a_sentence(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="Cannot read .*manifest.json: No such file"):
         manifest.read(tmp_path)
+
+
+def test_bundled_libc_keys_round_trip_and_reach_the_facts() -> None:
+    platform = {"arch": "x86_64", "glibc_floor": None, "tag": "linux_x86_64", "libc": "bundled", "glibc": "2.36",
+                "kernel_floor": "3.2.0", "loader": "lib/ld-linux-x86-64.so.2"}  # fmt: skip
+    data = (json.dumps(dict(BUILT, platform=platform), indent=2, sort_keys=True) + "\n").encode()
+    parsed = Manifest.parse(data)
+    assert parsed.to_json() == data
+    assert parsed.platform.bundled_libc()["kernel_floor"] == "3.2.0"
+    assert b"libc=bundled\n" in manifest.render_facts(parsed) and b"kernel_floor=3.2.0\n" in manifest.render_facts(parsed)
