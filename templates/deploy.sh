@@ -490,7 +490,7 @@ archive_identity() {
 # Refuses the switch when the archive is not the file whose signature was checked.
 still_verified() {
     [ -z "$key" ] || [ "$(archive_identity)" = "$identity" ] ||
-        die_with 3 "$archive changed while it was being deployed, after its signature was checked; nothing was deployed and $state."
+        die_with 3 "$archive changed while it was being deployed, after its signature was checked; $state."
 }
 
 # "KEY SIGNER" of the last verified deploy of release NAME (nothing if none).

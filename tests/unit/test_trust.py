@@ -53,6 +53,7 @@ def refused(archive: Path, root: Path, match: str) -> None:
     with pytest.raises(SignatureError, match=match) as info:
         deploy.deploy(archive, root, host=HOST)
     assert info.value.message.endswith("nothing was deployed."), info.value.message
+    assert info.value.exit_code == 3  # a refused archive, as deploy.sh exits
     assert snapshot(root) == before
 
 
