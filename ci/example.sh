@@ -50,7 +50,7 @@ trap cleanup EXIT
 #    the `app` command and .tar.zst.
 say "building examples/webapp"
 "$shipenv" build examples/webapp -o "$work/dist" </dev/null
-archive=$(find "$work/dist" -maxdepth 1 -name 'webapp-*.tar.*' ! -name '*.sha256' -print -quit)
+archive=$(find "$work/dist" -maxdepth 1 -name 'webapp-*.tar.*' ! -name '*.sha256' ! -name '*.cdx.json' ! -name '*.sig' -print -quit)
 [[ -n $archive ]] || die "shipenv build left no archive in $work/dist"
 (cd "$work/dist" && sha256sum --quiet -c "$(basename "$archive").sha256") || die "the .sha256 does not match $archive"
 

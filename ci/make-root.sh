@@ -24,6 +24,10 @@ readonly GLIBC_LIBS=(
     librt.so.1 libutil.so.1 libresolv.so.2
 )
 readonly MULTIARCH=x86_64-linux-gnu
+# Packages a Debian root gets beyond minbase, and a file that shows each is
+# there (extras below): bookworm plays a server whose deploy.sh checks signatures with
+# ssh-keygen (tests/integration/test_trust.py). A cached root built before a
+# package was listed gets it added in place (top_up) instead of being rebuilt.
 
 die() { echo "make-root: $*" >&2; exit 1; }
 
@@ -60,7 +64,30 @@ else
     key="shipenv-ci-root recipe=$RECIPE kind=$kind"
 fi
 
+extras() { # "PACKAGE:FILE ..." for a kind
+    case $1 in
+        bookworm) echo "openssh-client:/usr/bin/ssh-keygen" ;;
+    esac
+}
+
+# Install the listed packages missing from a cached root with the root's own apt.
+top_up() {
+    local dir=$1 entry missing=()
+    for entry in $(extras "$kind"); do
+        [[ -e $dir/${entry#*:} ]] || missing+=("${entry%%:*}")
+    done
+    ((${#missing[@]})) || return 0
+    echo "make-root: adding ${missing[*]} to the cached $kind root"
+    if ! unshare --mount --propagation private -- chroot "$dir" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
+        sh -c 'apt-get update -q && apt-get install -y -q --no-install-recommends "$@" && apt-get clean && rm -rf /var/lib/apt/lists/*' \
+        sh "${missing[@]}" </dev/null >>"$log" 2>&1; then
+        tail -n 25 "$log" >&2
+        die "installing ${missing[*]} into the $kind root failed; full log in $log"
+    fi
+}
+
 if [[ -d $final && -f $stamp && $(head -n 1 "$stamp") == "$key" ]]; then
+    top_up "$final"
     echo "make-root: $kind cached at $final ($(sed -n 2p "$stamp"))"
     exit 0
 fi
@@ -182,8 +209,10 @@ build_debian() {
     mkdir -p "$roots/.debs"
     # A private mount namespace: the /proc and /sys debootstrap mounts inside
     # the target die with it, even when it is killed half way.
+    local include=() entry
+    for entry in $(extras "$suite"); do include+=("${entry%%:*}"); done
     if ! unshare --mount --propagation private -- \
-        debootstrap --variant=minbase --cache-dir="$roots/.debs" \
+        debootstrap --variant=minbase --cache-dir="$roots/.debs" ${include:+--include="$(IFS=,; echo "${include[*]}")"} \
         "$suite" "$dir" "$mirror" </dev/null >"$log" 2>&1; then
         tail -n 25 "$log" >&2
         die "debootstrap $suite from $mirror failed; full log in $log"

@@ -25,8 +25,9 @@ readonly SETUP_VERSION=1
 # service; systemd's systemd-analyze checks the example unit; Java runs the
 # Spark test's local cluster; skopeo, umoci, docker-registry and podman read,
 # unpack, push and run the OCI images of `--format oci`; qemu-user-static runs
-# the aarch64 native launcher.
-readonly APT_PACKAGES=(debootstrap zstd xz-utils pigz fish csh tcsh zsh ksh shellcheck lmod gcc zlib1g-dev curl
+# the aarch64 native launcher; openssh-client's ssh-keygen and ssh-agent make and
+# check the signatures shipenv's must interoperate with.
+readonly APT_PACKAGES=(debootstrap zstd xz-utils pigz fish csh tcsh zsh ksh shellcheck lmod gcc zlib1g-dev curl openssh-client
     systemd openjdk-17-jre-headless skopeo umoci docker-registry podman qemu-user-static)
 readonly ROOT_KINDS=(glibc bookworm bullseye busybox musl)
 

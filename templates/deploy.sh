@@ -12,6 +12,7 @@
 #     ROOT/current -> releases/NAME-VERSION
 #     ROOT/history.jsonl             one JSON line per switch of current
 #     ROOT/.shipenv.lock             flock(1): one deploy at a time
+#     ROOT/allowed_signers           who may sign what is deployed (shipenv trust)
 #
 # Run it straight out of the archive, without unpacking anything first:
 #
@@ -41,6 +42,13 @@
 # current and every release stay untouched; a failure removes the temporary
 # directory. Deploying the same archive again changes nothing; a different
 # archive with the same NAME-VERSION is refused.
+#
+# trust: once `shipenv trust --root ROOT --allowed-signers FILE` has put an
+# OpenSSH allowed_signers file at ROOT/allowed_signers, deploy needs ARCHIVE.sig
+# beside the archive, checked with `ssh-keygen -Y verify -n shipenv` against that
+# file before anything in ROOT is written (a host without an ssh-keygen that can
+# is refused in a sentence); the history line records who signed, and rollback
+# goes only to releases whose signer that file still allows.
 #
 # rollback: switches current to the release that was current before it,
 # following history.jsonl (repeated rollbacks walk further back), or --to a
@@ -328,9 +336,12 @@ check_history() {
     control_file "$root/history.jsonl"
 }
 
-# The same lines shipenv writes (json.dumps with sort_keys=True).
-append_history() { # ACTION FROM TO
+# The same lines shipenv writes (json.dumps with sort_keys=True); KEY and
+# SIGNER (who signed what became current) only when a signature was verified.
+append_history() { # ACTION FROM TO [KEY SIGNER]
     if [ -n "$2" ]; then _from="\"$2\""; else _from=null; fi
+    _signed=
+    if [ -n "${4:-}" ]; then _signed="\"key\": \"$4\", \"signer\": \"$5\", "; fi
     _hist="$root/history.jsonl"
     control_file "$_hist"
     _err=$( (exec 8>>"$_hist") 2>&1) || io_fail "$_err"
@@ -339,8 +350,8 @@ append_history() { # ACTION FROM TO
     if [ -s "/proc/self/fd/8" ] && [ -n "$(tail -c 1 "/proc/self/fd/8")" ]; then
         printf '\n' >&8 # a crash tore the last line: do not glue this one to it
     fi
-    printf '{"action": "%s", "from": %s, "time": "%s", "to": "%s"}\n' \
-        "$1" "$_from" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$3" >&8 || die_with 5 "Cannot write $_hist; $state."
+    printf '{"action": "%s", "from": %s, %s"time": "%s", "to": "%s"}\n' \
+        "$1" "$_from" "$_signed" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$3" >&8 || die_with 5 "Cannot write $_hist; $state."
     exec 8>&-
 }
 
@@ -355,7 +366,7 @@ history_rows() {
 history_rows_of() {
     same_file 7 "$_hist"
     sed -n -e 's/"from": null,/"from": "-",/' \
-        -e 's/^{"action": "\([a-z-]*\)", "from": "\([^" ]*\)", "time": "\([^" ]*\)", "to": "\([^" ]*\)"}$/\1 \2 \4 \3/p' <&7
+        -e 's/^{"action": "\([a-z-]*\)", "from": "\([^" ]*\)", \("key": "[^"]*", "signer": "[^"]*", \)\{0,1\}"time": "\([^" ]*\)", "to": "\([^" ]*\)"}$/\1 \2 \5 \4/p' <&7
 }
 
 stack_remove() {
@@ -423,6 +434,113 @@ EOT
             return 0
         fi
     done
+}
+
+# ---- trust: who may sign what is deployed ------------------------------------------------
+
+policy_file() { # prints ROOT/allowed_signers when the root has a trust policy
+    _policy="$root/allowed_signers"
+    control_file "$_policy"
+    [ ! -f "$_policy" ] || printf '%s\n' "$_policy"
+}
+
+need_ssh_keygen() { # WHY
+    if ! command -v ssh-keygen >/dev/null 2>&1 ||
+        ssh-keygen -Y find-principals -f /dev/null -s /dev/null 2>&1 | grep -q -e 'Unsupported operation' -e '^usage:'; then
+        die_with 4 "$root accepts only signed archives ($_policy), and this host has no ssh-keygen that can check $1 (OpenSSH 8.2 or newer); install openssh-client (apt-get install openssh-client) or deploy with shipenv deploy."
+    fi
+}
+
+# Sets signer and key when the root has a policy and ARCHIVE.sig satisfies it; refuses otherwise.
+check_signature() {
+    signer=
+    key=
+    _policy=$(policy_file) || exit 1
+    [ -n "$_policy" ] || return 0
+    _sig="$archive.sig"
+    [ -f "$_sig" ] || refuse "$root accepts only signed archives ($_policy), and there is no $(basename -- "$_sig") beside it"
+    need_ssh_keygen "$(basename -- "$_sig")"
+    _before=$(archive_identity)
+    _principal=$(ssh-keygen -Y find-principals -s "$_sig" -f "$_policy" 2>/dev/null | head -n 1)
+    [ -n "$_principal" ] || refuse "$(basename -- "$_sig") is not a signature by a key that $_policy lists"
+    # Written into history.jsonl as it is: only what JSON needs no escape for.
+    case $_principal in
+        *[!A-Za-z0-9@._+,*?!:=/-]*) refuse "the principals '$_principal' in $_policy hold characters shipenv does not accept" ;;
+    esac
+    if ! _out=$(ssh-keygen -Y verify -f "$_policy" -I "$_principal" -n shipenv -s "$_sig" <"$archive" 2>&1); then
+        case $_out in
+            *"namespace does not match"*) refuse "$(basename -- "$_sig") was made for another namespace than 'shipenv'" ;;
+            *"incorrect signature"*) refuse "$(basename -- "$_sig") does not match the archive's bytes: the archive was changed or the signature is for another one" ;;
+            *) refuse "$(basename -- "$_sig") does not verify against $_policy ($(printf '%s\n' "$_out" | grep -v '^Could not verify' | tail -n 1))" ;;
+        esac
+    fi
+    key=$(printf '%s\n' "$_out" | sed -n 's/^Good "shipenv" signature for .* with [A-Z0-9-]* key \(SHA256:[A-Za-z0-9+\/]*\)$/\1/p' | head -n 1)
+    [ -n "$key" ] || refuse "ssh-keygen did not say which key signed it"
+    signer=$_principal
+    identity=$(archive_identity)
+    [ "$identity" = "$_before" ] || refuse "it changed while its signature was being checked"
+    printf '%s\n' "$(basename -- "$archive") is signed by $signer ($key), whom $root trusts" >&2
+}
+
+# What changes when the archive is written to, replaced or renamed (ctime cannot be set back).
+archive_identity() {
+    stat -L -c '%d:%i:%s:%z' -- "$archive" 2>/dev/null
+}
+
+# Refuses the switch when the archive is not the file whose signature was checked.
+still_verified() {
+    [ -z "$key" ] || [ "$(archive_identity)" = "$identity" ] ||
+        die_with 3 "$archive changed while it was being deployed, after its signature was checked; $state."
+}
+
+# "KEY SIGNER" of the last verified deploy of release NAME (nothing if none).
+signed_by() { # NAME
+    _hist="$root/history.jsonl"
+    [ -e "$_hist" ] || [ -L "$_hist" ] || return 0
+    control_file "$_hist"
+    _re=$(printf '%s' "$1" | sed 's/[.]/\\./g')
+    signed_by_of "$_re" 7<"$_hist"
+}
+
+signed_by_of() { # NAME-REGEX, the history on fd 7
+    same_file 7 "$_hist"
+    sed -n 's/^{"action": "[a-z-]*", "from": [^,]*, "key": "\([^"]*\)", "signer": "\([^"]*\)", "time": "[^"]*", "to": "'"$1"'"}$/\1 \2/p' <&7 |
+        tail -n 1
+}
+
+# Fingerprints of the keys ROOT/allowed_signers allows to sign for "shipenv" now
+# (namespaces="..." exact or "*"; valid-after/valid-before; no cert-authority).
+allowed_fingerprints() { # POLICY TMPFILE
+    awk -v now="$(date +%Y%m%d%H%M%S)" -v nowz="$(date -u +%Y%m%d%H%M%S)" '
+        function when(v) { z = (v ~ /Z$/); sub(/Z$/, "", v); while (length(v) < 14) v = v "0"; return v }
+        function opt(name,   v) { v = opts; if (v !~ (name "=\"")) return ""; sub(".*" name "=\"", "", v); sub(/".*/, "", v); return v }
+        /^[ \t]*(#|$)/ { next }
+        {
+            for (i = 2; i <= NF; i++) if ($i ~ /^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521))$/) break
+            if (i >= NF) next
+            opts = ""; for (j = 2; j < i; j++) opts = opts " " $j
+            if (opts ~ /cert-authority/) next
+            ns = opt("namespaces")
+            if (opts ~ /namespaces="/ && ("," ns ",") !~ /,[ ]*(shipenv|\*)[ ]*,/) next
+            va = opt("valid-after"); if (va != "") { t = when(va); if (t > (z ? nowz : now)) next }
+            vb = opt("valid-before"); if (vb != "") { t = when(vb); if (t < (z ? nowz : now)) next }
+            print $i, $(i + 1)
+        }' "$1" >"$2"
+    [ -s "$2" ] || return 0
+    ssh-keygen -l -f "$2" 2>/dev/null | sed -n 's/^[0-9]* \(SHA256:[^ ]*\) .*/\1/p'
+}
+
+# Refuses switching to NAME unless the root's policy still allows whoever signed its deploy.
+check_rollback_trust() { # NAME
+    _policy=$(policy_file) || exit 1
+    [ -n "$_policy" ] || return 0
+    _signed=$(signed_by "$1")
+    [ -n "$_signed" ] || die "Cannot roll back to $1: $1 was deployed without a verified signature, and $root now accepts only signed releases; $root/current still points to $_cur."
+    need_ssh_keygen "who signed $1"
+    work_path=$(mktemp -d "$root/.deploy-XXXXXXXXXX" 2>&1) || { _e=$work_path; work_path=; io_fail "$_e"; }
+    if ! allowed_fingerprints "$_policy" "$work_path/keys" | grep -qxF "${_signed%% *}"; then
+        die "Cannot roll back to $1: $1 was signed by ${_signed#* } (${_signed%% *}), whom $_policy no longer allows; $root/current still points to $_cur."
+    fi
 }
 
 # ---- reading a bundle --------------------------------------------------------------------------
@@ -703,6 +821,14 @@ cmd_deploy() {
     case $archive in /*) ;; *) archive=$(pwd -P)/$archive ;; esac
     need tar sed grep sha256sum od tr cut paste sort uniq mktemp readlink mv ln date stat id
     pick_decompressor
+    # The root's trust policy before anything in the root is written (open_root with create makes it).
+    identity=
+    key=
+    signer=
+    if [ -e "$_root_arg/allowed_signers" ] || [ -L "$_root_arg/allowed_signers" ]; then
+        open_root "$_root_arg"
+        check_signature
+    fi
     open_root "$_root_arg" create
     current_state "nothing was deployed and "
     previous=$_c
@@ -739,8 +865,9 @@ cmd_deploy() {
             return 0
         fi
         run_check "$final"
+        still_verified
         switch_to "$top"
-        append_history deploy "$previous" "$top"
+        append_history deploy "$previous" "$top" "$key" "$signer"
         printf '%s\n' "$top was already unpacked with the same content; switched $root/current from ${previous:-nothing} to $top."
         return 0
     fi
@@ -755,6 +882,7 @@ cmd_deploy() {
     }
     verify_unpacked
     run_check "$work/$top"
+    still_verified
     sync
     if [ -e "$final" ] || [ -L "$final" ]; then die "$final appeared while $top was unpacked; $state."; fi
     _src=$(stat -c '%d:%i' -- "$top")
@@ -762,7 +890,7 @@ cmd_deploy() {
     [ "$(stat -c '%d:%i' -- "$work_path/$top" 2>/dev/null)" = "$_src" ] || die "$work_path was changed while $top was unpacked; $state."
     io mv -T -- "$work_path/$top" "$top"
     switch_to "$top"
-    append_history deploy "$previous" "$top"
+    append_history deploy "$previous" "$top" "$key" "$signer"
     _count=$(wc -l <"$work_path/.files")
     if [ -n "$previous" ]; then
         printf '%s\n' "Deployed $top and switched $root/current from $previous to $top ($((_count)) files)."
@@ -837,8 +965,14 @@ cmd_rollback() {
         [ -n "$_target" ] || die "There is no earlier release to roll back to from $_cur in $root."
         _action=rollback
     fi
+    check_rollback_trust "$_target"
+    _signed=$(signed_by "$_target")
     switch_to "$_target"
-    append_history "$_action" "$_cur" "$_target"
+    if [ -n "$_signed" ]; then
+        append_history "$_action" "$_cur" "$_target" "${_signed%% *}" "${_signed#* }"
+    else
+        append_history "$_action" "$_cur" "$_target"
+    fi
     printf '%s\n' "Switched $root/current from $_cur to $_target."
 }
 
@@ -873,7 +1007,9 @@ cmd_releases() {
     [ -n "$_listed" ] || { printf '%s\n' "No releases under $1."; return 0; }
     printf '%s\n' "$_listed" | while read -r _mark _n _w; do
         [ "$_mark" = . ] && _mark=' '
-        printf '%s %-30s %s\n' "$_mark" "$_n" "$_w"
+        _signed=$(signed_by "$_n")
+        if [ -n "$_signed" ]; then _signed="  signed by ${_signed#* } (${_signed%% *})"; fi
+        printf '%s %-30s %s%s\n' "$_mark" "$_n" "$_w" "$_signed"
     done
     printf '%s\n' "(* current, < where rollback goes)"
 }

@@ -79,7 +79,7 @@ def built_bundle(shared_dir: Path) -> BuildFn:
                     shutil.rmtree(out)
                 out.mkdir()
                 run_shipenv("build", "-o", out, *args)
-                artifacts = [p for p in out.iterdir() if not p.name.endswith(".sha256")]
+                artifacts = [p for p in out.iterdir() if not p.name.endswith((".sha256", ".cdx.json", ".sig"))]
                 assert len(artifacts) == 1, artifacts
                 done.write_text(json.dumps({"artifact": artifacts[0].name}))
             return out / json.loads(done.read_text())["artifact"]

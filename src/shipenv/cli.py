@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from shipenv import __version__
-from shipenv.errors import ShipenvError
+from shipenv.errors import ShipenvError, UsageError
 from shipenv.model import FORMATS, LIBC_MODES, STDLIB_OPTIONAL
 
 log = logging.getLogger("shipenv")
@@ -142,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     img.add_argument("--cmd", metavar="CMD", help='what the image runs instead of the --entry command: "/app/bin/gunicorn app:wsgi" or a JSON array')
     img.add_argument("--user", metavar="USER", help="the user the image runs as (default: the base's non-root user, else 65532:65532)")
     img.add_argument("--image-root", metavar="DIR", help="where the bundle goes in the image (default: /app)")
+    meta.add_argument("--sign-key", type=Path, metavar="KEY", help="sign the archive (ARCHIVE.sig, SSHSIG, namespace shipenv) with this OpenSSH private key, or with the ssh-agent's key for this .pub")
     checks = b.add_argument_group("checks")
     checks.add_argument("--max-glibc", type=_version_pair, metavar="X.Y", help="fail if the bundle needs a newer glibc than X.Y")
     checks.add_argument("--report", action="store_true", help="print the whole relocation audit")
@@ -159,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     i.add_argument("bundle", type=Path, help="an archive or an unpacked bundle directory")
     i.add_argument("--json", action="store_true", help="print JSON for scripts")
+    i.add_argument("--sbom", action="store_true", help="print the bundle's CycloneDX SBOM (.shipenv/sbom.cdx.json)")
     i.set_defaults(func=_cmd_inspect)
 
     v = sub.add_parser(
@@ -170,12 +172,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("bundle", type=Path, help="an archive or an unpacked bundle directory")
     v.add_argument("--run", metavar="CMD", help="run CMD (relative to the bundle) in a copy moved to a path with a space")
+    v.add_argument("--allowed-signers", type=Path, metavar="FILE", help="also require ARCHIVE.sig by a key this OpenSSH allowed_signers file allows (namespace shipenv)")
     v.set_defaults(func=_cmd_verify)
 
     d = sub.add_parser(
         "deploy", parents=[common], help="unpack a bundle as a new release and switch to it",
         description="Unpack, verify and host-check an archive as ROOT/releases/NAME-VERSION, then switch "
-        "ROOT/current to it atomically. Any failure leaves the current release untouched.",
+        "ROOT/current to it atomically. Any failure leaves the current release untouched. In a root with a trust "
+        "policy (shipenv trust), ARCHIVE.sig must be beside the archive, by a key the policy allows.",
         epilog="examples:\n  shipenv deploy app-2.0.0.tar.zst --root /srv/app\n  shipenv deploy app-2.0.0.tar.zst --root /srv/app --check 'bin/python -m app --selftest' --keep 5\n\n"
         "environment:\n  SHIPENV_HOST_GLIBC=X.Y  the host's glibc version, for hosts where detecting it fails",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -220,6 +224,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
     p.set_defaults(func=_cmd_prune)
 
+    t = sub.add_parser(
+        "trust", parents=[common], help="set or remove who may sign what is deployed into a root",
+        description="Copy an OpenSSH allowed_signers file into ROOT: from then on, shipenv deploy and deploy.sh accept only archives "
+        "with an ARCHIVE.sig (SSHSIG, namespace shipenv) by a key it allows, and rollback only to releases deployed that way. "
+        "--remove takes the policy away; both are recorded in ROOT/history.jsonl. Without either, shows the policy.",
+        epilog="examples:\n  shipenv trust --root /srv/app --allowed-signers /etc/app/allowed_signers\n  shipenv trust --root /srv/app\n"
+        "  shipenv trust --root /srv/app --remove",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("--root", type=Path, required=True)
+    how = t.add_mutually_exclusive_group()
+    how.add_argument("--allowed-signers", type=Path, metavar="FILE", help="principals and keys, in ssh-keygen's ALLOWED SIGNERS format")
+    how.add_argument("--remove", action="store_true", help="accept unsigned archives again (recorded in the history)")
+    t.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
+    t.set_defaults(func=_cmd_trust)
+
     m = sub.add_parser(
         "modulefile", parents=[common], help="write Environment Modules / Lmod files for a release",
         description="Write DIR/NAME/VERSION (Tcl: Environment Modules, Lmod) and DIR/NAME/VERSION.lua (Lmod).\n"
@@ -259,12 +279,17 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
         print(f"sha256 {result.sha256}  {result.path.name}")
     if result.image_digest:
         print(f"image {result.image_digest}")
+    if result.signature is not None:
+        print(f"Signed {result.signature.name} with {result.signer}")
     return 0
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     from shipenv.bundle import verify
 
+    if args.sbom:
+        sys.stdout.write(verify.read_sbom(args.bundle))
+        return 0
     info = verify.inspect(args.bundle)
     if args.json:
         print(json.dumps(info.as_dict(), indent=2, sort_keys=True))
@@ -296,8 +321,17 @@ def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 def _cmd_verify(args: argparse.Namespace, console: Console) -> int:
     from shipenv.bundle import verify
 
+    signed = None
+    if args.allowed_signers is not None:
+        from shipenv.bundle import signers
+
+        if args.bundle.is_dir():
+            raise UsageError(f"{args.bundle} is a directory; --allowed-signers checks the signature of an archive.")
+        signed = signers.verify_archive(args.bundle, signers.read(args.allowed_signers), source=str(args.allowed_signers))
     report = verify.verify(args.bundle, run=args.run, progress=console.progress)
     console.end_progress()
+    if signed is not None:
+        print(f"OK: {args.bundle.name}.sig is a good signature by {signed[0].principals} ({signed[1].fingerprint})")
     print(f"OK: {report.files:,} files match the manifest of {report.name}")
     if args.run is not None:
         print(f"OK: {args.run!r} succeeded in a copy moved to a path with a space")
@@ -334,7 +368,8 @@ def _cmd_releases(args: argparse.Namespace, console: Console) -> int:
     for r in releases:
         mark = "*" if r.current else "<" if r.rollback else " "
         when = r.deployed_at or "-"
-        print(f"{mark} {r.name:30} {when}")
+        signed = f"  signed by {r.signer} ({r.key})" if r.key else ""
+        print(f"{mark} {r.name:30} {when}{signed}")
     if releases:
         print("(* current, < where rollback goes)")
     return 0
@@ -344,6 +379,22 @@ def _cmd_prune(args: argparse.Namespace, console: Console) -> int:
     from shipenv.deploy import releases as deploy
 
     print(deploy.prune(args.root, keep=args.keep, wait=args.wait).message)
+    return 0
+
+
+def _cmd_trust(args: argparse.Namespace, console: Console) -> int:
+    from shipenv.deploy import trust
+
+    if args.remove:
+        print(trust.remove_policy(args.root, wait=args.wait).message)
+    elif args.allowed_signers is not None:
+        print(trust.set_policy(args.root, args.allowed_signers, wait=args.wait).message)
+    else:
+        allowed = trust.policy(args.root)
+        if allowed is None:
+            print(f"{args.root} has no trust policy: it accepts unsigned archives.")
+        for s in allowed or ():
+            print(f"{s.principals} {s.key.fingerprint} ({s.key.keytype})")
     return 0
 
 

@@ -129,6 +129,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         image=image,
+        sign_key=getattr(args, "sign_key", None),
     )
 
 

@@ -72,6 +72,14 @@ class RefusedArchive(DeployError):
     exit_code = 3
 
 
+class SignatureError(ShipenvError):
+    """A signature, signing key or allowed-signers file is missing, damaged or not trusted."""
+
+
+class UntrustedArchive(SignatureError, RefusedArchive):
+    """The root's trust policy refuses an archive (exit status 3, as deploy.sh's refusals)."""
+
+
 class HostError(DeployError):
     """This host cannot run the bundle (architecture, glibc)."""
 

@@ -214,6 +214,7 @@ class BuildOptions:
     cache_dir: Path | None = None
     use_cache: bool = True
     image: ImageOptions = ImageOptions()
+    sign_key: Path | None = None  #: SSH key (or .pub held by ssh-agent) that signs the archive
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -227,3 +228,5 @@ class BuildResult:
     vendored: tuple[str, ...] = ()
     image_digest: str | None = None  #: ``sha256:...`` of the image manifest, for the OCI formats
     libc: str | None = None  #: with --libc bundled: "glibc 2.36 (bundled), needs Linux >= 3.2 on x86_64"
+    signature: Path | None = None  #: ARCHIVE.sig, when --sign-key was given
+    signer: str | None = None  #: fingerprint of the key that signed

@@ -2,9 +2,11 @@
 
 They cannot run here, so what can be checked is checked: they are valid YAML
 of the shape each CI expects, they run on tags only, every ``shipenv``
-command in them is accepted by shipenv's own argument parser, the build writes
-``app-<version>.tar.zst`` and its ``.sha256`` where the artifact upload looks,
-and the directories cached are the ones pip and ``--cache-dir`` use.
+command in them is accepted by shipenv's own argument parser, the build signs
+with the key from the CI's secret store and writes ``app-<version>.tar.zst``,
+its ``.sha256``, ``.sig`` and ``.cdx.json`` where the artifact upload looks, the
+signature is verified against the allowed signers servers trust, and the
+directories cached are the ones pip and ``--cache-dir`` use.
 """
 
 from __future__ import annotations
@@ -93,7 +95,16 @@ def build_outputs(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert args.fmt in (None, "tar.zst"), "the examples promise .tar.zst"
     assert str(args.output).rstrip("/") == "dist"
     assert args.bundle_version.startswith("$"), "the version comes from the tag"
+    assert str(args.sign_key) == "$SHIPENV_SIGNING_KEY", "the build signs with the key from the secret store"
     return f"dist/{args.name}-*.tar.zst"
+
+
+PUBLISHED = ("", ".sha256", ".sig", ".cdx.json")
+
+
+def check_verify(found: list[list[str]], capsys: pytest.CaptureFixture[str]) -> None:
+    (verify,) = [argv for argv in found if argv[1] == "verify"]
+    assert str(parse(verify, capsys).allowed_signers) == "allowed_signers", "the signature is checked as servers will"
 
 
 # --------------------------------------------------------------------------- GitHub Actions
@@ -122,7 +133,11 @@ def test_github_uploads_what_the_build_writes_and_caches_what_it_uses(capsys: py
     (build,) = [argv for argv in shipenv_commands(github_scripts(data)) if argv[1] == "build"]
     archive = build_outputs(build, capsys)
     (upload,) = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@")]
-    assert upload["with"]["path"].split() == [archive, archive + ".sha256"]
+    assert upload["with"]["path"].split() == [archive + suffix for suffix in PUBLISHED]
+    check_verify(shipenv_commands(github_scripts(data)), capsys)
+    (step,) = [s for s in steps if "shipenv build" in s.get("run", "")]
+    assert step["env"]["SIGNING_KEY"] == "${{ secrets.SHIPENV_SIGNING_KEY }}"
+    assert 'umask 077 && printf \'%s\\n\' "$SIGNING_KEY" > "$SHIPENV_SIGNING_KEY"' in step["run"]
     assert upload["with"]["if-no-files-found"] == "error"
 
     (cache,) = [s for s in steps if s.get("uses", "").startswith("actions/cache@")]
@@ -158,7 +173,8 @@ def test_gitlab_keeps_what_the_build_writes_and_caches_what_it_uses(capsys: pyte
     job = data["bundle"]
     (build,) = [argv for argv in shipenv_commands(gitlab_scripts(data)) if argv[1] == "build"]
     archive = build_outputs(build, capsys)
-    assert job["artifacts"]["paths"] == [archive, archive + ".sha256"]
+    assert job["artifacts"]["paths"] == [archive + suffix for suffix in PUBLISHED]
+    check_verify(shipenv_commands(gitlab_scripts(data)), capsys)
 
     def expand(text: str) -> str:
         return re.sub(r"\$\{?(\w+)\}?", lambda m: job["variables"].get(m.group(1), m.group(0)), text)

@@ -270,6 +270,11 @@ def pip_wheel(
             if options.project is not None:
                 args.append(str(options.project.resolve()))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        # Wheels built from source get the build's timestamps, so the same inputs give the
+        # same wheel bytes: the SBOM records each wheel's sha256 (bundle.sbom).
+        from shipenv.build.pipeline import source_date_epoch
+
+        env["SOURCE_DATE_EPOCH"] = str(source_date_epoch(options))
         proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
     log.debug("pip wheel output:\n%s%s", proc.stdout, proc.stderr)
     if proc.returncode != 0:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 from shipenv import __version__, data, templates
 from shipenv.build import bytecode, cache, interpreter, launchers, libc, patch, policy, relocate, venv
-from shipenv.bundle import elf, manifest
+from shipenv.bundle import elf, manifest, sbom, sshsig
 from shipenv.errors import InstallError, PolicyError, RelocateError, ShipenvError, UsageError, listing
 from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, Distribution, PythonInfo
 
@@ -121,6 +121,10 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
 
         archive.codec(fmt, options.compress_level, options.threads)  # a bad --level fails now, not after the build
     _check_destination(artifact)
+    if options.sign_key is not None and (fmt == "dir" or fmt in IMAGE_FORMATS):
+        made = "a directory" if fmt == "dir" else "a container image"
+        raise UsageError(f"--sign-key signs an archive, and --format {fmt} makes {made}.", hint="Build a .tar.zst or .tar.gz to sign it.")
+    signer = sshsig.load_signer(options.sign_key) if options.sign_key is not None else None  # a bad key fails now
     artifact.parent.mkdir(parents=True, exist_ok=True)
     epoch = source_date_epoch(options)
 
@@ -156,10 +160,20 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
             root, staging / artifact.name, fmt, level=options.compress_level, threads=options.threads,
             mtime=epoch, arcname=tree_name, progress=progress,
         )
+        # Signed in the staging directory: a failure to sign leaves no unsigned archive behind.
+        signature = None
+        if signer is not None:
+            say(f"Signing {artifact.name} with {signer.public_key.fingerprint}")
+            (staging / f"{artifact.name}.sig").write_text(sshsig.sign_file(packed.path, signer))
+            signature = artifact.with_name(artifact.name + ".sig")
         os.replace(packed.path, artifact)
         sha_file = artifact.with_name(artifact.name + ".sha256")
         sha_file.write_text(f"{packed.sha256}  {artifact.name}\n")
-        return BuildResult(artifact, tree_name, tree.floor, packed.sha256, tree.audit, tree.vendored, libc=tree.libc)
+        artifact.with_name(artifact.name + ".cdx.json").write_bytes((root / sbom.SBOM).read_bytes())
+        if signature is not None:
+            os.replace(staging / f"{artifact.name}.sig", signature)
+        return BuildResult(artifact, tree_name, tree.floor, packed.sha256, tree.audit, tree.vendored,
+                           libc=tree.libc, signature=signature, signer=signer.public_key.fingerprint if signer else None)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         lock.close()
@@ -268,6 +282,7 @@ def _build_tree(
             plan = relocate.plan(stage, lib_policy, machine=py.machine, provided=root / relocate.LIB_DIR)
             relocate.apply(plan, stage, patch.LiefPatcher())
             staged.append((stage, wheel_key, [v.src for v in plan.vendor], wheel.name))
+        wheel_digests = {d.name: manifest.hash_file(w)[0] for d, (w, _) in zip(distributions, wheels)}  # for the SBOM
         if staged:
             say(f"Byte-compiling {len(staged)} packages")
             bytecode.byte_compile(python, [stage for stage, _, _, _ in staged])
@@ -316,6 +331,10 @@ def _build_tree(
                          bundled.as_platform() if bundled else {})
     say("Writing the manifest")
     templates.install_bundle_files(root)
+    say("Writing the SBOM")
+    host_libs = relocate.host_libraries(py.machine)
+    sbom.write(root, metadata.to_dict(), epoch=epoch, wheel_digests=wheel_digests,
+               find_library=lambda soname: host_libs.find(soname, [str(py.libdir)] if py.libdir else []))
     manifest.write(root, metadata)
     return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(py.machine) if bundled else None)
 

@@ -257,6 +257,34 @@ def inspect(bundle: Path) -> Inspection:
     return Inspection(head.manifest, sum(e.size or 0 for e in head.record.values()), len(head.record), packed)
 
 
+def read_sbom(bundle: Path) -> str:
+    """The bundle's ``.shipenv/sbom.cdx.json``, checked against its RECORD entry."""
+    from shipenv.bundle.sbom import SBOM
+
+    _exists(bundle)
+    want = SBOM.as_posix()
+    if bundle.is_dir():
+        head, data = _tree_head(bundle), _read_small(bundle / want)
+    else:
+        head = _archive_head(bundle)
+        data = None
+        with archive.open_stream(bundle) as tar:
+            for member in tar:
+                split = _split(member.name)
+                if split is not None and split == (head.top, want) and member.isreg():
+                    if member.size > 4 * _HEAD_LIMIT:
+                        raise VerifyError(f"{member.name} in {bundle} is implausibly large for an SBOM ({member.size:,} bytes).")
+                    f = tar.extractfile(member)
+                    data = f.read() if f is not None else b""
+                    break
+    entry = head.record.get(want)
+    if data is None or entry is None:
+        raise VerifyError(f"{bundle} has no SBOM ({want}); it was built by a shipenv that did not write one.", hint="Rebuild it with this shipenv.")
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise VerifyError(f"The SBOM of {bundle} differs from its RECORD entry: the bundle was changed after it was built.")
+    return data.decode("utf-8")
+
+
 def _sha256(path: Path) -> str:
     return manifest.hash_file(path)[0]
 

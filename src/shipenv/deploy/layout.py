@@ -61,6 +61,8 @@ class HistoryEntry:
     action: str  #: "deploy", "rollback", "rollback-to"
     from_: str | None
     to: str
+    signer: str | None = None  #: principals of the allowed signer whose signature was verified (deploy.trust)
+    key: str | None = None  #: that key's SHA256 fingerprint
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,9 @@ def read_history(root: Root) -> list[HistoryEntry]:
         except ValueError:
             continue
         if isinstance(data, dict) and isinstance(data.get("to"), str) and isinstance(data.get("action"), str):
-            frm = data.get("from")
-            entries.append(HistoryEntry(str(data.get("time", "")), data["action"], frm if isinstance(frm, str) else None, data["to"]))
+            frm, signer, key = data.get("from"), data.get("signer"), data.get("key")
+            entries.append(HistoryEntry(str(data.get("time", "")), data["action"], frm if isinstance(frm, str) else None, data["to"],
+                                        signer if isinstance(signer, str) else None, key if isinstance(key, str) else None))
     return entries
 
 
@@ -260,8 +263,16 @@ def check_history(root: Root) -> None:
             root.check_owner(os.fstat(fd), HISTORY)
 
 
-def append_history(root: Root, action: str, frm: str | None, to: str) -> None:
-    entry = {"action": action, "from": frm, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "to": to}
+def append_history(root: Root, action: str, frm: str | None, to: str, *, signer: str | None = None, key: str | None = None) -> None:
+    entry: dict[str, str | None] = {"action": action, "from": frm, "to": to}
+    if key is not None:  # who signed what became current (deploy.trust); deploy.sh writes the same keys
+        entry.update(key=key, signer=signer)
+    append_record(root, entry)
+
+
+def append_record(root: Root, entry: dict[str, str | None]) -> None:
+    """Append one JSON line (``time`` added) to the history, durably."""
+    entry = dict(entry, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     line = json.dumps(entry, sort_keys=True) + "\n"
     with fs.closing_fd(fs.open_file_at(root.fd, HISTORY, root.shown(HISTORY), os.O_RDWR | os.O_APPEND | os.O_CREAT)) as fd:
         root.check_owner(os.fstat(fd), HISTORY)

@@ -50,6 +50,7 @@ from shipenv.bundle.manifest import RecordEntry
 from shipenv.deploy import extract as _extract
 from shipenv.deploy import fs
 from shipenv.deploy import lock as _lock
+from shipenv.deploy import trust as _trust
 from shipenv.deploy.host import HostFacts, check_host
 from shipenv.deploy.layout import (
     CURRENT,
@@ -133,9 +134,11 @@ class Release:
     current: bool
     rollback: bool  #: where ``shipenv rollback`` would go
     deployed_at: str | None  #: the last time it became current
+    signer: str | None = None  #: who signed it (principals), when a trust policy verified its deploy
+    key: str | None = None  #: that signer's key fingerprint
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "current": self.current, "rollback": self.rollback, "deployed_at": self.deployed_at}
+        return dict(dataclasses.asdict(self), path=str(self.path))
 
 
 def _releases(root: Root) -> list[Release]:
@@ -145,10 +148,12 @@ def _releases(root: Root) -> list[Release]:
     last: dict[str, tuple[int, str]] = {}
     for i, entry in enumerate(history):
         last[entry.to] = (i, entry.time)
+    signed = {e.to: e for e in history if e.key}  # the last verified signature of each release
     names = release_names(root)
     names.sort(key=lambda n: (last.get(n, (-1, ""))[0], n), reverse=True)
     base = root.path / RELEASES
-    return [Release(n, base / n, n == current, n == target, last[n][1] if n in last else None) for n in names]
+    return [Release(n, base / n, n == current, n == target, last[n][1] if n in last else None,
+                    signed[n].signer if n in signed else None, signed[n].key if n in signed else None) for n in names]
 
 
 def history(root: Path) -> list[HistoryEntry]:
@@ -227,10 +232,11 @@ def deploy(archive: Path, root: Path, *, check: str | None = None, keep: int | N
     if not archive.is_file():
         raise UsageError(f"{archive} is not a file.")
     shown = Path(os.path.abspath(root))
+    verified = _trust.check_archive(shown, archive, say)  # first: a refused archive leaves the root as it was
     with _locked(shown, wait=wait, deploying=True) as (opened, state):
         previous = current_release(opened)
         try:
-            result = _deploy_locked(opened, archive, previous, check, host, say, progress, state)
+            result = _deploy_locked(opened, archive, previous, check, host, say, progress, state, verified)
             pruned = _prune(opened, keep) if keep is not None and result.changed else ()
         except OSError as exc:
             raise fs.os_error(exc, str(shown), state) from None
@@ -240,11 +246,12 @@ def deploy(archive: Path, root: Path, *, check: str | None = None, keep: int | N
 
 
 def _deploy_locked(root: Root, archive: Path, previous: str | None, check: str | None, host: HostFacts,
-                   say: Step, progress: Progress | None, state: str) -> DeployResult:
+                   say: Step, progress: Progress | None, state: str, verified: _trust.Verified | None = None) -> DeployResult:
     releases_dir = Path(fs.fd_path(root.releases_fd))
     tmp: str | None = None
     tmp_fd = -1
     stats: _extract.Stats | None = None
+    _trust.check_unchanged(root, archive, verified)
     try:
         with _extract.open_bundle(archive) as reader:
             head = reader.head
@@ -282,6 +289,7 @@ def _deploy_locked(root: Root, archive: Path, previous: str | None, check: str |
             with fs.closing_fd(fs.open_dir_at(root.releases_fd if tmp_fd < 0 else tmp_fd, name, str(final))) as rel_fd:
                 say(f"Running the check: {check}")
                 _run_check(check, rel_fd, name, state.replace("nothing was deployed and ", ""))
+        _trust.still_verified(archive, verified)  # the bytes unpacked are the bytes that were signed
         if tmp is not None:
             if fs.lstat_at(root.releases_fd, name) is not None:
                 raise DeployError(f"{final} appeared while {name} was unpacked; {state}.", hint="Check who made it, remove it, then deploy again.")
@@ -289,7 +297,7 @@ def _deploy_locked(root: Root, archive: Path, previous: str | None, check: str |
             os.fsync(root.releases_fd)
         say(f"Switching {root.path / CURRENT} to {name}")
         switch(root, name)
-        append_history(root, "deploy", previous, name)
+        append_history(root, "deploy", previous, name, **(verified.fields() if verified else {}))
     finally:
         if tmp_fd >= 0:
             os.close(tmp_fd)
@@ -344,9 +352,10 @@ def rollback(root: Path, *, to: str | None = None, wait: float = 0.0) -> SwitchR
             if found is None:
                 raise DeployError(f"There is no earlier release to roll back to from {current} in {shown}.", hint="Deploy the version you want instead.")
             target = found
+        signed = _trust.check_rollback(opened, target, current)  # only to what the current policy allows
         try:
             switch(opened, target)
-            append_history(opened, "rollback-to" if to is not None else "rollback", current, target)
+            append_history(opened, "rollback-to" if to is not None else "rollback", current, target, **signed)
         except OSError as exc:
             raise fs.os_error(exc, str(shown), state) from None
     return SwitchResult(current, target, f"Switched {shown / CURRENT} from {current} to {target}.")
