@@ -38,7 +38,7 @@ import tests.chroots as chroots
 from shipenv.bundle import elf
 from shipenv.cli import _parser
 from tests.chroots import DEFAULT_ENV, Kind, OverlayRoot, RootError
-from tests.conftest import REPO, BuildFn
+from tests.helpers import REPO, BuildFn
 
 DOCKERFILE = REPO / "examples" / "container" / "Dockerfile"
 PROJECT = REPO / "examples" / "webapp"

@@ -21,9 +21,9 @@ from shipenv.bundle.manifest import RecordEntry
 from shipenv.deploy import lock as _lock
 from shipenv.deploy import releases as deploy
 from tests.chroots import OverlayRoot
-from tests.conftest import BuildFn, run_shipenv
-from tests.integration.test_deploy import ASK_VERSION, real_bundle
-from tests.unit.test_deploy import (
+from tests.helpers import (
+    ASK_VERSION,
+    BuildFn,
     Member,
     check_release,
     entry,
@@ -32,6 +32,8 @@ from tests.unit.test_deploy import (
     make_tree,
     members_of,
     pack,
+    real_bundle,
+    run_shipenv,
     snapshot,
     with_record,
     write_tar,

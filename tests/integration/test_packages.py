@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.chroots import OverlayRoot, run_in_root
-from tests.conftest import REPO, BuildFn, pyenv_python, run_shipenv
+from tests.helpers import REPO, BuildFn, pyenv_python, run_shipenv
 
 PACKAGES = REPO / "tests" / "packages"
 STACK = ["django", "gunicorn", "requests", "numpy", "pandas", "cryptography", "lxml", "pillow", "pyyaml", "sqlalchemy", "psycopg[binary]"]
