@@ -26,18 +26,23 @@ check() {
     rm -f -- "$log"
 }
 
-# The launcher as a bundle holds it, for a 3.10 and a 3.12 interpreter (3.11+
-# adds __PYVENV_LAUNCHER__): the template alone is not valid sh. Called through
-# check "$@", which shellcheck cannot follow (SC2317); '$d' is the launcher's
-# own variable, written literally on purpose (SC2016).
-# shellcheck disable=SC2317,SC2016
+# The sh launcher as a bundle holds it (shipenv.build.launchers renders
+# python.sh with the locate.sh fragment), for a 3.10 and a 3.12 interpreter
+# (3.11+ adds __PYVENV_LAUNCHER__), on x86_64 (a bundled loader may be used)
+# and on a machine with no known loader: the template alone is not valid sh.
+# Called through check "$@", which shellcheck cannot follow (SC2317).
+# shellcheck disable=SC2317
 render_launchers() {
-    local env
-    for env in '' '__PYVENV_LAUNCHER__="$d/python" '; do
-        "$venv/bin/python" -c 'import sys; from shipenv import templates
-sys.stdout.write(templates.render("python.sh", xy="3.12", launcher_env=sys.argv[1], locate=templates.read("locate.sh")))' "$env" |
-            shellcheck --shell=sh -
+    local version machine rc=0
+    for version in 3.10.13 3.12.1; do
+        for machine in x86_64 riscv64; do
+            "$venv/bin/python" -c 'import sys, types; from shipenv.build import launchers
+v = tuple(map(int, sys.argv[1].split(".")))
+py = types.SimpleNamespace(version=v, xy=f"{v[0]}.{v[1]}", machine=sys.argv[2])
+sys.stdout.write(launchers.python_launcher(py))' "$version" "$machine" | shellcheck --shell=sh - || rc=1
+        done
     done
+    return "$rc"
 }
 
 check "mypy --strict src/shipenv" "$venv/bin/mypy"
