@@ -173,6 +173,8 @@ unpack_debs() {
         # write into a root-only cache, which apt only warns about.
         (cd "$roots/.debs/download" && apt-get download -q "$pkg" >>"$log" 2>&1) ||
             die "apt-get download $pkg failed; full log in $log"
+        # Newest download first; Debian package file names are plain [a-z0-9.+~_-], so ls is safe here.
+        # shellcheck disable=SC2012
         deb=$(ls -t "$roots/.debs/download/${pkg}_"*.deb | head -n 1)
         dpkg-deb -x "$deb" "$dir"
         info="$info, $pkg $(dpkg-deb -f "$deb" Version)"
@@ -190,7 +192,7 @@ build_busybox() {
     : >"$log"
     info=
     unpack_debs "$dir" busybox-static "$@"
-    rm -rf -- "$dir/usr/share"
+    rm -rf -- "${dir:?}/usr/share"
     # Every applet as a symlink, where busybox itself says it belongs.
     for applet in $("$dir/bin/busybox" --list-full); do
         [[ -e $dir/$applet || -L $dir/$applet ]] || ln -s /bin/busybox "$dir/$applet"

@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# Run the test suite the way CI does: prepare the machine, then pytest.
+# Run the test suite the way CI does: prepare the machine, the static checks,
+# shipenv under every host Python it supports, then pytest.
 #
-#   ci/test.sh                      the whole suite (tests/)
-#   ci/test.sh tests/unit -x -k elf any pytest arguments
+#   ci/test.sh                      everything: lint, hosts, the whole suite (tests/)
+#   ci/test.sh tests/unit -x -k elf lint, then any pytest arguments (no hosts)
+#
+#   SHIPENV_HOSTS=1 / 0   run ci/hosts.sh (3.10-3.13) even with pytest arguments / never
+#   SHIPENV_LINT=0        skip ci/lint.sh (mypy, ruff, shellcheck)
+#   CI=true               one line per step
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
 bash ci/setup.sh
 
+hosts=${SHIPENV_HOSTS:-}
+if [[ -z $hosts ]]; then
+    (($#)) && hosts=0 || hosts=1
+fi
 (($#)) || set -- tests/
 
+[[ ${SHIPENV_LINT:-1} == 0 ]] || bash ci/lint.sh
+[[ $hosts == 0 ]] || bash ci/hosts.sh
+
 # `python -m pytest` rather than `pytest`: it puts the repository on sys.path,
-# which `from tests.chroots import ...` relies on.
+# which `from tests.helpers import ...` relies on.
 status=0
 "${SHIPENV_VENV:-.venv}/bin/python" -m pytest "$@" || status=$?
 

@@ -11,37 +11,13 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGES_DIR = REPO / "tests" / "packages"
-PYENV_ROOT = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-SHIPENV = [sys.executable, "-m", "shipenv"]
-
-
-def pyenv_python(xy: str) -> Path:
-    """The newest pyenv CPython X.Y on this machine; fails (never skips) when absent."""
-    found = sorted(
-        PYENV_ROOT.glob(f"versions/{xy}.*/bin/python{xy}"),
-        key=lambda p: tuple(int(x) for x in p.parent.parent.name.split(".")[:3] if x.isdigit()),
-    )
-    found = [p for p in found if p.parent.parent.name.count(".") == 2 and p.parent.parent.name.replace(".", "").isdigit()]
-    if not found:
-        pytest.fail(f"pyenv CPython {xy} is not installed under {PYENV_ROOT}; run ci/setup.sh or `pyenv install {xy}`.")
-    return found[-1]
-
-
-def run_shipenv(*args: str | os.PathLike[str], check: bool = True, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess, as a user would."""
-    proc = subprocess.run([*SHIPENV, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"shipenv {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+from tests.helpers import BuildFn, pyenv_python, run_shipenv
+from tests.sshkeys import agent  # noqa: F401  (a fixture: a real ssh-agent for the signing tests)
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +29,6 @@ def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = base / "shared"
     path.mkdir(exist_ok=True)
     return path
-
-
-BuildFn = Callable[..., Path]
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, BuildFn, pyenv_python
+from tests.helpers import REPO, BuildFn, pyenv_python
 
 NAME = "hello-1.0"
 SH_SHELLS = ("bash", "zsh", "ksh")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from shipenv.bundle import manifest
-from tests.conftest import BuildFn, pyenv_python, run_shipenv
+from tests.helpers import BuildFn, pyenv_python, run_shipenv
 
 IMPORTS = "import ssl, sqlite3; print(1)"
 TAR_FLAGS = {"tar.zst": "--zstd", "tar.gz": "-z", "tar.xz": "-J"}

@@ -9,7 +9,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from tests.conftest import pyenv_python, run_shipenv
+from tests.helpers import pyenv_python, run_shipenv
 
 
 def _fails(out: Path, *args: str | Path) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import PACKAGES_DIR, pyenv_python, run_shipenv
+from tests.helpers import PACKAGES_DIR, pyenv_python, run_shipenv
 
 
 def _build(out: Path, cache: Path, *extra: str | Path) -> tuple[str, bytes]:

@@ -21,19 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHIPENV, BuildFn, pyenv_python, run_shipenv
-from tests.unit.test_deploy import check_release, make_tree, pack
-
-ASK_VERSION = (
-    "import json, os, sys; "
-    "print(json.load(open(os.path.join(sys.prefix, '.shipenv', 'manifest.json')))['version'], os.path.realpath(sys.prefix))"
-)
-
-
-def real_bundle(built_bundle: BuildFn, version: str) -> Path:
-    """An interpreter-only bundle of pyenv's 3.12 as app-VERSION.tar.gz (shared with test_deploy_sh)."""
-    return built_bundle(f"deploy-app-{version}", "--python", pyenv_python("3.12"), "--name", "app",
-                        "--version", version, "--format", "tar.gz")
+from tests.helpers import ASK_VERSION, SHIPENV, BuildFn, check_release, make_tree, pack, real_bundle, run_shipenv
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,13 @@ from shipenv.bundle import archive
 from shipenv.deploy import lock as _lock
 from shipenv.deploy import releases as deploy
 from tests.chroots import OverlayRoot
-from tests.conftest import BuildFn, run_shipenv
-from tests.integration.test_deploy import ASK_VERSION, real_bundle
-from tests.unit.test_deploy import (
+from tests.helpers import (
+    ASK_VERSION,
+    BuildFn,
     make_tree,
     pack,
+    real_bundle,
+    run_shipenv,
 )
 
 SCRIPT = Path(__file__).resolve().parents[2] / "templates" / "deploy.sh"

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, BuildFn
+from tests.helpers import REPO, BuildFn
 
 WEBAPP = REPO / "examples" / "webapp"
 SYSTEMD = REPO / "examples" / "systemd"

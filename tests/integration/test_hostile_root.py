@@ -30,8 +30,7 @@ import pytest
 
 from shipenv.deploy import releases as deploy
 from tests.chroots import OverlayRoot
-from tests.conftest import SHIPENV
-from tests.unit.test_deploy import HOST, make_tree, pack
+from tests.helpers import HOST, SHIPENV, make_tree, pack
 
 SCRIPT = Path(__file__).resolve().parents[2] / "templates" / "deploy.sh"
 OWNER = 1000  #: the service user who owns the root (no account needed: a numeric uid)

@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 
 from tests.chroots import run_in_root
-from tests.conftest import BuildFn, pyenv_python
+from tests.helpers import BuildFn, pyenv_python
 
 CHECK = """
 import json, sys
 import ssl, sqlite3, ctypes, lzma, bz2, zlib, readline, _decimal, uuid, hashlib
 ssl.create_default_context()
 assert sqlite3.connect(":memory:").execute("select 41 + 1").fetchone() == (42,)
-assert hashlib.sha256(b"shipenv").hexdigest().startswith("a")  or True
+# _hashlib is OpenSSL's libcrypto, vendored into lib/: the digest must come out of it, not a fallback.
+import _hashlib
+assert _hashlib.openssl_sha256(b"shipenv").hexdigest() == hashlib.sha256(b"shipenv").hexdigest() == "ba2234687b7f35f41418e76bc2562bb531847d0f548d74460e28d854f86b2918"
 assert lzma.decompress(lzma.compress(b"x" * 100)) == b"x" * 100
 assert bz2.decompress(bz2.compress(b"y")) == b"y" and zlib.decompress(zlib.compress(b"z")) == b"z"
 assert str(_decimal.Decimal("1.1") + _decimal.Decimal("2.2")) == "3.3"

@@ -1,8 +1,10 @@
-"""A bundle over 1 GB, from the torch wheel this machine keeps on disk (/opt/wheels).
+"""A bundle over 1 GB, from the torch wheel (found through the indexes pip is configured with).
 
 torch's own libraries are hundreds of MB and search only ``$ORIGIN``; the build
-must neither rebuild them in memory nor leave them unable to find libstdc++
-in a root that has nothing but glibc.
+must not leave them unable to find libstdc++ in a root that has nothing but
+glibc. How much memory the build takes is a figure, not an assertion: the
+``big`` group of ``benchmarks/run.py`` reports the peak RSS of building,
+packing and deploying a bundle like this one.
 """
 
 from __future__ import annotations
@@ -13,30 +15,20 @@ import sys
 from pathlib import Path
 
 from tests.chroots import run_in_root
-from tests.conftest import pyenv_python
-
-_MEASURE = (
-    "import resource, subprocess, sys\n"
-    "rc = subprocess.run(sys.argv[1:]).returncode\n"
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n"
-    "sys.exit(rc)\n"
-)
+from tests.helpers import pyenv_python
 
 
-def test_torch_bundle_builds_in_bounded_memory_and_runs_with_only_glibc(tmp_path: Path) -> None:
+def test_torch_bundle_builds_and_runs_with_only_glibc(tmp_path: Path) -> None:
     req = tmp_path / "requirements.txt"
     req.write_text("torch==2.13.0\nnumpy\npandas\n")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "shipenv", "build", "-r", str(req), "--python", str(pyenv_python("3.11")),
            "--name", "big", "--version", "1", "--format", "dir", "-o", str(out)]
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    peak_mb = int(proc.stdout.strip().splitlines()[-1])
     tree = out / "big-1"
     size = sum(p.stat().st_size for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
     assert size > 1_000_000_000, f"the torch bundle is only {size / 1e6:.0f} MB"
-    # lief would hold libtorch_cpu.so several times over; the build stays far below the bundle's size.
-    assert peak_mb < 500, f"the build peaked at {peak_mb} MB"
     meta = json.loads((tree / ".shipenv/manifest.json").read_text())
     assert any(d["name"] == "torch" for d in meta["distributions"])
     code = "import torch, pandas; x = torch.nn.Linear(3, 2)(torch.from_numpy(pandas.DataFrame({\"a\": [1.0] * 4, \"b\": 2.0, \"c\": 3.0}).to_numpy()).float()); print(tuple(x.shape))"

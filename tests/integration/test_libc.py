@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.chroots import OverlayRoot, run_in_root
-from tests.conftest import REPO, BuildFn, pyenv_python, run_shipenv
-from tests.integration.test_packages import STACK, STACK_CHECK
+from tests.helpers import REPO, STACK, STACK_CHECK, BuildFn, pyenv_python, run_shipenv
 
 INSIDE = "/srv/app 2"
 CHILDREN = r'''

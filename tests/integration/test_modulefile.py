@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from shipenv.deploy import modulefile
-from tests.conftest import REPO, BuildFn, run_shipenv
+from tests.helpers import REPO, BuildFn, run_shipenv
 
 WEBAPP = REPO / "examples" / "webapp"
 LMOD_INIT = Path("/usr/share/lmod/lmod/init/bash")

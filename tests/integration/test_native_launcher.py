@@ -21,8 +21,8 @@ import pytest
 from shipenv.build import launchers
 from shipenv.bundle import elf
 from tests.chroots import DEFAULT_ENV, OverlayRoot, run_in_root
-from tests.conftest import REPO, BuildFn, run_shipenv
-from tests.integration.test_container import PROJECT, bundle_args, free_port, get, read_dockerfile, start_in_root
+from tests.containers import PROJECT, bundle_args, free_port, get, read_dockerfile, start_in_root
+from tests.helpers import REPO, BuildFn, run_shipenv
 
 JUNK = {"PYTHONPATH": "/junk", "PYTHONHOME": "/junk", "PYTHONSTARTUP": "/junk/x.py", "PYTHONNOUSERSITE": ""}
 
@@ -164,7 +164,6 @@ def test_aarch64_launcher_under_qemu(tree: Path, tmp_path: Path) -> None:
     assert script.stdout == f"{copy / 'bin' / 'app'} ['']\n", script.stderr
 
 
-@pytest.mark.slow
 def test_committed_binaries_rebuild_byte_for_byte(tmp_path: Path) -> None:
     subprocess.run([sys.executable, REPO / "src" / "launcher" / "build.py", "-o", tmp_path], check=True, capture_output=True)
     for machine in ("x86_64", "aarch64"):

@@ -34,8 +34,8 @@ from typing import Any
 import pytest
 
 from tests.chroots import OverlayRoot, root_path
-from tests.conftest import REPO, BuildFn, run_shipenv
-from tests.integration.test_container import free_port, get, start_in_root
+from tests.containers import free_port, get, start_in_root
+from tests.helpers import REPO, BuildFn, run_shipenv
 
 PROJECT = REPO / "examples" / "webapp"
 ENTRY = ["/app/bin/python3.12", "-E", "-s", "/app/bin/app"]

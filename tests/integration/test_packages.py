@@ -12,41 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.chroots import OverlayRoot, run_in_root
-from tests.conftest import REPO, BuildFn, pyenv_python, run_shipenv
+from tests.helpers import REPO, STACK, STACK_CHECK, BuildFn, pyenv_python, requirements_file, run_shipenv
 
 PACKAGES = REPO / "tests" / "packages"
-STACK = ["django", "gunicorn", "requests", "numpy", "pandas", "cryptography", "lxml", "pillow", "pyyaml", "sqlalchemy", "psycopg[binary]"]
-
-STACK_CHECK = r'''
-import io, json, sys
-import django, gunicorn, requests, numpy, pandas, cryptography, lxml, PIL, yaml, sqlalchemy, psycopg
-from django.conf import settings
-settings.configure(DEBUG=False, INSTALLED_APPS=["django.contrib.contenttypes"], DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}})
-django.setup()
-frame = pandas.DataFrame({"k": ["a", "b", "a"], "v": [1, 2, 3]})
-assert frame.groupby("k")["v"].sum().to_dict() == {"a": 4, "b": 2}
-from lxml import etree
-assert etree.fromstring(b"<r><i>1</i><i>2</i></r>").xpath("count(//i)") == 2
-from cryptography.fernet import Fernet
-f = Fernet(Fernet.generate_key()); assert f.decrypt(f.encrypt(b"secret")) == b"secret"
-from PIL import Image
-assert Image.new("RGB", (64, 48), "red").resize((16, 12)).size == (16, 12)
-engine = sqlalchemy.create_engine("sqlite://")
-with engine.connect() as conn:
-    assert conn.execute(sqlalchemy.text("select 6 * 7")).scalar() == 42
-assert yaml.safe_load("a: [1, 2]") == {"a": [1, 2]}
-assert requests.Request("GET", "http://example.invalid/x", params={"q": 1}).prepare().url.endswith("x?q=1")
-from psycopg import pq
-assert pq.__impl__ == "binary", pq.__impl__
-assert numpy.linalg.inv(numpy.eye(3)).trace() == 3.0
-print(json.dumps({"prefix": sys.prefix, "django": django.__version__}))
-'''
 
 
-def _requirements(tmp: Path, lines: list[str]) -> Path:
-    req = tmp / "requirements.txt"
-    req.write_text("\n".join(lines) + "\n")
-    return req
+_requirements = requirements_file
 
 
 @pytest.fixture(scope="module", params=["3.11", "3.12"])

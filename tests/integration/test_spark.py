@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, BuildFn
+from tests.helpers import REPO, BuildFn
 
 EXAMPLE = REPO / "examples" / "spark"
 README = EXAMPLE / "README.md"

@@ -27,13 +27,10 @@ from shipenv.bundle import sshsig
 from shipenv.deploy import releases as deploy
 from tests.chroots import OverlayRoot
 from tests.conftest import BuildFn, pyenv_python, run_shipenv
-from tests.integration.test_packages import PACKAGES, STACK, _requirements
-from tests.unit import test_sshsig
-from tests.unit.test_deploy import snapshot
-from tests.unit.test_sshsig import allowed_line, keygen_verify, make_key
-from tests.unit.test_trust import Setup
-
-agent = test_sshsig.agent  # a real ssh-agent, as a fixture of this module too
+from tests.helpers import PACKAGES_DIR as PACKAGES
+from tests.helpers import STACK, snapshot
+from tests.helpers import requirements_file as _requirements
+from tests.sshkeys import Setup, agent, allowed_line, keygen_verify, make_key  # noqa: F401  (agent is a fixture)
 
 REQUIREMENTS = ["six==1.16.0", "certifi==2024.8.30"]
 

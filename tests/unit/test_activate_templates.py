@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from shipenv import templates
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 TEMPLATES = REPO / "templates"
 NAMES = ("activate", "activate.fish", "activate.csh")

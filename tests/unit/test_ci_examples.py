@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from shipenv.cli import _parser
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CI = REPO / "examples" / "ci"
 GITHUB = CI / "github-actions.yml"

@@ -9,178 +9,34 @@ the same paths on real bundles through the command line.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
-import random
 import stat
 import tarfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from shipenv import templates
 from shipenv.bundle import manifest
 from shipenv.bundle.manifest import RecordEntry
 from shipenv.deploy import lock as _lock
 from shipenv.deploy import releases as deploy
 from shipenv.errors import DeployError, HostError, ShipenvError, UsageError
-
-ARCH = os.uname().machine
-HOST = deploy.HostFacts(ARCH, (2, 36))
-
-Member = tuple[tarfile.TarInfo, bytes | None]
-
-# -- synthetic bundles (also used by the integration tests) ---------------------------------------
-
-
-def make_tree(base: Path, version: str = "1.0", *, name: str = "app", floor: str | None = "2.17", arch: str = ARCH,
-              big: int = 0, files: int = 0, shared: bytes = b"the same in every version\n" * 2000) -> Path:
-    """A tiny bundle directory with a valid manifest and RECORD (and the real deploy.sh).
-
-    ``big`` adds that many bytes of incompressible data (different per
-    version), ``files`` that many small files: for crash and full-disk tests.
-    """
-    root = base / f"{name}-{version}"
-    (root / "bin").mkdir(parents=True)
-    (root / "lib" / "app").mkdir(parents=True)
-    app = root / "bin" / "app"
-    app.write_text(f"#!/bin/sh\necho {name} {version}\n")
-    app.chmod(0o755)
-    (root / "bin" / "app-link").symlink_to("app")
-    (root / "lib" / "app" / "__init__.py").write_text(f"VERSION = {version!r}\n")
-    (root / "lib" / "shared.txt").write_bytes(shared)
-    rng = random.Random(f"{name}-{version}")
-    if big:
-        (root / "lib" / "data.bin").write_bytes(rng.randbytes(big))
-    for i in range(files):
-        path = root / "lib" / "many" / f"{i // 100:02d}" / f"f{i:04d}.py"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(rng.randbytes(rng.randrange(200, 4000)))
-    templates.install_bundle_files(root)
-    metadata = {
-        "name": name,
-        "version": version,
-        "platform": {"arch": arch, "glibc_floor": floor, "tag": f"linux_{arch}"},
-        "python": {"version": "3.12.1", "executable": "bin/python3.12"},
-    }
-    manifest.write(root, manifest.Manifest.from_dict(metadata))
-    return root
-
-
-def members_of(tree: Path) -> list[Member]:
-    """The tar entries ``archive.write`` makes of a tree: manifest and RECORD first."""
-    top = tree.name
-    head = [tree / manifest.MANIFEST, tree / manifest.RECORD]
-    rest = sorted(p for p in tree.rglob("*") if p not in head)
-    result: list[Member] = []
-    for path in [tree, *head, *rest]:
-        st = path.lstat()
-        info = tarfile.TarInfo(f"{top}/{path.relative_to(tree).as_posix()}" if path != tree else top)
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.mtime = 1577836800
-        data = None
-        if path.is_symlink():
-            info.type = tarfile.SYMTYPE
-            info.linkname = os.readlink(path)
-        elif path.is_dir():
-            info.type = tarfile.DIRTYPE
-        else:
-            data = path.read_bytes()
-            info.size = len(data)
-        result.append((info, data))
-    return result
-
-
-def write_tar(dest: Path, members: list[Member]) -> Path:
-    with tarfile.open(dest, "w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            tar.addfile(info, io.BytesIO(data) if data is not None else None)
-    return dest
-
-
-def pack(tree: Path, dest_dir: Path) -> Path:
-    """``tree`` as ``dest_dir/NAME-VERSION.tar.gz``, as shipenv build --format tar.gz lays it out."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    return write_tar(dest_dir / f"{tree.name}.tar.gz", members_of(tree))
-
-
-def file_member(name: str, data: bytes, mode: int = 0o644) -> Member:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mode = mode
-    return info, data
-
-
-def link_member(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> Member:
-    info = tarfile.TarInfo(name)
-    info.type = kind
-    info.linkname = target
-    info.mode = 0o777 if kind == tarfile.SYMTYPE else 0o644
-    return info, None
-
-
-def with_record(members: list[Member], *extra: RecordEntry, drop: tuple[str, ...] = ()) -> list[Member]:
-    """The same members with RECORD rewritten to also list ``extra`` (so only the tested flaw remains)."""
-    out: list[Member] = []
-    for info, data in members:
-        if info.name.endswith("/" + manifest.RECORD.as_posix()):
-            assert data is not None
-            entries = manifest.parse_record(data)
-            for path in drop:
-                entries.pop(path, None)
-            for entry in extra:
-                entries[entry.path] = entry
-            entries.pop(manifest.RECORD.as_posix(), None)
-            data = manifest.render_record(entries.values())
-            info = tarfile.TarInfo(info.name)
-            info.size = len(data)
-            info.mode = 0o644
-        out.append((info, data))
-    return out
-
-
-def digest(data: bytes) -> RecordEntry:
-    return RecordEntry("", hashlib.sha256(data).hexdigest(), len(data))
-
-
-def entry(path: str, data: bytes) -> RecordEntry:
-    d = digest(data)
-    return RecordEntry(path, d.sha256, d.size)
-
-
-def check_release(path: Path) -> int:
-    """What ``shipenv verify`` checks of an unpacked release: every RECORD row, and nothing else."""
-    record = manifest.parse_record((path / manifest.RECORD).read_bytes())
-    for rel, e in record.items():
-        full = path / rel
-        if e.symlink is not None:
-            assert os.readlink(full) == e.symlink, rel
-        elif e.sha256 is not None:
-            assert not full.is_symlink() and manifest.hash_file(full) == (e.sha256, e.size), rel
-    on_disk = {rel for rel, _ in manifest.walk(path)}
-    assert on_disk == set(record), on_disk ^ set(record)
-    return len(record)
-
-
-def snapshot(base: Path) -> dict[str, tuple[object, ...]]:
-    """Everything under ``base`` that a deploy could change (directory and lock mtimes aside)."""
-    result: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(base):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            extra: object = os.readlink(full) if stat.S_ISLNK(st.st_mode) else None
-            if stat.S_ISREG(st.st_mode):
-                # The lock file is written (its pid) by every run, by design.
-                mtime = 0 if name == ".shipenv.lock" else st.st_mtime_ns
-                extra = (st.st_size, mtime, st.st_ino, Path(full).read_bytes())
-            result[os.path.relpath(full, base)] = (st.st_mode, extra)
-    return result
-
+from tests.helpers import (
+    ARCH,
+    HOST,
+    check_release,
+    entry,
+    file_member,
+    link_member,
+    make_tree,
+    members_of,
+    pack,
+    snapshot,
+    with_record,
+    write_tar,
+)
 
 # -- fixtures ----------------------------------------------------------------------------
 
@@ -491,20 +347,25 @@ def test_wait_takes_the_lock_when_the_other_deploy_ends(trees: Path, dist: Path,
     root.mkdir(parents=True)
     held = threading.Event()
     release = threading.Event()
+    # What the holder saw while it still held the lock, in order: the waiting
+    # deploy must not have switched anything before the lock was let go.
+    seen: list[str] = []
 
     def holder() -> None:
         with _lock.hold(root):
             held.set()
             release.wait(10)
+            seen.append(f"current exists: {(root / 'current').exists()}")
+            seen.append("released")
 
     t = threading.Thread(target=holder)
     t.start()
     held.wait(10)
     threading.Timer(0.3, release.set).start()
-    started = time.monotonic()
     run(archive, root, wait=10)
+    seen.append("deployed")
     t.join()
-    assert time.monotonic() - started >= 0.25
+    assert seen == ["current exists: False", "released", "deployed"]
     assert current(root) == "releases/app-1.0"
 
 

@@ -16,7 +16,7 @@ import pytest
 from shipenv.deploy import fs
 from shipenv.deploy import releases as deploy
 from shipenv.errors import DeployError, FilesystemError, RootError, UsageError
-from tests.unit.test_deploy import HOST, make_tree, pack
+from tests.helpers import HOST, make_tree, pack
 
 SCRIPT = Path(__file__).resolve().parents[2] / "templates" / "deploy.sh"
 

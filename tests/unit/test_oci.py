@@ -242,7 +242,7 @@ def test_the_container_example_builds_an_image_with_options_shipenv_knows() -> N
     import shlex
 
     from shipenv.cli import _parser
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     lines = [shlex.split(line) for line in (REPO / "examples" / "container" / "oci.sh").read_text().splitlines() if line.startswith("shipenv build")]
     assert len(lines) == 1

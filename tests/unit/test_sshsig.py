@@ -10,41 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shipenv.bundle import signers, sshsig
 from shipenv.errors import SignatureError
-
-KINDS = {"ed25519": ["-t", "ed25519"], "ecdsa": ["-t", "ecdsa", "-b", "256"], "rsa": ["-t", "rsa", "-b", "2048"]}
-
-
-def make_key(directory: Path, kind: str, name: str | None = None) -> Path:
-    """A new OpenSSH key pair made by ssh-keygen (no passphrase); returns the private key's path."""
-    path = directory / (name or f"id_{kind}")
-    subprocess.run(["ssh-keygen", "-q", *KINDS[kind], "-N", "", "-C", f"{kind}@test", "-f", str(path)], check=True)
-    return path
-
-
-def allowed_line(key: Path, principal: str = "ci@example.com", options: str = "") -> str:
-    keytype, b64 = key.with_name(key.name + ".pub").read_text().split()[:2]
-    return " ".join(p for p in (principal, options, keytype, b64) if p) + "\n"
-
-
-def keygen_verify(allowed: Path, sig: Path, message: Path, principal: str = "ci@example.com", namespace: str = "shipenv") -> subprocess.CompletedProcess[str]:
-    with message.open("rb") as stdin:
-        return subprocess.run(["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", principal, "-n", namespace, "-s", str(sig)],
-                              stdin=stdin, capture_output=True, text=True, check=False)
-
-
-def keygen_sign(key: Path, message: Path, namespace: str = "shipenv") -> Path:
-    subprocess.run(["ssh-keygen", "-Y", "sign", "-n", namespace, "-f", str(key), str(message)], check=True, capture_output=True)
-    return message.with_name(message.name + ".sig")
+from tests.sshkeys import KINDS, allowed_line, keygen_sign, keygen_verify, make_key
 
 
 @pytest.fixture
@@ -100,18 +74,6 @@ def test_wrong_namespace_and_unlisted_key_are_refused(tmp_path: Path, message: P
     good = sshsig.verify_file(message, sshsig.parse(sshsig.sign_file(message, sshsig.load_signer(key))))
     with pytest.raises(SignatureError, match=re.escape(f"by the key {good.fingerprint}, which the allowed signers does not list")):
         signers.check(signers.parse(allowed_line(other)), good)
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[str]:
-    """A real ssh-agent on a socket of its own; killed afterwards by its pid."""
-    sock = tmp_path / "agent.sock"
-    out = subprocess.run(["ssh-agent", "-a", str(sock), "-s"], capture_output=True, text=True, check=True).stdout
-    pid = int(out.split("SSH_AGENT_PID=")[1].split(";")[0])
-    try:
-        yield str(sock)
-    finally:
-        os.kill(pid, signal.SIGTERM)
 
 
 @pytest.mark.parametrize("kind", ["ed25519", "ecdsa", "rsa"])

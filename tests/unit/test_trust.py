@@ -1,6 +1,6 @@
 """A root's trust policy with ``shipenv deploy``: what is refused, and that a refusal changes nothing.
 
-Small synthetic bundles (tests/unit/test_deploy.make_tree) signed with keys
+Small synthetic bundles (tests/helpers.make_tree) signed with keys
 made by ssh-keygen; deploy.sh gets the same table in the bookworm root
 (tests/integration/test_trust.py).
 """
@@ -17,30 +17,8 @@ from shipenv.bundle import sshsig
 from shipenv.deploy import releases as deploy
 from shipenv.deploy import trust
 from shipenv.errors import DeployError, SignatureError
-from tests.unit.test_deploy import HOST, make_tree, pack, snapshot
-from tests.unit.test_sshsig import allowed_line, keygen_sign, make_key
-
-
-class Setup:
-    """Keys, an allowed_signers file, and signed archives of app 1.0 to 3.0."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.key = make_key(tmp, "ed25519", "ci")
-        self.stranger = make_key(tmp, "ecdsa", "stranger")
-        self.allowed = tmp / "allowed_signers"
-        self.allowed.write_text("# the CI's key\n" + allowed_line(self.key, options='namespaces="shipenv"'))
-        self.root = tmp / "srv" / "app"
-
-    def archive(self, version: str, *, key: Path | None = None, namespace: str = "shipenv", where: str = "dist") -> Path:
-        path = pack(make_tree(self.tmp / f"tree-{version}-{where}", version), self.tmp / where)
-        if key is not None:
-            if namespace == "shipenv":
-                trust.signature_path(path).write_text(sshsig.sign_file(path, sshsig.load_signer(key)))
-            else:
-                keygen_sign(key, path, namespace=namespace)
-        return path
+from tests.helpers import HOST, snapshot
+from tests.sshkeys import Setup, allowed_line
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from shipenv.bundle.manifest import RecordEntry
 from shipenv.bundle.verify import Seen
 from shipenv.errors import ArchiveError, VerifyError
 from shipenv.model import ElfInfo
-from tests.conftest import SHIPENV, pyenv_python
+from tests.helpers import SHIPENV, pyenv_python
 
 EPOCH = 1_600_000_000
 METADATA: dict[str, Any] = {

@@ -1,0 +1,215 @@
+"""The build cache (shipenv.build.cache): content keys, verified entries, hard links.
+
+A cache entry that does not match its own RECORD, or whose host libraries
+changed, must never be used: a user would get a bundle with someone else's
+bytes in it. These tests damage entries on purpose and check they are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from shipenv.build import cache
+from shipenv.build.cache import BuildCache
+
+
+def make_layer(root: Path) -> Path:
+    (root / "bin").mkdir(parents=True)
+    (root / "lib" / "pkg").mkdir(parents=True)
+    (root / "bin" / "tool").write_text("#!/bin/sh\necho tool\n")
+    (root / "bin" / "tool").chmod(0o755)
+    (root / "bin" / "tool-link").symlink_to("tool")
+    (root / "lib" / "pkg" / "__init__.py").write_text("VALUE = 1\n")
+    (root / "lib" / "pkg" / "data.bin").write_bytes(bytes(range(256)) * 40)
+    return root
+
+
+def contents(root: Path) -> dict[str, bytes | str]:
+    out: dict[str, bytes | str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[rel] = path.read_bytes()
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BuildCache:
+    return BuildCache(tmp_path / "cache")
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def test_keys_are_stable_and_change_with_every_part() -> None:
+    a = cache.key("wheel", "sha256:abc", {"keep": ["test"], "system": []})
+    assert a == cache.key("wheel", "sha256:abc", {"system": [], "keep": ["test"]})  # dict order does not matter
+    assert len(a) == 64 and int(a, 16) >= 0
+    others = {
+        cache.key("wheel", "sha256:abd", {"keep": ["test"], "system": []}),
+        cache.key("wheel", "sha256:abc", {"keep": [], "system": []}),
+        cache.key("interpreter", "sha256:abc", {"keep": ["test"], "system": []}),
+        cache.key("sha256:abc", "wheel", {"keep": ["test"], "system": []}),
+    }
+    assert a not in others and len(others) == 4
+
+
+def test_file_digest_is_the_sha256_of_the_content(tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"shipenv")
+    (tmp_path / "b").write_bytes(b"shipenv")
+    assert cache.file_digest(tmp_path / "a") == cache.file_digest(tmp_path / "b")
+    assert cache.file_digest(tmp_path / "a") == "ba2234687b7f35f41418e76bc2562bb531847d0f548d74460e28d854f86b2918"
+
+
+def test_tree_fingerprint_changes_when_a_file_changes(tmp_path: Path) -> None:
+    tree = make_layer(tmp_path / "t")
+    first = cache.tree_fingerprint(tree)
+    assert cache.tree_fingerprint(tree) == first
+    (tree / "lib" / "pkg" / "__init__.py").write_text("VALUE = 22\n")
+    assert cache.tree_fingerprint(tree) != first
+
+
+def test_default_dir_follows_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.default_dir() == tmp_path / "xdg" / "shipenv"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache.default_dir() == Path.home() / ".cache" / "shipenv"
+
+
+# -- entries -------------------------------------------------------------------------------------
+
+
+def test_put_then_get_gives_the_same_tree(store: BuildCache, tmp_path: Path) -> None:
+    layer = make_layer(tmp_path / "layer")
+    k = cache.key("wheel", "one")
+    assert store.get("wheel", k) is None
+    store.put("wheel", k, layer)
+    got = store.get("wheel", k)
+    assert got is not None and contents(got) == contents(layer)
+    assert os.access(got / "bin" / "tool", os.X_OK)
+    assert store.get("interpreter", k) is None  # kinds do not mix
+
+
+def test_entries_are_hard_links_of_the_stored_files(store: BuildCache, tmp_path: Path) -> None:
+    layer = make_layer(tmp_path / "layer")
+    store.put("wheel", "k" * 64, layer)
+    got = store.get("wheel", "k" * 64)
+    assert got is not None
+    data = got / "lib" / "pkg" / "data.bin"
+    assert data.stat().st_ino == (layer / "lib" / "pkg" / "data.bin").stat().st_ino
+    assert (got / "bin" / "tool-link").is_symlink()
+
+
+def test_a_damaged_entry_is_dropped_not_used(store: BuildCache, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    layer = make_layer(tmp_path / "layer")
+    store.put("wheel", "d" * 64, layer)
+    got = store.get("wheel", "d" * 64)
+    assert got is not None
+    entry = got.parent
+    # A file edited in place (through the hard link, as a careless tool would).
+    target = got / "lib" / "pkg" / "__init__.py"
+    target.write_text("VALUE = 666\n")
+    with caplog.at_level(logging.WARNING, logger="shipenv.build.cache"):
+        assert store.get("wheel", "d" * 64) is None
+    assert "dropping damaged entry" in caplog.text
+    assert not entry.exists()
+    # The next put stores a fresh copy, which is then used.
+    (layer / "lib" / "pkg" / "__init__.py").unlink()
+    (layer / "lib" / "pkg" / "__init__.py").write_text("VALUE = 1\n")
+    store.put("wheel", "d" * 64, layer)
+    again = store.get("wheel", "d" * 64)
+    assert again is not None and (again / "lib" / "pkg" / "__init__.py").read_text() == "VALUE = 1\n"
+
+
+@pytest.mark.parametrize("damage", ["extra file", "missing file", "missing RECORD", "bad entry.json"])
+def test_every_kind_of_damage_is_caught(store: BuildCache, tmp_path: Path, damage: str) -> None:
+    store.put("wheel", "e" * 64, make_layer(tmp_path / "layer"))
+    tree = store.get("wheel", "e" * 64)
+    assert tree is not None
+    if damage == "extra file":
+        (tree / "lib" / "pkg" / "stray.py").write_text("import os\n")
+    elif damage == "missing file":
+        (tree / "bin" / "tool").unlink()
+    elif damage == "missing RECORD":
+        (tree.parent / "RECORD").unlink()
+    else:
+        (tree.parent / "entry.json").write_text("{not json")
+    assert store.get("wheel", "e" * 64) is None
+    assert not tree.parent.exists()
+
+
+def test_an_entry_is_stale_when_a_host_library_it_vendored_changed(store: BuildCache, tmp_path: Path) -> None:
+    host_lib = tmp_path / "host" / "libz.so.1"
+    host_lib.parent.mkdir()
+    host_lib.write_bytes(b"old")
+    store.put("wheel", "h" * 64, make_layer(tmp_path / "layer"), host_files=[host_lib])
+    assert store.get("wheel", "h" * 64) is not None
+    host_lib.write_bytes(b"upgraded")  # apt-get upgrade
+    assert store.get("wheel", "h" * 64) is None
+
+
+def test_put_keeps_the_first_entry_for_a_key(store: BuildCache, tmp_path: Path) -> None:
+    store.put("wheel", "f" * 64, make_layer(tmp_path / "one"))
+    other = make_layer(tmp_path / "two")
+    (other / "lib" / "pkg" / "__init__.py").write_text("VALUE = 2\n")
+    store.put("wheel", "f" * 64, other)
+    got = store.get("wheel", "f" * 64)
+    assert got is not None and (got / "lib" / "pkg" / "__init__.py").read_text() == "VALUE = 1\n"
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("in the way")
+    assert cache.open_cache(tmp_path / "file" / "cache", True) is None
+    assert cache.open_cache(tmp_path / "c", False) is None
+    opened = cache.open_cache(tmp_path / "c", True)
+    assert opened is not None and opened.root == tmp_path / "c" and opened.root.is_dir()
+    unwritable = BuildCache(tmp_path / "file")  # put cannot make its directories: logged, not raised
+    unwritable.put("wheel", "g" * 64, make_layer(tmp_path / "layer"))
+    assert unwritable.get("wheel", "g" * 64) is None
+
+
+# -- linking and merging -------------------------------------------------------------------------
+
+
+def test_link_or_copy_links_on_one_file_system_and_copies_across(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"x" * 1000)
+    cache.link_or_copy(str(src), str(tmp_path / "linked"))
+    assert (tmp_path / "linked").stat().st_ino == src.stat().st_ino
+    # A target that exists cannot be linked over: the copy path takes it.
+    (tmp_path / "there").write_bytes(b"old")
+    cache.link_or_copy(str(src), str(tmp_path / "there"))
+    assert (tmp_path / "there").read_bytes() == b"x" * 1000
+    assert (tmp_path / "there").stat().st_ino != src.stat().st_ino
+
+
+def test_merge_tree_adds_new_files_and_reports_clashes(tmp_path: Path) -> None:
+    dest = make_layer(tmp_path / "dest")
+    src = tmp_path / "src"
+    (src / "lib" / "pkg").mkdir(parents=True)
+    (src / "lib" / "pkg" / "__init__.py").write_text("VALUE = 1\n")  # same bytes: no clash
+    (src / "lib" / "pkg" / "data.bin").write_bytes(b"other")  # other bytes: a clash
+    (src / "lib" / "new.py").write_text("NEW = True\n")
+    (src / "bin").mkdir()
+    (src / "bin" / "tool-link").symlink_to("elsewhere")  # another target: a clash
+    clashes = cache.merge_tree(src, dest)
+    assert sorted(clashes) == ["bin/tool-link", "lib/pkg/data.bin"]
+    assert (dest / "lib" / "new.py").read_text() == "NEW = True\n"
+    assert (dest / "lib" / "new.py").stat().st_ino == (src / "lib" / "new.py").stat().st_ino
+    assert (dest / "lib" / "pkg" / "data.bin").read_bytes() == bytes(range(256)) * 40  # never overwritten
+
+
+def test_merge_tree_can_move(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    src = make_layer(tmp_path / "src")
+    expected = contents(src)
+    assert cache.merge_tree(src, dest, move=True) == []
+    assert contents(dest) == expected
+    assert not (src / "lib" / "pkg" / "data.bin").exists()
