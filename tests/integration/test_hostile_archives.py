@@ -26,8 +26,18 @@ import pytest
 
 from shipenv.bundle.manifest import RecordEntry
 from tests.chroots import OverlayRoot, root_path
-from tests.conftest import run_shipenv
-from tests.helpers import Member, entry, file_member, link_member, make_tree, members_of, pack, with_record, write_tar
+from tests.helpers import (
+    Member,
+    entry,
+    file_member,
+    link_member,
+    make_tree,
+    members_of,
+    pack,
+    run_shipenv,
+    with_record,
+    write_tar,
+)
 
 Craft = Callable[[list[Member], Path], list[Member]]
 DEPLOYED = "deployed"

@@ -26,11 +26,10 @@ from cyclonedx.validation.json import JsonStrictValidator
 from shipenv.bundle import sshsig
 from shipenv.deploy import releases as deploy
 from tests.chroots import OverlayRoot
-from tests.conftest import BuildFn, pyenv_python, run_shipenv
 from tests.helpers import PACKAGES_DIR as PACKAGES
-from tests.helpers import STACK, snapshot
+from tests.helpers import STACK, BuildFn, pyenv_python, run_shipenv, snapshot
 from tests.helpers import requirements_file as _requirements
-from tests.sshkeys import Setup, agent, allowed_line, keygen_verify, make_key  # noqa: F401  (agent is a fixture)
+from tests.sshkeys import Setup, allowed_line, keygen_verify, make_key
 
 REQUIREMENTS = ["six==1.16.0", "certifi==2024.8.30"]
 
