@@ -38,7 +38,7 @@ from tests.containers import free_port, get, start_in_root
 from tests.helpers import REPO, BuildFn, run_shipenv
 
 PROJECT = REPO / "examples" / "webapp"
-ENTRY = ["/app/bin/python3.12", "-E", "-s", "/app/bin/app"]
+ENTRY = ["/app/bin/app"]  # the static native launcher: no shell, no loader needed
 EPOCH = 1577836800
 
 
@@ -145,6 +145,27 @@ def test_umoci_unpack_and_the_entry_point_serves_a_request(image: Path, tmp_path
     env = dict(e.split("=", 1) for e in process["env"])
     env["PORT"] = str(port)
     with OverlayRoot("glibc", lower=bundle / "rootfs") as root, start_in_root(root, process["args"], binds={}, env=env, readonly=True) as container:
+        status, body = get(f"http://127.0.0.1:{port}/", container)
+        assert (status, body["app"], body["prefix"]) == (200, "webapp", "/app"), body
+        os.kill(container.pid1(), signal.SIGTERM)
+        assert container.proc.wait(timeout=60) == 0, container.output()
+
+
+def test_a_scratch_image_of_a_bundled_libc_build_serves_a_request(built_bundle: BuildFn, tmp_path: Path) -> None:
+    """No base at all: the image is the bundle, its loader and glibc, and its native launchers (FROM scratch)."""
+    image = built_bundle("oci-webapp-scratch", "--format", "oci", "--libc", "bundled", PROJECT)
+    config = inspect(f"oci:{image}:webapp:0.1.0", "--config")
+    assert config["config"]["Entrypoint"] == ENTRY
+    assert len(config["rootfs"]["diff_ids"]) == 3, "no base layers: only the interpreter, packages and app layers"
+    bundle = tmp_path / "bundle"
+    run("umoci", "unpack", "--image", f"{image}:webapp:0.1.0", bundle)
+    rootfs = bundle / "rootfs"
+    assert sorted(p.name for p in rootfs.iterdir()) == ["app"], "nothing but the bundle in the image"
+    process = json.loads((bundle / "config.json").read_text())["process"]
+    port = free_port()
+    env = dict(e.split("=", 1) for e in process["env"])
+    env["PORT"] = str(port)
+    with OverlayRoot("glibc", lower=rootfs) as root, start_in_root(root, process["args"], binds={}, env=env, readonly=True) as container:
         status, body = get(f"http://127.0.0.1:{port}/", container)
         assert (status, body["app"], body["prefix"]) == (200, "webapp", "/app"), body
         os.kill(container.pid1(), signal.SIGTERM)
@@ -272,7 +293,7 @@ def test_layers_change_only_where_the_inputs_did(base_image: Path, tmp_path: Pat
 def test_errors_are_one_sentence(case: str, base_image: Path, tmp_path: Path) -> None:
     args: list[str | os.PathLike[str]] = ["build", PROJECT, "--format", "oci", "-o", tmp_path / "out"]
     expect = {
-        "scratch": "without a base (scratch)",
+        "scratch": "without a base (scratch) has no C library",
         "other-arch": "is for linux/arm64, but the bundle is for linux/amd64",
         "not-oci": "is not an OCI image",
         "missing-cmd": "--cmd runs /app/bin/nothing-here, which is not in the bundle",

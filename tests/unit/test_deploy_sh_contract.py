@@ -11,6 +11,7 @@ which runs every row against both implementations.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -51,5 +52,13 @@ def test_every_fact_deploy_sh_reads_is_written_by_the_build() -> None:
 
 
 def test_history_lines_are_the_same_json_on_both_sides() -> None:
-    # deploy.sh's printf must produce what json.dumps(sort_keys=True) makes of the same entry.
-    assert '{"action": "%s", "from": %s, "time": "%s", "to": "%s"}' in SCRIPT
+    # deploy.sh's printf must produce what json.dumps(sort_keys=True) makes of the same entry,
+    # signed (trust set: key and signer) or not.
+    line = '{"action": "%s", "from": %s, %s"time": "%s", "to": "%s"}'
+    assert f"printf '{line}\\n'" in SCRIPT
+    assert '_signed="\\"key\\": \\"$4\\", \\"signer\\": \\"$5\\", "' in SCRIPT
+    when = "2026-12-01T00:00:00Z"
+    plain = {"action": "deploy", "from": "app-1.0", "time": when, "to": "app-2.0"}
+    assert line % ("deploy", '"app-1.0"', "", when, "app-2.0") == json.dumps(plain, sort_keys=True)
+    signed = dict(plain, key="SHA256:abc", signer="ci@example.com")
+    assert line % ("deploy", '"app-1.0"', '"key": "SHA256:abc", "signer": "ci@example.com", ', when, "app-2.0") == json.dumps(signed, sort_keys=True)

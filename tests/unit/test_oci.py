@@ -188,10 +188,19 @@ def test_bad_bases_are_refused_in_one_sentence(setup: str, expect: str, tmp_path
     assert err.value.message.count(". ") == 0 and err.value.hint
 
 
-def test_no_base_is_refused_until_glibc_and_the_launcher_can_be_bundled() -> None:
+def test_no_base_needs_a_bundled_libc() -> None:
     for base in (None, "scratch"):
-        with pytest.raises(UsageError, match=r"scratch.*--libc bundled"):
+        with pytest.raises(UsageError, match=r"scratch") as err:
             oci.prepare(ImageOptions(base=base), "x86_64")
+        assert "--libc bundled" in (err.value.hint or "")
+        assert oci.prepare(ImageOptions(base=base), "x86_64", libc="bundled") is oci.SCRATCH
+
+
+def test_native_launchers_are_the_entry_point_themselves(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "tree")
+    (tree / "bin" / "web").write_bytes(b"\x7fELF")
+    assert oci.entrypoint(tree, ImageOptions(), "bin/python3.12", "web", native=True) == (["/app/bin/web"], None)
+    assert oci.entrypoint(tree, ImageOptions(), "bin/python3.12", None, native=True) == (["/app/bin/python"], None)
 
 
 def config_for(tmp_path: Path, image: ImageOptions, base_config: dict[str, Any], entry: str | None = "app") -> dict[str, Any]:

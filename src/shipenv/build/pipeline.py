@@ -115,7 +115,7 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
     if fmt in IMAGE_FORMATS:
         from shipenv.bundle import oci
 
-        base = oci.prepare(options.image, py.machine, options.compress_level, options.threads)  # fails now, not after the build
+        base = oci.prepare(options.image, py.machine, options.compress_level, options.threads, libc=options.libc)  # fails now
     elif fmt != "dir":
         from shipenv.bundle import archive
 

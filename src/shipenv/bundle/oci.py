@@ -68,9 +68,11 @@ LAYERS = ("interpreter", "packages", "app")
 #: The user an image runs as when neither --user nor the base says: distroless's "nonroot".
 DEFAULT_USER = "65532:65532"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_SCRATCH_REASON = (
-    "An image without a base (scratch) has no C library and no /bin/sh, and this shipenv can neither bundle "
-    "glibc (--libc bundled) nor start the app without a shell launcher yet."
+_SCRATCH_REASON = "An image without a base (scratch) has no C library, and this bundle uses the host's glibc."
+#: The empty base of a ``scratch`` image: no layers, no settings.
+SCRATCH = BaseImage(
+    spec="scratch", path=Path("/"), is_archive=False, ref=None,
+    manifest=Descriptor(MEDIA_MANIFEST, "", 0), config_json='{"rootfs": {"type": "layers", "diff_ids": []}}', layers=(),
 )
 
 
@@ -99,14 +101,20 @@ class Image:
     sha256: str | None = None  #: of the tar file, for ``oci-archive``
 
 
-def prepare(image: ImageOptions, machine: str, level: int | None = None, threads: int = 0) -> BaseImage:
-    """Check ``--base`` and ``--level`` before anything is built: refuse scratch, read the base, check its arch."""
+def prepare(image: ImageOptions, machine: str, level: int | None = None, threads: int = 0, *, libc: str = "host") -> BaseImage:
+    """Check ``--base`` and ``--level`` before anything is built: read the base and check its arch.
+
+    No base (``scratch``) needs a bundle that carries its C library (``--libc bundled``):
+    its native launchers and the bundled loader are then all the image holds.
+    """
     platform(machine)
     archive.codec("tar.gz", level, threads)
     if image.base is None or image.base == "scratch":
+        if libc == "bundled":
+            return SCRATCH
         raise UsageError(
             _SCRATCH_REASON,
-            hint="Build on a base image with glibc, pulled once with skopeo: "
+            hint="Build with --libc bundled for a scratch image, or on a base image with glibc, pulled once with skopeo: "
             "skopeo copy docker://gcr.io/distroless/base-debian12 oci:distroless:latest, then --base oci:distroless:latest.",
         )
     return read_base(image.base, machine)
@@ -246,10 +254,14 @@ def _put_json(blobs: Path, media_type: str, document: dict[str, Any]) -> Descrip
     return Descriptor(media_type, f"sha256:{digest}", len(data))
 
 
-def entrypoint(root: Path, image: ImageOptions, python: str, entry: str | None) -> tuple[list[str] | None, list[str] | None]:
-    """(Entrypoint, Cmd): ``--cmd`` as given, else the ``--entry`` command run by the interpreter, else the interpreter.
+def entrypoint(
+    root: Path, image: ImageOptions, python: str, entry: str | None, *, native: bool = False
+) -> tuple[list[str] | None, list[str] | None]:
+    """(Entrypoint, Cmd): ``--cmd`` as given, else the ``--entry`` command, else the interpreter.
 
-    Launchers are sh/Python polyglots, so the real interpreter runs them
+    With native launchers (static ELF files) the command is the launcher itself,
+    ``/app/bin/app``: no shell and no loader needed, which a scratch image has not.
+    sh launchers are sh/Python polyglots, so there the real interpreter runs them
     without a shell (distroless bases have none): ``/app/bin/python3.12 -E -s /app/bin/app``.
     """
     prefix = image.root.as_posix().rstrip("/")
@@ -263,12 +275,12 @@ def entrypoint(root: Path, image: ImageOptions, python: str, entry: str | None) 
                     hint=f"Name a file of the bundle (under {prefix}/bin), or leave --cmd out to run the --entry command.",
                 )
         return None, list(image.cmd)
-    interpreter = [f"{prefix}/{python}", "-E", "-s"]
+    interpreter = [f"{prefix}/bin/python"] if native else [f"{prefix}/{python}", "-E", "-s"]
     if entry is None:
         return interpreter, None
     if not (root / "bin" / entry).is_file():
         raise UsageError(f"The entry point bin/{entry} is not in the bundle.", hint="Check --entry / [tool.shipenv] entry.")
-    return [*interpreter, f"{prefix}/bin/{entry}"], None
+    return ([f"{prefix}/bin/{entry}"] if native else [*interpreter, f"{prefix}/bin/{entry}"]), None
 
 
 def image_config(
@@ -310,7 +322,8 @@ def image_config(
     }
     if variant:
         config["variant"] = variant
-    annotations["org.opencontainers.image.base.digest"] = base.manifest.digest
+    if base is not SCRATCH:
+        annotations["org.opencontainers.image.base.digest"] = base.manifest.digest
     return config, annotations
 
 
@@ -331,7 +344,7 @@ def write(
     gz = archive.codec("tar.gz", level, threads)
     assert gz.level is not None
     meta = manifest.read(root)
-    command = entrypoint(root, image, meta.python.executable, entry)
+    command = entrypoint(root, image, meta.python.executable, entry, native=meta.launchers == "native")
     layout = dest if fmt == "oci" else dest.with_name(dest.name + ".layout")
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
