@@ -7,6 +7,7 @@
 #
 #   SHIPENV_HOSTS=1 / 0   run ci/hosts.sh (3.10-3.13) even with pytest arguments / never
 #   SHIPENV_LINT=0        skip ci/lint.sh (mypy, ruff, shellcheck)
+#   SHIPENV_WORKERS=N     xdist workers for the whole suite (default 2)
 #   CI=true               one line per step
 set -euo pipefail
 
@@ -18,7 +19,9 @@ hosts=${SHIPENV_HOSTS:-}
 if [[ -z $hosts ]]; then
     (($#)) && hosts=0 || hosts=1
 fi
-(($#)) || set -- tests/
+# The whole suite runs on two xdist workers (the machine's two cores): the
+# expensive bundles are built once per run and shared between them under a lock.
+(($#)) || set -- tests/ -n "${SHIPENV_WORKERS:-2}"
 
 [[ ${SHIPENV_LINT:-1} == 0 ]] || bash ci/lint.sh
 [[ $hosts == 0 ]] || bash ci/hosts.sh
