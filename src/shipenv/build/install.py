@@ -272,7 +272,7 @@ def pip_wheel(
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         # Wheels built from source get the build's timestamps, so the same inputs give the
         # same wheel bytes: the SBOM records each wheel's sha256 (bundle.sbom).
-        from shipenv.build.pipeline import source_date_epoch
+        from shipenv.build.output import source_date_epoch
 
         env["SOURCE_DATE_EPOCH"] = str(source_date_epoch(options))
         proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)

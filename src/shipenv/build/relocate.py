@@ -17,7 +17,11 @@ library will come from on the target:
   same way, so their own dependencies come along.
 
 Absolute search paths are dropped. A library that cannot be found is an error
-naming the library and the file that needs it.
+naming the library and the file that needs it. Scripts in ``bin/`` whose ``#!``
+line names a host Python are planned too (:class:`~shipenv.model.RewriteShebang`).
+
+:func:`relocate` is the one entry point the pipeline uses (plan, then apply);
+:func:`plan` alone computes the edits without touching a file.
 """
 
 from __future__ import annotations
@@ -25,21 +29,25 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
+import shutil
 import subprocess
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from shipenv.build.patch import Patcher
+from shipenv.build import launchers
+from shipenv.build.patch import LiefPatcher, Patcher
 from shipenv.build.policy import LibraryPolicy
 from shipenv.bundle import elf
 from shipenv.errors import RelocateError, listing
-from shipenv.model import ElfInfo, RelocationPlan, SetRpath, VendorLibrary
+from shipenv.model import ElfInfo, PythonInfo, RelocationPlan, RewriteShebang, SetRpath, VendorLibrary
 
 log = logging.getLogger(__name__)
 
 LIB_DIR = PurePosixPath("lib")
+BIN_DIR = PurePosixPath("bin")
 #: Files at least this big are not rebuilt to lengthen their search path (see _copy_beside).
 LARGE_FILE = 32 << 20
 _LDCONFIG_ARCH = {"x86_64": "x86-64", "aarch64": "AArch64", "ppc64le": "64bit", "s390x": "64bit"}
@@ -90,12 +98,12 @@ def host_libraries(machine: str) -> HostLibraries:
 
 
 def iter_elves(root: Path) -> Iterator[PurePosixPath]:
-    """Every regular ELF file in the tree, as a root-relative path, sorted."""
+    """Every regular ELF file in the tree, as a root-relative path, sorted (symlinks are not files)."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             full = Path(dirpath, name)
-            if elf.is_elf(full):
+            if not full.is_symlink() and elf.is_elf(full):
                 yield PurePosixPath(full.relative_to(root).as_posix())
 
 
@@ -334,10 +342,45 @@ def plan(
     return planner.run()
 
 
-def apply(plan: RelocationPlan, root: Path, patcher: Patcher) -> None:
-    """Carry out a plan: vendored libraries first, then search paths."""
-    import shutil
+_SHEBANG = re.compile(rb"^#!\s*(\S*python[\d.]*)\b")
 
+
+def plan_shebangs(root: Path, py: PythonInfo, scripts: PurePosixPath = BIN_DIR) -> tuple[RewriteShebang, ...]:
+    """Scripts in ``scripts`` whose ``#!`` names a host Python, and the launcher header each gets.
+
+    Scripts that are not entry points (a wheel's ``.data/scripts``, a venv's
+    hand-written tools) keep their body; only the first line changes, to the
+    polyglot header that finds the bundle's interpreter.
+    """
+    bin_dir = root / scripts
+    found = []
+    for path in sorted(bin_dir.iterdir()) if bin_dir.is_dir() else []:
+        if path.is_symlink() or not path.is_file():
+            continue
+        with path.open("rb") as f:
+            head = f.read(512)
+        m = _SHEBANG.match(head)
+        if m and m.group(1).startswith(b"/"):
+            old = head.split(b"\n", 1)[0].decode(errors="replace")
+            found.append(RewriteShebang(scripts / path.name, old, launchers.shebang_header(py, path.name)))
+    return tuple(found)
+
+
+def relocate(
+    root: Path, py: PythonInfo, policy: LibraryPolicy, *, provided: Path | None = None, patcher: Patcher | None = None
+) -> RelocationPlan:
+    """Make ``root`` relocatable: plan every edit (ELF files, host shebangs), then apply the plan.
+
+    Used alike for the interpreter layer, each wheel's layer (``provided`` is
+    the final tree's ``lib/``) and the tree a venv was copied into.
+    """
+    planned = replace(plan(root, policy, machine=py.machine, provided=provided), shebangs=plan_shebangs(root, py))
+    apply(planned, root, patcher or LiefPatcher())
+    return planned
+
+
+def apply(plan: RelocationPlan, root: Path, patcher: Patcher) -> None:
+    """Carry out a plan: vendored libraries first, then search paths, then shebangs."""
     for item in plan.vendor:
         dest = root / item.dest
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -348,3 +391,8 @@ def apply(plan: RelocationPlan, root: Path, patcher: Patcher) -> None:
             patcher.set_rpath(root / edit.path, edit.new)
         except OSError as exc:
             raise RelocateError(f"Cannot rewrite the library search path of {edit.path} ({exc}).") from exc
+    for script in plan.shebangs:
+        path = root / script.path
+        body = path.read_bytes().partition(b"\n")[2]
+        path.write_bytes(script.new.encode() + body)
+        os.chmod(path, 0o755)
