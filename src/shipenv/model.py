@@ -232,3 +232,18 @@ class BuildResult:
     libc: str | None = None  #: with --libc bundled: "glibc 2.36 (bundled), needs Linux >= 3.2 on x86_64"
     signature: Path | None = None  #: ARCHIVE.sig, when --sign-key was given
     signer: str | None = None  #: fingerprint of the key that signed
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What ``shipenv build`` would do, computed without writing anything (``--dry-run``)."""
+
+    tree_name: str  #: NAME-VERSION
+    artifact: Path
+    fmt: ArchiveFormat
+    python: PythonInfo
+    copy: CopyPlan  #: the interpreter layer
+    relocation: RelocationPlan  #: the interpreter layer's ELF edits (each wheel's are planned when it is installed)
+    launchers: tuple[WriteLauncher, ...]
+    wheels: tuple[str, ...]  #: ``name==version`` pins or wheel files; empty when there are none
+    wheels_note: str | None = None  #: why ``wheels`` is not the whole story (pip resolves, a venv is copied)

@@ -33,7 +33,7 @@ import re
 import shutil
 import subprocess
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
@@ -136,6 +136,7 @@ class _Planner:
     host: HostLibraries
     read: Callable[[Path], ElfInfo | None]
     provided: Path | None = None  #: the final tree's lib/, when planning a layer of it
+    virtual: Mapping[PurePosixPath, Path] | None = None  #: a tree not yet written: its files and their sources
 
     def __post_init__(self) -> None:
         self.infos: dict[PurePosixPath, ElfInfo] = {}
@@ -146,14 +147,26 @@ class _Planner:
         self.vendored_paths: set[PurePosixPath] = set()
         self._tree_index: dict[str, list[PurePosixPath]] | None = None
         self.side_copies: dict[PurePosixPath, VendorLibrary] = {}
+        self.dirs = {p for rel in self.virtual or () for p in PurePosixPath(rel).parents}
+
+    def _source(self, rel: PurePosixPath) -> Path:
+        """Where the bytes of the tree's file ``rel`` are (the host file, for a tree not yet written)."""
+        return self.virtual[rel] if self.virtual is not None else self.root / rel
+
+    def _exists(self, rel: PurePosixPath) -> bool:
+        return rel in self.virtual if self.virtual is not None else (self.root / rel).exists()
+
+    def _is_dir(self, rel: PurePosixPath) -> bool:
+        return rel in self.dirs if self.virtual is not None else (self.root / rel).is_dir()
 
     def _in_lib(self, soname: str) -> Path | None:
         """Where a library already vendored into ``lib/`` (by this plan or an earlier layer) comes from."""
         if soname in self.vendor:
             return self.vendor[soname].src
-        for lib_dir in (self.root / LIB_DIR, self.provided):
-            if lib_dir is not None and (lib_dir / soname).is_file():
-                return lib_dir / soname
+        if self._exists(LIB_DIR / soname):
+            return self._source(LIB_DIR / soname)
+        if self.provided is not None and (self.provided / soname).is_file():
+            return self.provided / soname
         return None
 
     def _copy_beside(
@@ -178,13 +191,13 @@ class _Planner:
         if len(":".join([*new, lib_entry])) <= len(":".join(old)):
             return False  # fits in place: edit it
         try:
-            if (self.root / rel).stat().st_size < LARGE_FILE:
+            if self._source(rel).stat().st_size < LARGE_FILE:
                 return False
         except OSError:
             return False
         for soname, source in from_lib:
             dest = tree_dirs[0] / soname
-            if not (self.root / dest).exists() and dest not in self.side_copies:
+            if not self._exists(dest) and dest not in self.side_copies:
                 self.side_copies[dest] = VendorLibrary(soname, source, dest, rel)
         return True
 
@@ -209,10 +222,10 @@ class _Planner:
         return max(dirs, key=closeness)
 
     def add_tree_file(self, rel: PurePosixPath) -> None:
-        info = self.read(self.root / rel)
+        info = self.read(self._source(rel))
         if info is not None:
             self.infos[rel] = info
-            self.queue.append((rel, self.root / rel, info))
+            self.queue.append((rel, self._source(rel), info))
 
     def _vendor(self, soname: str, needed_by: PurePosixPath, search: Iterable[str]) -> Path | None:
         """Plan a host library's copy into ``lib/`` (and, through the queue, what it needs)."""
@@ -256,7 +269,7 @@ class _Planner:
         for entry in searches:
             inside = _expand_origin(entry, file_dir)
             if inside is not None:
-                if (self.root / inside).is_dir() and entry not in kept:
+                if self._is_dir(inside) and entry not in kept:
                     kept.append(entry)
                     tree_dirs.append(inside)
                 continue
@@ -278,9 +291,9 @@ class _Planner:
                 if self._in_lib(soname) is None:
                     self._vendor(soname, rel, ())
                 continue
-            if any((self.root / d / soname).exists() for d in tree_dirs):
+            if any(self._exists(d / soname) for d in tree_dirs):
                 continue
-            if rel not in self.vendored_paths and (self.root / file_dir / soname).is_file():
+            if rel not in self.vendored_paths and self._exists(file_dir / soname):
                 # A sibling in a wheel's ".libs" directory (auditwheel names them uniquely):
                 # the loader finds it already loaded by the extension that pulled this
                 # library in, exactly as in the wheel's own site-packages.
@@ -328,13 +341,18 @@ def plan(
     read: Callable[[Path], ElfInfo | None] = elf.try_read,
     host: HostLibraries | None = None,
     provided: Path | None = None,
+    virtual: Mapping[PurePosixPath, Path] | None = None,
 ) -> RelocationPlan:
     """Plan the ELF edits for every ELF in ``root`` (or only ``files``).
 
     ``provided`` is the final tree's ``lib/`` when ``root`` is one layer of a
     tree (a wheel installed on its own): libraries already there are reused.
+    ``virtual`` plans a tree that is not written yet (``--dry-run``): each
+    tree path maps to the host file it would be copied from.
     """
-    planner = _Planner(root, policy, host or host_libraries(machine), read, provided)
+    planner = _Planner(root, policy, host or host_libraries(machine), read, provided, virtual)
+    if files is None and virtual is not None:
+        files = [rel for rel, src in sorted(virtual.items()) if elf.is_elf(src)]
     for rel in files if files is not None else iter_elves(root):
         planner.add_tree_file(rel)
     for soname in policy.required(machine):
