@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 from shipenv import __version__, data, templates
 from shipenv.build import audit, bytecode, cache, interpreter, launchers, libc, output, policy, relocate, venv
+from shipenv.build.runner import REAL, Runner
 from shipenv.bundle import elf, manifest, sbom, sshsig
 from shipenv.errors import InstallError, PolicyError, ShipenvError, UsageError, listing
 from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, Distribution, PythonInfo, Scheme
@@ -34,15 +35,16 @@ Step = Callable[[str], None]
 Progress = Callable[[int, int], None]
 
 
-def build(options: BuildOptions, step: Step | None = None, progress: Progress | None = None) -> BuildResult:
+def build(options: BuildOptions, step: Step | None = None, progress: Progress | None = None, runner: Runner = REAL) -> BuildResult:
     """Build a bundle as ``options`` say and return where it is.
 
     ``step`` hears about each stage and ``progress`` about packing (files,
-    bytes); neither is needed. A disk that fills up or an output directory that
+    bytes); neither is needed. ``runner`` runs pip, uv, the probe and the
+    byte-compiler (tests pass a fake). A disk that fills up or an output directory that
     cannot be written is reported in one sentence, with nothing left behind.
     """
     try:
-        return _build(options, step or (lambda _msg: None), progress)
+        return _build(options, step or (lambda _msg: None), progress, runner)
     except OSError as exc:
         where = exc.filename or options.output
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -66,6 +68,7 @@ class Build:
     libs: policy.LibraryPolicy  #: which libraries the target provides
     store: cache.BuildCache | None
     say: Step
+    runner: Runner
 
     @property
     def python(self) -> Path:
@@ -83,11 +86,11 @@ class TreeResult:
     libc: str | None = None  #: with --libc bundled, what inspect says about it
 
 
-def _build(options: BuildOptions, say: Step, progress: Progress | None) -> BuildResult:
+def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: Runner) -> BuildResult:
     from shipenv.build import install  # the package stage; imported late to keep the core light
 
     sources = install.resolve_sources(options)
-    py = interpreter.inspect(options.python or sources.python)
+    py = interpreter.inspect(options.python or sources.python, runner)
     name, version = options.name or sources.name or "python", options.version or sources.version or py.version_str
     target = output.target(options, name, version, py.machine)
     if options.sign_key is not None and (target.fmt == "dir" or target.fmt in IMAGE_FORMATS):
@@ -98,7 +101,7 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None) -> Build
         root = staging / target.tree_name
         root.mkdir()
         store = cache.open_cache(options.cache_dir, options.use_cache)
-        tree = _build_tree(Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say), target)
+        tree = _build_tree(Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say, runner), target)
         if target.fmt == "dir":
             output.place(root, target.artifact)
             return BuildResult(target.artifact, target.tree_name, tree.floor, None, tree.audit, tree.vendored, libc=tree.libc)
@@ -166,7 +169,7 @@ def _interpreter_layer(b: Build) -> str:
     plan = relocate.relocate(b.root, py, b.libs)
     launchers.write(launchers.python_launchers(py, _scheme(b), b.options.libc), b.root)
     b.say("Byte-compiling the standard library")
-    bytecode.byte_compile(b.python, [b.root])
+    bytecode.byte_compile(b.python, [b.root], runner=b.runner)
     if b.store is not None:
         b.store.put("interpreter", layer_key, b.root, host_files=[v.src for v in plan.vendor] + [py.executable])
     return layer_key
@@ -175,7 +178,7 @@ def _interpreter_layer(b: Build) -> str:
 def _scheme(b: Build) -> Scheme:
     from shipenv.build import install
 
-    return install.tree_scheme(b.python, b.root)
+    return install.tree_scheme(b.python, b.root, b.runner)
 
 
 def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dict[str, str]) -> list[Distribution]:
@@ -187,7 +190,7 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
     with tempfile.TemporaryDirectory(prefix="shipenv-stage-", dir=b.root.parent) as tmp:
         work = Path(tmp)
         store = b.store.root / "wheels" if b.store else None
-        wheels = install.collect_wheels(b.sources, options, b.py, b.python, work / "wheels", b.say, store=store)
+        wheels = install.collect_wheels(b.sources, options, b.py, b.python, work / "wheels", b.say, store=store, runner=b.runner)
         if wheels:
             b.say(f"Installing {len(wheels)} wheels")
         staged: list[tuple[Path, str, list[Path], str]] = []
@@ -205,7 +208,7 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
         wheel_digests.update({d.name: manifest.hash_file(w)[0] for d, (w, _) in zip(distributions, wheels)})
         if staged:
             b.say(f"Byte-compiling {len(staged)} packages")
-            bytecode.byte_compile(b.python, [stage for stage, _, _, _ in staged])
+            bytecode.byte_compile(b.python, [stage for stage, _, _, _ in staged], runner=b.runner)
         for stage, wheel_key, host_files, wheel_name in staged:
             if b.store is not None:
                 b.store.put("wheel", wheel_key, stage, host_files=host_files)
@@ -220,7 +223,7 @@ def _copy_venv(b: Build, scheme: Scheme) -> list[Distribution]:
     b.say(f"Copying packages from {b.options.venv}")
     copied = venv.copy_venv(b.sources.venv_site, b.root, scheme, b.py)
     relocate.relocate(b.root, b.py, b.libs)
-    bytecode.byte_compile(b.python, [b.root / scheme.purelib], relative_to=b.root)
+    bytecode.byte_compile(b.python, [b.root / scheme.purelib], relative_to=b.root, runner=b.runner)
     return copied
 
 

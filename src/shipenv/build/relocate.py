@@ -26,18 +26,17 @@ line names a host Python are planned too (:class:`~shipenv.model.RewriteShebang`
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
 import shutil
-import subprocess
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from shipenv.build import launchers
+from shipenv.build.hostlibs import HostLibraries, host_libraries
 from shipenv.build.patch import LiefPatcher, Patcher
 from shipenv.build.policy import LibraryPolicy
 from shipenv.bundle import elf
@@ -50,53 +49,6 @@ LIB_DIR = PurePosixPath("lib")
 BIN_DIR = PurePosixPath("bin")
 #: Files at least this big are not rebuilt to lengthen their search path (see _copy_beside).
 LARGE_FILE = 32 << 20
-_LDCONFIG_ARCH = {"x86_64": "x86-64", "aarch64": "AArch64", "ppc64le": "64bit", "s390x": "64bit"}
-_DEFAULT_DIRS = (
-    "/lib/{multiarch}",
-    "/usr/lib/{multiarch}",
-    "/lib64",
-    "/usr/lib64",
-    "/lib",
-    "/usr/lib",
-)
-
-
-@dataclass(frozen=True)
-class HostLibraries:
-    """Finds a shared library on the build host as the dynamic loader would."""
-
-    cache: dict[str, Path]
-    default_dirs: tuple[Path, ...]
-
-    def find(self, soname: str, search: Iterable[str] = ()) -> Path | None:
-        candidates = [Path(d, soname) for d in search]
-        if soname in self.cache:
-            candidates.append(self.cache[soname])
-        candidates.extend(d / soname for d in self.default_dirs)
-        return next((c for c in candidates if c.is_file()), None)
-
-
-@functools.cache
-def host_libraries(machine: str) -> HostLibraries:
-    """Read ``ldconfig -p`` once for the build host's libraries of ``machine``."""
-    multiarch = f"{machine}-linux-gnu"
-    cache: dict[str, Path] = {}
-    arch = _LDCONFIG_ARCH.get(machine, machine)
-    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
-        try:
-            out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, check=False).stdout
-        except OSError:
-            continue
-        for line in out.splitlines()[1:]:
-            name, _, rest = line.strip().partition(" (")
-            flags, _, path = rest.partition(") => ")
-            if path and arch in flags and name not in cache:
-                cache[name] = Path(path)
-        break
-    dirs = tuple(Path(d.format(multiarch=multiarch)) for d in _DEFAULT_DIRS)
-    return HostLibraries(cache, dirs)
-
-
 def iter_elves(root: Path) -> Iterator[PurePosixPath]:
     """Every regular ELF file in the tree, as a root-relative path, sorted (symlinks are not files)."""
     for dirpath, dirnames, filenames in os.walk(root):
