@@ -21,8 +21,6 @@ from shipenv import __version__
 from shipenv.errors import ShipenvError, UsageError
 from shipenv.model import FORMATS, LIBC_MODES, STDLIB_OPTIONAL, BuildPlan
 
-log = logging.getLogger("shipenv")
-
 EXAMPLES_BUILD = """\
 examples:
   shipenv build --python python3.12 --name hello --version 1.0 --format dir -o out/
@@ -76,10 +74,6 @@ class Console:
         print(f"{self._paint('error:', '1;31')} {message}", file=self.stream)
         if hint:
             print(f"{self._paint('hint:', '1;33')} {hint}", file=self.stream)
-
-    def warn(self, message: str) -> None:
-        self.end_progress()
-        print(f"{self._paint('warning:', '1;33')} {message}", file=self.stream)
 
 
 def _version_pair(text: str) -> tuple[int, int]:

@@ -17,7 +17,6 @@ which follows the ELF ``NEEDED`` entries instead of special-casing them here.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -30,8 +29,6 @@ from shipenv import data
 from shipenv.build.runner import REAL, Runner
 from shipenv.errors import InterpreterError
 from shipenv.model import STDLIB_OPTIONAL, CopyFile, CopyPlan, MakeSymlink, PythonInfo
-
-log = logging.getLogger(__name__)
 
 _PROBE = data.path("probe.py")
 

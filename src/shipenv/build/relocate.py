@@ -26,7 +26,6 @@ line names a host Python are planned too (:class:`~shipenv.model.RewriteShebang`
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -42,8 +41,6 @@ from shipenv.build.policy import LibraryPolicy
 from shipenv.bundle import elf
 from shipenv.errors import RelocateError, listing
 from shipenv.model import ElfInfo, PythonInfo, RelocationPlan, RewriteShebang, SetRpath, VendorLibrary
-
-log = logging.getLogger(__name__)
 
 LIB_DIR = PurePosixPath("lib")
 BIN_DIR = PurePosixPath("bin")
