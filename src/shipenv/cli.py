@@ -19,9 +19,7 @@ from typing import TextIO
 
 from shipenv import __version__
 from shipenv.errors import ShipenvError, UsageError
-from shipenv.model import FORMATS, LIBC_MODES, STDLIB_OPTIONAL
-
-log = logging.getLogger("shipenv")
+from shipenv.model import FORMATS, LIBC_MODES, STDLIB_OPTIONAL, BuildPlan
 
 EXAMPLES_BUILD = """\
 examples:
@@ -76,10 +74,6 @@ class Console:
         print(f"{self._paint('error:', '1;31')} {message}", file=self.stream)
         if hint:
             print(f"{self._paint('hint:', '1;33')} {hint}", file=self.stream)
-
-    def warn(self, message: str) -> None:
-        self.end_progress()
-        print(f"{self._paint('warning:', '1;33')} {message}", file=self.stream)
 
 
 def _version_pair(text: str) -> tuple[int, int]:
@@ -146,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     checks = b.add_argument_group("checks")
     checks.add_argument("--max-glibc", type=_version_pair, metavar="X.Y", help="fail if the bundle needs a newer glibc than X.Y")
     checks.add_argument("--report", action="store_true", help="print the whole relocation audit")
+    checks.add_argument("--dry-run", action="store_true", help="print what the build would copy, edit, launch and install, and write nothing")
     cache = b.add_argument_group("cache")
     cache.add_argument("--cache-dir", type=Path, metavar="DIR", help="where reusable build layers are kept")
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write the build cache")
@@ -268,6 +263,11 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
     from shipenv.build import pipeline
 
     options = config.build_options(args)
+    if args.dry_run:
+        from shipenv.build import dryrun
+
+        _print_plan(dryrun.plan(options), verbose=args.verbose)
+        return 0
     result = pipeline.build(options, step=console.step, progress=console.progress)
     console.end_progress()
     if args.report:
@@ -282,6 +282,30 @@ def _cmd_build(args: argparse.Namespace, console: Console) -> int:
     if result.signature is not None:
         print(f"Signed {result.signature.name} with {result.signer}")
     return 0
+
+
+def _print_plan(plan: BuildPlan, *, verbose: bool) -> None:
+    """The plan of ``build --dry-run``, one line per item (every copied file with -v)."""
+    py = plan.python
+    print(f"Plan for {plan.tree_name} ({plan.fmt}) at {plan.artifact}; nothing was written.")
+    print(f"python    CPython {py.version_str} ({py.abi_tag}, {py.machine}) from {py.executable}")
+    left_out = f"; left out: {', '.join(plan.copy.skipped)}" if plan.copy.skipped else ""
+    print(f"copy      {len(plan.copy.files):,} files of the interpreter and its stdlib{left_out}")
+    if verbose:
+        for item in plan.copy.files:
+            print(f"copy      {item.dest} <- {item.src}")
+    for lib in plan.relocation.vendor:
+        print(f"vendor    {lib.dest} <- {lib.src} (needed by {lib.needed_by})")
+    for edit in plan.relocation.rpaths:
+        print(f"rpath     {edit.path}: {':'.join(edit.old) or '(none)'} -> {':'.join(edit.new) or '(none)'}")
+    for script in plan.relocation.shebangs:
+        print(f"shebang   {script.path}: {script.old} -> bundle launcher")
+    for launcher in plan.launchers:
+        print(f"launcher  {launcher.path}")
+    for wheel in plan.wheels:
+        print(f"wheel     {wheel}")
+    if plan.wheels_note:
+        print(f"packages  {plan.wheels_note}")
 
 
 def _cmd_inspect(args: argparse.Namespace, console: Console) -> int:

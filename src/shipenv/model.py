@@ -7,7 +7,7 @@ so that a plan can be printed, compared in tests and applied to any root.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -115,33 +115,39 @@ class SetRpath:
 
 @dataclass(frozen=True)
 class RewriteShebang:
-    """A script whose ``#!`` line names a host interpreter becomes a bundle launcher."""
+    """A script whose ``#!`` line names a host interpreter: its first line becomes ``new``.
 
-    path: PurePosixPath
-    old: str
-
-
-@dataclass(frozen=True)
-class RewriteText:
-    """Replace host paths in a text file that runs (``.pth``, scripts) with relative ones."""
+    ``new`` is the polyglot launcher header (``templates/script.py``) that finds
+    the bundle's interpreter; the script's body is kept as it is.
+    """
 
     path: PurePosixPath
     old: str
     new: str
 
 
-PlanItem = VendorLibrary | SetRpath | RewriteShebang | RewriteText
+@dataclass(frozen=True)
+class WriteLauncher:
+    """Write a launcher (or the start-up module it relies on) into the tree."""
+
+    path: PurePosixPath
+    content: bytes
+    mode: int = 0o755
+
+
+PlanItem = VendorLibrary | SetRpath | RewriteShebang | WriteLauncher
 
 
 @dataclass(frozen=True)
 class RelocationPlan:
+    """Every edit that makes one tree (or one layer of it) relocatable, applied in one call."""
+
     vendor: tuple[VendorLibrary, ...] = ()
     rpaths: tuple[SetRpath, ...] = ()
     shebangs: tuple[RewriteShebang, ...] = ()
-    texts: tuple[RewriteText, ...] = ()
 
     def items(self) -> tuple[PlanItem, ...]:
-        return (*self.vendor, *self.rpaths, *self.shebangs, *self.texts)
+        return (*self.vendor, *self.rpaths, *self.shebangs)
 
 
 @dataclass(frozen=True)
@@ -153,8 +159,6 @@ class Scheme:
     scripts: PurePosixPath
     data: PurePosixPath
     headers: PurePosixPath
-
-
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,6 @@ class BuildOptions:
     name: str | None = None
     version: str | None = None
     fmt: ArchiveFormat | None = None
-    output_is_file: bool = False
     keep_stdlib: frozenset[str] = frozenset()
     max_glibc: tuple[int, int] | None = None
     system_libs: frozenset[str] = frozenset()
@@ -215,7 +218,6 @@ class BuildOptions:
     use_cache: bool = True
     image: ImageOptions = ImageOptions()
     sign_key: Path | None = None  #: SSH key (or .pub held by ssh-agent) that signs the archive
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -230,3 +232,18 @@ class BuildResult:
     libc: str | None = None  #: with --libc bundled: "glibc 2.36 (bundled), needs Linux >= 3.2 on x86_64"
     signature: Path | None = None  #: ARCHIVE.sig, when --sign-key was given
     signer: str | None = None  #: fingerprint of the key that signed
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """What ``shipenv build`` would do, computed without writing anything (``--dry-run``)."""
+
+    tree_name: str  #: NAME-VERSION
+    artifact: Path
+    fmt: ArchiveFormat
+    python: PythonInfo
+    copy: CopyPlan  #: the interpreter layer
+    relocation: RelocationPlan  #: the interpreter layer's ELF edits (each wheel's are planned when it is installed)
+    launchers: tuple[WriteLauncher, ...]
+    wheels: tuple[str, ...]  #: ``name==version`` pins or wheel files; empty when there are none
+    wheels_note: str | None = None  #: why ``wheels`` is not the whole story (pip resolves, a venv is copied)

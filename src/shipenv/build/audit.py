@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from shipenv.bundle import elf, manifest
+from shipenv.errors import RelocateError, listing
 from shipenv.model import AuditFinding, PythonInfo
 
 _METADATA_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -101,3 +102,13 @@ def audit(root: Path, search: Iterable[str]) -> list[AuditFinding]:
         for needle in hits:
             findings.append(classify(PurePosixPath(rel_text), full, needle))
     return findings
+
+
+def verdict(findings: Iterable[AuditFinding]) -> None:
+    """Fail the build when a build-host path is left in a file that runs (DESIGN.md, property 4)."""
+    runs = [f for f in findings if f.kind == "runs"]
+    if runs:
+        raise RelocateError(
+            f"The bundle still names the build host in files that run: {listing([f'{f.path} ({f.needle})' for f in runs])}.",
+            hint="Run with --report to see every finding; please report this as a shipenv bug.",
+        )

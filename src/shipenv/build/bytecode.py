@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from pathlib import Path
 
 from shipenv import data
+from shipenv.build.runner import REAL, Runner
 from shipenv.errors import RelocateError
 
 log = logging.getLogger(__name__)
 
 
-def byte_compile(python: Path, roots: list[Path], *, relative_to: Path | None = None) -> None:
+def byte_compile(python: Path, roots: list[Path], *, relative_to: Path | None = None, runner: Runner = REAL) -> None:
     """Compile every ``.py`` under ``roots`` with the bundle's own interpreter.
 
     ``unchecked-hash`` pycs do not depend on file mtimes, so they stay valid
@@ -25,11 +24,7 @@ def byte_compile(python: Path, roots: list[Path], *, relative_to: Path | None = 
     if relative_to is not None:
         # Only these directories, with paths inside the pycs relative to the bundle.
         args = [f"{relative_to}::{r.relative_to(relative_to)}" for r in roots]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run(
-        [str(python), "-I", "-B", str(data.path("compile.py")), *args],
-        capture_output=True, text=True, env=env, check=False,
-    )
+    proc = runner.run([str(python), "-I", "-B", str(data.path("compile.py")), *args])
     if proc.returncode != 0:
         raise RelocateError(f"Byte-compiling the bundle failed ({(proc.stderr.strip().splitlines() or ['no output'])[-1]}).")
     failed = proc.stdout.split()

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from shipenv import config
 from shipenv.build import interpreter, launchers, resolver, venv
+from shipenv.build.runner import REAL, Runner
 from shipenv.errors import InstallError, ResolveError, listing
 from shipenv.model import BuildOptions, Distribution, PythonInfo, Scheme
 
@@ -90,9 +90,9 @@ def _project_metadata(project: Path) -> dict[str, str]:
     return out
 
 
-def tree_scheme(python: Path, root: Path) -> Scheme:
+def tree_scheme(python: Path, root: Path, runner: Runner = REAL) -> Scheme:
     """Ask the copied interpreter where packages go (Debian says ``dist-packages``)."""
-    data = interpreter.ask_tree(python, interpreter.SCHEME_CODE)
+    data = interpreter.ask_tree(python, interpreter.SCHEME_CODE, runner)
     assert isinstance(data, dict)
     real_root = os.path.realpath(root)
     if os.path.realpath(data["prefix"]) != real_root:
@@ -132,6 +132,7 @@ def collect_wheels(
     wheel_dir: Path,
     say: Say,
     store: Path | None = None,
+    runner: Runner = REAL,
 ) -> list[tuple[Path, str]]:
     """Every wheel to install, with where it came from: resolved, or a wheelhouse.
 
@@ -147,14 +148,14 @@ def collect_wheels(
     wheel_dir.mkdir(parents=True, exist_ok=True)
     uv = resolver.find_uv()
     if uv is not None:
-        pins = resolver.uv_compile(uv, python, options)
+        pins = resolver.uv_compile(uv, python, options, runner)
         if pins is not None:
-            return _wheels_for_pins(pins, python, options, py, wheel_dir, store)
-    return pip_wheel(python, options, wheel_dir, cache_root=store.parent if store else None)
+            return _wheels_for_pins(pins, python, options, py, wheel_dir, store, runner)
+    return pip_wheel(python, options, wheel_dir, cache_root=store.parent if store else None, runner=runner)
 
 
 def _wheels_for_pins(
-    pins: list[str], python: Path, options: BuildOptions, py: PythonInfo, wheel_dir: Path, store: Path | None
+    pins: list[str], python: Path, options: BuildOptions, py: PythonInfo, wheel_dir: Path, store: Path | None, runner: Runner
 ) -> list[tuple[Path, str]]:
     found: list[Path] = []
     missing: list[str] = []
@@ -166,7 +167,7 @@ def _wheels_for_pins(
         else:
             missing.append(pin)
     if missing:
-        built = pip_wheel(python, options, wheel_dir, pins=missing, cache_root=store.parent if store else None)
+        built = pip_wheel(python, options, wheel_dir, pins=missing, cache_root=store.parent if store else None, runner=runner)
         for wheel, _source in built:
             if store is not None and resolver.is_index_pin_wheel(wheel, missing):
                 resolver.remember(store, wheel)
@@ -246,7 +247,8 @@ _PIP_MAIN = (
 
 
 def pip_wheel(
-    python: Path, options: BuildOptions, wheel_dir: Path, *, pins: list[str] | None = None, cache_root: Path | None = None
+    python: Path, options: BuildOptions, wheel_dir: Path, *, pins: list[str] | None = None, cache_root: Path | None = None,
+    runner: Runner = REAL,
 ) -> list[tuple[Path, str]]:
     """Resolve and build every wheel with pip running inside the bundled interpreter.
 
@@ -269,13 +271,11 @@ def pip_wheel(
                 args += ["-c", str(con)]
             if options.project is not None:
                 args.append(str(options.project.resolve()))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
         # Wheels built from source get the build's timestamps, so the same inputs give the
         # same wheel bytes: the SBOM records each wheel's sha256 (bundle.sbom).
-        from shipenv.build.pipeline import source_date_epoch
+        from shipenv.build.output import source_date_epoch
 
-        env["SOURCE_DATE_EPOCH"] = str(source_date_epoch(options))
-        proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+        proc = runner.run(args, env_extra={"SOURCE_DATE_EPOCH": str(source_date_epoch(options))})
     log.debug("pip wheel output:\n%s%s", proc.stdout, proc.stderr)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])

@@ -17,7 +17,6 @@ which follows the ELF ``NEEDED`` entries instead of special-casing them here.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import shutil
@@ -27,10 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from shipenv import data
+from shipenv.build.runner import REAL, Runner
 from shipenv.errors import InterpreterError
 from shipenv.model import STDLIB_OPTIONAL, CopyFile, CopyPlan, MakeSymlink, PythonInfo
-
-log = logging.getLogger(__name__)
 
 _PROBE = data.path("probe.py")
 
@@ -106,18 +104,10 @@ def _pyenv_roots() -> Iterator[Path]:
             return
 
 
-def probe(executable: Path) -> dict[str, object]:
+def probe(executable: Path, runner: Runner = REAL) -> dict[str, object]:
     """Run ``executable`` in isolated mode and return what it says about itself."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     try:
-        proc = subprocess.run(
-            [str(executable), "-I", "-S", str(_PROBE)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+        proc = runner.run([str(executable), "-I", "-S", str(_PROBE)], timeout=60)
     except OSError as exc:
         raise InterpreterError(
             f"--python {executable} cannot be run ({exc.strerror}).",
@@ -138,10 +128,10 @@ def probe(executable: Path) -> dict[str, object]:
     return data
 
 
-def inspect(spec: str | None) -> PythonInfo:
+def inspect(spec: str | None, runner: Runner = REAL) -> PythonInfo:
     """Find and describe the base interpreter; a venv's python resolves to its base."""
     path = find_python(spec)
-    data = probe(path)
+    data = probe(path, runner)
     if data.get("implementation") != "cpython":
         raise InterpreterError(
             f"--python {path} is {data.get('implementation')}, not CPython.",
@@ -151,7 +141,7 @@ def inspect(spec: str | None) -> PythonInfo:
     if data["prefix"] != data["base_prefix"]:
         venv = Path(str(data["prefix"]))
         base = _base_of_venv(path, data)
-        data = probe(base)
+        data = probe(base, runner)
         if data["prefix"] != data["base_prefix"]:
             raise InterpreterError(f"The base interpreter of venv {venv} is itself a venv.")
     version = tuple(int(v) for v in data["version"])  # type: ignore[attr-defined]
@@ -319,12 +309,9 @@ def apply_copy(plan: CopyPlan, root: Path) -> None:
         dest.symlink_to(link.target)
 
 
-def ask_tree(python: Path, code: str) -> object:
-    """Run the copied interpreter with ``code`` that prints JSON, and return it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "LD_LIBRARY_PATH"}
-    proc = subprocess.run(
-        [str(python), "-I", "-B", "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
-    )
+def ask_tree(python: Path, code: str, runner: Runner = REAL) -> object:
+    """Run the copied interpreter with ``code`` that prints JSON, and return it (the host's library path unset)."""
+    proc = runner.run([str(python), "-I", "-B", "-c", code], env_extra={"LD_LIBRARY_PATH": None}, timeout=120)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise InterpreterError(f"The copied interpreter {python.name} does not start in the new tree ({tail}).")

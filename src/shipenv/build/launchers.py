@@ -30,25 +30,32 @@ whose host shebang became a polyglot header) because ``lib/`` holds it
 
 Copies rather than hard links: every stage (RECORD, archives, deploy's link
 rules, the build cache) already handles regular files, and a copy is 30 KB.
+
+Launchers are planned as :class:`~shipenv.model.WriteLauncher` items (so
+``--dry-run`` can print them) and written by :func:`write`; scripts with a host
+``#!`` line are rewritten by :mod:`shipenv.build.relocate` with
+:func:`shebang_header`.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import re
 import zipfile
-from pathlib import Path
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from shipenv import data, templates
 from shipenv.build import policy
-from shipenv.model import BuildOptions, LibcMode, PythonInfo, Scheme
+from shipenv.model import LibcMode, PythonInfo, Scheme, WriteLauncher
 
 LauncherKind = Literal["native", "sh"]
 
 #: What every native launcher of a bundle reads, relative to the bundle's root.
 CONFIG = ".shipenv/launcher"
+#: Installed beside the packages: re-applies the safe PYTHON* settings at start-up.
+RUNTIME_FILES = ("_shipenv_runtime.py", "_shipenv_runtime.pth")
 
 
 def native_binary(machine: str) -> bytes | None:
@@ -169,71 +176,52 @@ def script_file(py: PythonInfo, name: str, module: str, attr: str) -> bytes:
     return with_zip(binary, script_main(name, module, attr))
 
 
-def write_python_launchers(py: PythonInfo, root: Path) -> None:
-    binary = native_binary(py.machine)
-    content = binary if binary is not None else python_launcher(py).encode()
-    for name in ("python", f"python{py.version[0]}"):
-        write_launcher(root / "bin" / name, content)
-
-
-def prepare_tree(py: PythonInfo, root: Path, scheme: Scheme, libc: LibcMode = "host") -> None:
-    """Launchers for ``bin/python``, their config, and the start-up module that re-applies safe settings.
+def python_launchers(py: PythonInfo, scheme: Scheme, libc: LibcMode = "host") -> tuple[WriteLauncher, ...]:
+    """``bin/python``, ``bin/python3``, their config, and the start-up module that re-applies safe settings.
 
     With ``--libc bundled``, also ``bin/python-env``: the interpreter through
     the bundled loader with the caller's environment (for Spark's PYTHONPATH).
     """
-    write_python_launchers(py, root)
-    write_config(py, root)
+    binary = native_binary(py.machine)
+    content = binary if binary is not None else python_launcher(py).encode()
+    items = [WriteLauncher(scheme.scripts / name, content) for name in ("python", f"python{py.version[0]}")]
+    items.append(WriteLauncher(PurePosixPath(CONFIG), config_text(py).encode(), 0o644))
     if libc == "bundled":
-        write_launcher(root / "bin" / "python-env", _render("python-env.sh", py))
-    _install_runtime(root, scheme)
+        items.append(WriteLauncher(scheme.scripts / "python-env", _render("python-env.sh", py).encode()))
+    items += [WriteLauncher(scheme.purelib / name, templates.read(name).encode(), 0o644) for name in RUNTIME_FILES]
+    return tuple(items)
 
 
-def write_entries(options: BuildOptions, py: PythonInfo, root: Path, scheme: Scheme) -> None:
-    """``--entry NAME=module:function`` commands in ``bin/``."""
-    for name, target in options.entries:
+def entry_launchers(entries: Iterable[tuple[str, str]], py: PythonInfo, scheme: Scheme) -> tuple[WriteLauncher, ...]:
+    """Launchers for ``--entry NAME=module:function`` (and a venv's console scripts)."""
+    items = []
+    for name, target in entries:
         module, _, attr = target.partition(":")
-        write_launcher(root / scheme.scripts / name, script_file(py, name, module, attr))
+        items.append(WriteLauncher(scheme.scripts / name, script_file(py, name, module, attr)))
+    return tuple(items)
 
 
-def _install_runtime(root: Path, scheme: Scheme) -> None:
-    site = root / scheme.purelib
-    site.mkdir(parents=True, exist_ok=True)
-    for name in ("_shipenv_runtime.py", "_shipenv_runtime.pth"):
-        (site / name).write_text(templates.read(name))
+def write(items: Iterable[WriteLauncher], root: Path) -> None:
+    """Write planned launchers, replacing whatever is at their place (the interpreter's symlinks)."""
+    for item in items:
+        write_launcher(root / item.path, item.content, item.mode)
 
 
-def write_launcher(path: Path, content: str | bytes) -> None:
+def write_launcher(path: Path, content: str | bytes, mode: int = 0o755) -> None:
+    """Write one launcher file in place of whatever is there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_symlink() or path.exists():
         path.unlink()
     path.write_bytes(content.encode() if isinstance(content, str) else content)
-    os.chmod(path, 0o755)
+    os.chmod(path, mode)
 
 
-_SHEBANG = re.compile(rb"^#!\s*(\S*python[\d.]*)\b")
+def shebang_header(py: PythonInfo, name: str) -> str:
+    """The polyglot first lines that replace a host ``#!`` line (the script's body stays).
 
-
-def relocate_shebangs(root: Path, scheme: Scheme, py: PythonInfo) -> None:
-    """Scripts in ``bin/`` whose ``#!`` names a host Python become bundle launchers.
-
-    Scripts that are not entry points (a wheel's ``.data/scripts``, a venv's
-    hand-written tools) keep their body; only the first line changes, to the
-    polyglot header that finds the bundle's interpreter. They stay sh
-    launchers even where the native one exists: their ``__file__`` and
+    Such scripts (a wheel's ``.data/scripts``, a venv's hand-written tools) stay
+    sh launchers even where the native one exists: their ``__file__`` and
     ``sys.path[0]`` must stay what their author saw.
     """
-    bin_dir = root / scheme.scripts
-    for path in sorted(bin_dir.iterdir()) if bin_dir.is_dir() else []:
-        if path.is_symlink() or not path.is_file():
-            continue
-        with path.open("rb") as f:
-            head = f.read(512)
-        m = _SHEBANG.match(head)
-        if not m or not m.group(1).startswith(b"/"):
-            continue
-        body = path.read_bytes().split(b"\n", 1)[1] if b"\n" in path.read_bytes() else b""
-        header = _render("script.py", py, name=path.name, target="script", main="").split("'''\n", 2)
-        text = header[0] + "'''\n" + header[1] + "'''\n"
-        path.write_bytes(text.encode() + body)
-        os.chmod(path, 0o755)
+    header = _render("script.py", py, name=name, target="script", main="").split("'''\n", 2)
+    return header[0] + "'''\n" + header[1] + "'''\n"

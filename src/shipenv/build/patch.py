@@ -1,7 +1,8 @@
 """The one ELF writer: run-time search paths, in place when they fit, through lief otherwise.
 
 Writing goes through :class:`Patcher`, a small interface so relocation can be
-tested (and ``--dry-run`` printed) with a recorder instead of real writes.
+tested with a recorder instead of real writes (``--dry-run`` never gets this far:
+it prints the plan, :class:`~shipenv.model.SetRpath` items, without applying it).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class LiefPatcher:
 
 
 class RecordingPatcher:
-    """Records what would be written; used by ``--dry-run`` and tests."""
+    """Records what would be written; used by tests."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Path, tuple[str, ...]]] = []

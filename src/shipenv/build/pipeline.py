@@ -2,18 +2,18 @@
 
 resolve → interpreter → install → relocate → byte-compile → audit → manifest → pack
 
-Everything is built in a staging directory beside the output, on the same file
-system, and moved into place only when every stage has succeeded: a failed or
-interrupted build leaves nothing half-written where the artifact would go.
+Each stage is one short function below, in that order. Everything is built in
+a staging directory beside the output (:mod:`shipenv.build.output`), on the same
+file system, and moved into place only when every stage has succeeded: a failed
+or interrupted build leaves nothing half-written where the artifact would go.
+Every tree or layer is made relocatable through the one
+:func:`shipenv.build.relocate.relocate` (plan as data, then apply).
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
-import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,72 +25,26 @@ if TYPE_CHECKING:
     from shipenv.build.install import Sources
 
 from shipenv import __version__, data, templates
-from shipenv.build import bytecode, cache, interpreter, launchers, libc, patch, policy, relocate, venv
+from shipenv.build import audit, bytecode, cache, hostlibs, interpreter, launchers, libc, output, policy, relocate, venv
+from shipenv.build.runner import REAL, Runner
 from shipenv.bundle import elf, manifest, sbom, sshsig
-from shipenv.errors import InstallError, PolicyError, RelocateError, ShipenvError, UsageError, listing
-from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, Distribution, PythonInfo
-
-log = logging.getLogger(__name__)
+from shipenv.errors import InstallError, PolicyError, ShipenvError, UsageError, listing
+from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, Distribution, PythonInfo, Scheme
 
 Step = Callable[[str], None]
 Progress = Callable[[int, int], None]
 
-STAGING_SUFFIX = ".shipenv-tmp"
 
-#: Used when SOURCE_DATE_EPOCH is not set: 2020-01-01T00:00:00Z.
-DEFAULT_EPOCH = 1577836800
-_SUFFIXES = {".oci.tar": "oci-archive", ".tar.zst": "tar.zst", ".tzst": "tar.zst", ".tar.gz": "tar.gz", ".tgz": "tar.gz", ".tar.xz": "tar.xz", ".txz": "tar.xz"}
-
-
-def source_date_epoch(options: BuildOptions) -> int:
-    if options.source_date_epoch is not None:
-        return options.source_date_epoch
-    env = os.environ.get("SOURCE_DATE_EPOCH")
-    if env:
-        try:
-            return int(env)
-        except ValueError as exc:
-            raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not a whole number of seconds.") from exc
-    return DEFAULT_EPOCH
-
-
-def format_for(options: BuildOptions) -> tuple[str, Path | None]:
-    """(format, explicit file) from ``--format`` and whether ``-o`` names a file."""
-    out = options.output
-    suffix_fmt = next((f for s, f in _SUFFIXES.items() if out.name.endswith(s)), None)
-    if suffix_fmt is not None and not out.is_dir():
-        if options.fmt not in (None, suffix_fmt):
-            raise UsageError(f"-o {out} says {suffix_fmt} but --format says {options.fmt}.")
-        return suffix_fmt, out
-    return options.fmt or "tar.zst", None
-
-
-def artifact_path(options: BuildOptions, tree_name: str) -> tuple[str, Path]:
-    fmt, explicit = format_for(options)
-    if explicit is not None:
-        return fmt, explicit
-    suffix = {"dir": "", "oci-archive": ".oci.tar"}.get(fmt, f".{fmt}")
-    return fmt, options.output / f"{tree_name}{suffix}"
-
-
-def _check_destination(path: Path) -> None:
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
-        if path.is_file() and not path.is_symlink():
-            raise UsageError(f"{path} already exists.", hint="Remove it or choose another -o.")
-        raise UsageError(f"{path} exists and is not a directory.", hint="Choose another -o.")
-    if path.is_dir() and any(path.iterdir()):
-        raise UsageError(f"The output {path} exists and is not empty.", hint="Remove it or choose another -o.")
-
-
-def build(options: BuildOptions, step: Step | None = None, progress: Progress | None = None) -> BuildResult:
+def build(options: BuildOptions, step: Step | None = None, progress: Progress | None = None, runner: Runner = REAL) -> BuildResult:
     """Build a bundle as ``options`` say and return where it is.
 
     ``step`` hears about each stage and ``progress`` about packing (files,
-    bytes); neither is needed. A disk that fills up or an output directory that
+    bytes); neither is needed. ``runner`` runs pip, uv, the probe and the
+    byte-compiler (tests pass a fake). A disk that fills up or an output directory that
     cannot be written is reported in one sentence, with nothing left behind.
     """
     try:
-        return _build(options, step or (lambda _msg: None), progress)
+        return _build(options, step or (lambda _msg: None), progress, runner)
     except OSError as exc:
         where = exc.filename or options.output
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -103,91 +57,23 @@ def build(options: BuildOptions, step: Step | None = None, progress: Progress | 
         raise
 
 
-def _build(options: BuildOptions, say: Step, progress: Progress | None) -> BuildResult:
-    from shipenv.build import install  # the package stage; imported late to keep the core light
+@dataclass(frozen=True)
+class Build:
+    """What every stage of one build shares."""
 
-    sources = install.resolve_sources(options)
-    name = options.name or sources.name or "python"
-    py = interpreter.inspect(options.python or sources.python)
-    version = options.version or sources.version or py.version_str
-    tree_name = f"{name}-{version}"
-    fmt, artifact = artifact_path(options, tree_name)
-    if fmt in IMAGE_FORMATS:
-        from shipenv.bundle import oci
+    options: BuildOptions
+    py: PythonInfo
+    sources: Sources
+    root: Path
+    libs: policy.LibraryPolicy  #: which libraries the target provides
+    store: cache.BuildCache | None
+    say: Step
+    runner: Runner
 
-        base = oci.prepare(options.image, py.machine, options.compress_level, options.threads, libc=options.libc)  # fails now
-    elif fmt != "dir":
-        from shipenv.bundle import archive
-
-        archive.codec(fmt, options.compress_level, options.threads)  # a bad --level fails now, not after the build
-    _check_destination(artifact)
-    if options.sign_key is not None and (fmt == "dir" or fmt in IMAGE_FORMATS):
-        made = "a directory" if fmt == "dir" else "a container image"
-        raise UsageError(f"--sign-key signs an archive, and --format {fmt} makes {made}.", hint="Build a .tar.zst or .tar.gz to sign it.")
-    signer = sshsig.load_signer(options.sign_key) if options.sign_key is not None else None  # a bad key fails now
-    artifact.parent.mkdir(parents=True, exist_ok=True)
-    epoch = source_date_epoch(options)
-
-    _remove_stale_staging(artifact.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{tree_name}.", suffix=STAGING_SUFFIX, dir=artifact.parent))
-    lock = (staging / ".lock").open("w")
-    fcntl.flock(lock, fcntl.LOCK_EX)  # held while this build runs; see _remove_stale_staging
-    try:
-        root = staging / tree_name
-        root.mkdir()
-        tree = _build_tree(options, py, sources, root, name, version, epoch, say)
-        if fmt == "dir":
-            if artifact.is_dir():
-                artifact.rmdir()
-            os.replace(root, artifact)
-            return BuildResult(artifact, tree_name, tree.floor, None, tree.audit, tree.vendored, libc=tree.libc)
-        if fmt in IMAGE_FORMATS:
-            say(f"Writing the image {artifact.name}")
-            image = oci.write(
-                root, staging / artifact.name, fmt, image=options.image, base=base, entry=options.entries[0][0] if options.entries else None,
-                mtime=epoch, level=options.compress_level, threads=options.threads, progress=progress,
-            )
-            if artifact.is_dir():
-                artifact.rmdir()
-            os.replace(image.path, artifact)
-            if image.sha256 is not None:
-                artifact.with_name(artifact.name + ".sha256").write_text(f"{image.sha256}  {artifact.name}\n")
-            return BuildResult(artifact, tree_name, tree.floor, image.sha256, tree.audit, tree.vendored, image.digest, libc=tree.libc)
-        from shipenv.bundle import archive
-
-        say(f"Packing {artifact.name}")
-        packed = archive.write(
-            root, staging / artifact.name, fmt, level=options.compress_level, threads=options.threads,
-            mtime=epoch, arcname=tree_name, progress=progress,
-        )
-        # Signed in the staging directory: a failure to sign leaves no unsigned archive behind.
-        signature = None
-        if signer is not None:
-            say(f"Signing {artifact.name} with {signer.public_key.fingerprint}")
-            (staging / f"{artifact.name}.sig").write_text(sshsig.sign_file(packed.path, signer))
-            signature = artifact.with_name(artifact.name + ".sig")
-        os.replace(packed.path, artifact)
-        sha_file = artifact.with_name(artifact.name + ".sha256")
-        sha_file.write_text(f"{packed.sha256}  {artifact.name}\n")
-        artifact.with_name(artifact.name + ".cdx.json").write_bytes((root / sbom.SBOM).read_bytes())
-        if signature is not None:
-            os.replace(staging / f"{artifact.name}.sig", signature)
-        return BuildResult(artifact, tree_name, tree.floor, packed.sha256, tree.audit, tree.vendored,
-                           libc=tree.libc, signature=signature, signer=signer.public_key.fingerprint if signer else None)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        lock.close()
-
-
-def _remove_stale_staging(directory: Path) -> None:
-    """Remove what builds killed with SIGKILL left behind (their lock is no longer held)."""
-    for candidate in directory.glob(f".*{STAGING_SUFFIX}"):
-        try:
-            with (candidate / ".lock").open("a") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                shutil.rmtree(candidate, ignore_errors=True)
-        except OSError:
-            continue  # another build is using it, or it is not ours
+    @property
+    def python(self) -> Path:
+        """The copied interpreter, which runs pip, reports the scheme and byte-compiles."""
+        return self.root / "bin" / f"python{self.py.xy}"
 
 
 @dataclass(frozen=True)
@@ -198,6 +84,58 @@ class TreeResult:
     audit: tuple[AuditFinding, ...]
     vendored: tuple[str, ...]
     libc: str | None = None  #: with --libc bundled, what inspect says about it
+
+
+def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: Runner) -> BuildResult:
+    from shipenv.build import install  # the package stage; imported late to keep the core light
+
+    sources = install.resolve_sources(options)
+    py = interpreter.inspect(options.python or sources.python, runner)
+    name, version = options.name or sources.name or "python", options.version or sources.version or py.version_str
+    target = output.target(options, name, version, py.machine)
+    if options.sign_key is not None and (target.fmt == "dir" or target.fmt in IMAGE_FORMATS):
+        made = "a directory" if target.fmt == "dir" else "a container image"
+        raise UsageError(f"--sign-key signs an archive, and --format {target.fmt} makes {made}.", hint="Build a .tar.zst or .tar.gz to sign it.")
+    signer = sshsig.load_signer(options.sign_key) if options.sign_key is not None else None  # a bad key fails now
+    with output.staging(target) as staging:
+        root = staging / target.tree_name
+        root.mkdir()
+        store = cache.open_cache(options.cache_dir, options.use_cache)
+        tree = _build_tree(Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say, runner), target)
+        if target.fmt == "dir":
+            output.place(root, target.artifact)
+            return BuildResult(target.artifact, target.tree_name, tree.floor, None, tree.audit, tree.vendored, libc=tree.libc)
+        if target.fmt in IMAGE_FORMATS:
+            sha256, digest = _image(root, staging, target, options, say, progress)
+            return BuildResult(target.artifact, target.tree_name, tree.floor, sha256, tree.audit, tree.vendored, digest, libc=tree.libc)
+        sha256, signature = _pack(root, staging, target, options, say, progress, signer)
+        return BuildResult(target.artifact, target.tree_name, tree.floor, sha256, tree.audit, tree.vendored,
+                           libc=tree.libc, signature=signature, signer=signer.public_key.fingerprint if signer else None)
+
+
+def _build_tree(b: Build, target: output.Target) -> TreeResult:
+    """Every stage that writes the tree, in order."""
+    layer_key = _interpreter_layer(b)
+    scheme = _scheme(b)
+    wheel_digests: dict[str, str] = {}  # for the SBOM
+    distributions = _install_wheels(b, layer_key, scheme, wheel_digests) + _copy_venv(b, scheme)
+    launchers.write(launchers.entry_launchers(b.options.entries, b.py, scheme), b.root)
+    bundled = libc.finish(b.root, b.libs, b.py, scheme, b.options.max_glibc)
+    findings = _audit(b)
+    floor = None if bundled else _glibc_floor(b.root, b.options.max_glibc)
+    vendored = sorted(p.name for p in (b.root / relocate.LIB_DIR).iterdir() if p.is_file() and elf.is_elf(p))
+    b.say("Writing the manifest")
+    templates.install_bundle_files(b.root)
+    distributions.sort(key=lambda d: d.name)
+    platform_extra = bundled.as_platform() if bundled else {}
+    metadata = _manifest(target, b.py, scheme, floor, distributions, vendored, platform_extra)
+    b.say("Writing the SBOM")
+    host_libs = hostlibs.host_libraries(b.py.machine)
+    libdir = [str(b.py.libdir)] if b.py.libdir else []
+    sbom.write(b.root, metadata.to_dict(), epoch=target.epoch, wheel_digests=wheel_digests,
+               find_library=lambda soname: host_libs.find(soname, libdir))
+    manifest.write(b.root, metadata)
+    return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(b.py.machine) if bundled else None)
 
 
 def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
@@ -216,127 +154,77 @@ def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
     )
 
 
-def _interpreter_layer(
-    py: PythonInfo, options: BuildOptions, root: Path, lib_policy: policy.LibraryPolicy, store: cache.BuildCache | None, say: Step
-) -> str:
-    """Copy, relocate and byte-compile the base interpreter, or reuse it from the cache."""
-    from shipenv.build import install
-
-    layer_key = _interpreter_key(py, options)
-    hit = store.get("interpreter", layer_key) if store else None
+def _interpreter_layer(b: Build) -> str:
+    """Copy, relocate and byte-compile the base interpreter, or reuse it from the cache; return its key."""
+    py = b.py
+    layer_key = _interpreter_key(py, b.options)
+    hit = b.store.get("interpreter", layer_key) if b.store else None
     if hit is not None:
-        say(f"Reusing Python {py.version_str} from the cache")
-        cache.merge_tree(hit, root)
+        b.say(f"Reusing Python {py.version_str} from the cache")
+        cache.merge_tree(hit, b.root)
         return layer_key
-    say(f"Copying Python {py.version_str} from {py.executable}")
-    interpreter.apply_copy(interpreter.plan_copy(py, options.keep_stdlib), root)
-    say("Making the interpreter relocatable")
-    plan = relocate.plan(root, lib_policy, machine=py.machine)
-    relocate.apply(plan, root, patch.LiefPatcher())
-    python = root / "bin" / f"python{py.xy}"
-    scheme = install.tree_scheme(python, root)
-    launchers.prepare_tree(py, root, scheme, options.libc)
-    say("Byte-compiling the standard library")
-    bytecode.byte_compile(python, [root])
-    if store is not None:
-        store.put("interpreter", layer_key, root, host_files=[v.src for v in plan.vendor] + [py.executable])
+    b.say(f"Copying Python {py.version_str} from {py.executable}")
+    interpreter.apply_copy(interpreter.plan_copy(py, b.options.keep_stdlib), b.root)
+    b.say("Making the interpreter relocatable")
+    plan = relocate.relocate(b.root, py, b.libs)
+    launchers.write(launchers.python_launchers(py, _scheme(b), b.options.libc), b.root)
+    b.say("Byte-compiling the standard library")
+    bytecode.byte_compile(b.python, [b.root], runner=b.runner)
+    if b.store is not None:
+        b.store.put("interpreter", layer_key, b.root, host_files=[v.src for v in plan.vendor] + [py.executable])
     return layer_key
 
 
-def _build_tree(
-    options: BuildOptions,
-    py: PythonInfo,
-    sources: Sources,
-    root: Path,
-    name: str,
-    version: str,
-    epoch: int,
-    say: Step,
-) -> TreeResult:
-    from shipenv.build import audit, install
+def _scheme(b: Build) -> Scheme:
+    from shipenv.build import install
 
-    store = cache.open_cache(options.cache_dir, options.use_cache)
-    lib_policy = policy.load(options.system_libs, options.libc)
-    layer_key = _interpreter_layer(py, options, root, lib_policy, store, say)
-    python = root / "bin" / f"python{py.xy}"
-    scheme = install.tree_scheme(python, root)
+    return install.tree_scheme(b.python, b.root, b.runner)
 
+
+def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dict[str, str]) -> list[Distribution]:
+    """Install, relocate and byte-compile each wheel in a layer of its own (or reuse it), then merge."""
+    from shipenv.build import install
+
+    options = b.options
     distributions = []
-    with tempfile.TemporaryDirectory(prefix="shipenv-stage-", dir=root.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix="shipenv-stage-", dir=b.root.parent) as tmp:
         work = Path(tmp)
-        wheels = install.collect_wheels(
-            sources, options, py, python, work / "wheels", say, store=store.root / "wheels" if store else None
-        )
+        store = b.store.root / "wheels" if b.store else None
+        wheels = install.collect_wheels(b.sources, options, b.py, b.python, work / "wheels", b.say, store=store, runner=b.runner)
         if wheels:
-            say(f"Installing {len(wheels)} wheels")
+            b.say(f"Installing {len(wheels)} wheels")
         staged: list[tuple[Path, str, list[Path], str]] = []
         for index, (wheel, source) in enumerate(wheels):
             wheel_key = cache.key("wheel", layer_key, install.wheel_content_key(wheel), sorted(options.system_libs))
-            hit = store.get("wheel", wheel_key) if store else None
+            hit = b.store.get("wheel", wheel_key) if b.store else None
             distributions.append(install.wheel_distribution(wheel, source))
             if hit is not None:
-                _merge(hit, root, wheel.name)
+                _merge(hit, b.root, wheel.name)
                 continue
             stage = work / f"stage-{index}"
-            install.install_wheel(wheel, stage, scheme, py, source)
-            plan = relocate.plan(stage, lib_policy, machine=py.machine, provided=root / relocate.LIB_DIR)
-            relocate.apply(plan, stage, patch.LiefPatcher())
+            install.install_wheel(wheel, stage, scheme, b.py, source)
+            plan = relocate.relocate(stage, b.py, b.libs, provided=b.root / relocate.LIB_DIR)
             staged.append((stage, wheel_key, [v.src for v in plan.vendor], wheel.name))
-        wheel_digests = {d.name: manifest.hash_file(w)[0] for d, (w, _) in zip(distributions, wheels)}  # for the SBOM
+        wheel_digests.update({d.name: manifest.hash_file(w)[0] for d, (w, _) in zip(distributions, wheels)})
         if staged:
-            say(f"Byte-compiling {len(staged)} packages")
-            bytecode.byte_compile(python, [stage for stage, _, _, _ in staged])
+            b.say(f"Byte-compiling {len(staged)} packages")
+            bytecode.byte_compile(b.python, [stage for stage, _, _, _ in staged], runner=b.runner)
         for stage, wheel_key, host_files, wheel_name in staged:
-            if store is not None:
-                store.put("wheel", wheel_key, stage, host_files=host_files)
-            _merge(stage, root, wheel_name, move=True)
+            if b.store is not None:
+                b.store.put("wheel", wheel_key, stage, host_files=host_files)
+            _merge(stage, b.root, wheel_name, move=True)
+    return distributions
 
-    if options.venv is not None and sources.venv_site is not None:
-        say(f"Copying packages from {options.venv}")
-        copied = venv.copy_venv(sources.venv_site, root, scheme, py)
-        distributions += copied
-        plan = relocate.plan(root, lib_policy, machine=py.machine)
-        relocate.apply(plan, root, patch.LiefPatcher())
-        bytecode.byte_compile(python, [root / scheme.purelib], relative_to=root)
-    launchers.write_entries(options, py, root, scheme)
-    launchers.relocate_shebangs(root, scheme, py)
-    distributions.sort(key=lambda d: d.name)
 
-    bundled = libc.finish(root, lib_policy, py, scheme, options.max_glibc)
-
-    say("Auditing for build-host paths")
-    findings = audit.audit(root, audit.needles(py, sources, root))
-    runs = [f for f in findings if f.kind == "runs"]
-    if runs:
-        raise RelocateError(
-            f"The bundle still names the build host in files that run: {listing([f'{f.path} ({f.needle})' for f in runs])}.",
-            hint="Run with --report to see every finding; please report this as a shipenv bug.",
-        )
-
-    infos = {rel: elf.try_read(root / rel) for rel in relocate.iter_elves(root)}
-    floor = None if bundled else elf.glibc_floor(i for i in infos.values() if i is not None)
-    if options.max_glibc is not None and floor is not None and floor > options.max_glibc:
-        limit = manifest.format_version(options.max_glibc)
-        over = sorted(
-            (f"{rel} (GLIBC_{manifest.format_version(max(i.glibc_versions))})")
-            for rel, i in infos.items()
-            if i is not None and i.glibc_versions and max(i.glibc_versions) > options.max_glibc
-        )
-        raise PolicyError(
-            f"The bundle needs glibc {manifest.format_version(floor)}, above --max-glibc {limit}, because of {listing(over)}.",
-            hint="Build on an older distribution (or a manylinux image), or drop the packages that need a newer glibc.",
-        )
-    vendored = sorted(p.name for p in (root / "lib").iterdir() if p.is_file() and elf.is_elf(p))
-    metadata = _manifest(name, version, py, scheme.purelib.as_posix(), floor, distributions, vendored, epoch, launchers.kind(py),
-                         bundled.as_platform() if bundled else {})
-    say("Writing the manifest")
-    templates.install_bundle_files(root)
-    say("Writing the SBOM")
-    host_libs = relocate.host_libraries(py.machine)
-    sbom.write(root, metadata.to_dict(), epoch=epoch, wheel_digests=wheel_digests,
-               find_library=lambda soname: host_libs.find(soname, [str(py.libdir)] if py.libdir else []))
-    manifest.write(root, metadata)
-    return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(py.machine) if bundled else None)
+def _copy_venv(b: Build, scheme: Scheme) -> list[Distribution]:
+    """Copy what ``--venv`` holds, then relocate and byte-compile the tree it went into."""
+    if b.options.venv is None or b.sources.venv_site is None:
+        return []
+    b.say(f"Copying packages from {b.options.venv}")
+    copied = venv.copy_venv(b.sources.venv_site, b.root, scheme, b.py)
+    relocate.relocate(b.root, b.py, b.libs)
+    bytecode.byte_compile(b.python, [b.root / scheme.purelib], relative_to=b.root, runner=b.runner)
+    return copied
 
 
 def _merge(layer: Path, root: Path, what: str, *, move: bool = False) -> None:
@@ -348,16 +236,48 @@ def _merge(layer: Path, root: Path, what: str, *, move: bool = False) -> None:
         )
 
 
-def _manifest(name: str, version: str, py: PythonInfo, site_packages: str, floor: tuple[int, int] | None,
-              distributions: list[Distribution], vendored: list[str], epoch: int, launcher_kind: str,
-              bundled_libc: dict[str, str]) -> manifest.Manifest:
-    """What ``.shipenv/manifest.json`` (and ``.shipenv/facts``) will say about the tree."""
+def _audit(b: Build) -> list[AuditFinding]:
+    """Every remaining build-host path, classified; one in a file that runs fails the build."""
+    b.say("Auditing for build-host paths")
+    findings = audit.audit(b.root, audit.needles(b.py, b.sources, b.root))
+    audit.verdict(findings)
+    return findings
+
+
+def _glibc_floor(root: Path, max_glibc: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The highest ``GLIBC_x.y`` any ELF in the tree needs; above ``--max-glibc`` it fails, naming the files."""
+    infos = {rel: elf.try_read(root / rel) for rel in relocate.iter_elves(root)}
+    floor = elf.glibc_floor(i for i in infos.values() if i is not None)
+    if max_glibc is not None and floor is not None and floor > max_glibc:
+        over = sorted(
+            f"{rel} (GLIBC_{manifest.format_version(max(i.glibc_versions))})"
+            for rel, i in infos.items()
+            if i is not None and i.glibc_versions and max(i.glibc_versions) > max_glibc
+        )
+        raise PolicyError(
+            f"The bundle needs glibc {manifest.format_version(floor)}, above --max-glibc {manifest.format_version(max_glibc)}, "
+            f"because of {listing(over)}.",
+            hint="Build on an older distribution (or a manylinux image), or drop the packages that need a newer glibc.",
+        )
+    return floor
+
+
+def _manifest(
+    target: output.Target,
+    py: PythonInfo,
+    scheme: Scheme,
+    floor: tuple[int, int] | None,
+    distributions: list[Distribution],
+    vendored: list[str],
+    bundled_libc: dict[str, str],
+) -> manifest.Manifest:
+    """What ``.shipenv/manifest.json`` (and ``.shipenv/facts``) will say about the tree: the one place it is put together."""
     return manifest.Manifest(
-        name=name,
-        version=version,
+        name=target.name,
+        version=target.version,
         python=manifest.ManifestPython(
             version=py.version_str, implementation=py.implementation, abi=py.abi_tag, soabi=py.soabi,
-            executable=f"bin/python{py.xy}", site_packages=site_packages,
+            executable=f"bin/python{py.xy}", site_packages=scheme.purelib.as_posix(),
         ),
         platform=manifest.ManifestPlatform(
             py.machine, manifest.format_version(floor), _platform_tag(floor, py.machine), bundled_libc.get("libc"),
@@ -365,8 +285,8 @@ def _manifest(name: str, version: str, py: PythonInfo, site_packages: str, floor
         ),
         distributions=tuple(manifest.ManifestDistribution(d.name, d.version, d.source) for d in distributions),
         vendored_libraries=tuple(vendored),
-        build=manifest.ManifestBuild(__version__, epoch, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))),
-        launchers=launcher_kind,
+        build=manifest.ManifestBuild(__version__, target.epoch, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(target.epoch))),
+        launchers=launchers.kind(py),
     )  # fmt: skip
 
 
@@ -375,3 +295,47 @@ def _platform_tag(floor: tuple[int, int] | None, machine: str) -> str:
         return f"linux_{machine}"
     return f"manylinux_{floor[0]}_{floor[1]}_{machine}"
 
+
+def _pack(
+    root: Path, staging: Path, target: output.Target, options: BuildOptions, say: Step, progress: Progress | None,
+    signer: sshsig.Signer | None,
+) -> tuple[str, Path | None]:
+    """Write the archive, its ``.sha256``, its SBOM and (with a key) its ``.sig``; return the digest and the signature."""
+    from shipenv.bundle import archive
+
+    artifact = target.artifact
+    say(f"Packing {artifact.name}")
+    packed = archive.write(
+        root, staging / artifact.name, target.fmt, level=options.compress_level, threads=options.threads,
+        mtime=target.epoch, arcname=target.tree_name, progress=progress,
+    )
+    # Signed in the staging directory: a failure to sign leaves no unsigned archive behind.
+    signature = None
+    if signer is not None:
+        say(f"Signing {artifact.name} with {signer.public_key.fingerprint}")
+        (staging / f"{artifact.name}.sig").write_text(sshsig.sign_file(packed.path, signer))
+        signature = artifact.with_name(artifact.name + ".sig")
+    os.replace(packed.path, artifact)
+    artifact.with_name(artifact.name + ".sha256").write_text(f"{packed.sha256}  {artifact.name}\n")
+    artifact.with_name(artifact.name + ".cdx.json").write_bytes((root / sbom.SBOM).read_bytes())
+    if signature is not None:
+        os.replace(staging / f"{artifact.name}.sig", signature)
+    return packed.sha256, signature
+
+def _image(
+    root: Path, staging: Path, target: output.Target, options: BuildOptions, say: Step, progress: Progress | None
+) -> tuple[str | None, str]:
+    """Write the OCI image (layout or ``.oci.tar``); return the tar's sha256 (if one) and the manifest digest."""
+    from shipenv.bundle import oci
+
+    assert target.base is not None  # read by output.target for the image formats
+    say(f"Writing the image {target.artifact.name}")
+    image = oci.write(
+        root, staging / target.artifact.name, target.fmt, image=options.image, base=target.base,
+        entry=options.entries[0][0] if options.entries else None,
+        mtime=target.epoch, level=options.compress_level, threads=options.threads, progress=progress,
+    )
+    output.place(image.path, target.artifact)
+    if image.sha256 is not None:
+        target.artifact.with_name(target.artifact.name + ".sha256").write_text(f"{image.sha256}  {target.artifact.name}\n")
+    return image.sha256, image.digest

@@ -17,85 +17,42 @@ library will come from on the target:
   same way, so their own dependencies come along.
 
 Absolute search paths are dropped. A library that cannot be found is an error
-naming the library and the file that needs it.
+naming the library and the file that needs it. Scripts in ``bin/`` whose ``#!``
+line names a host Python are planned too (:class:`~shipenv.model.RewriteShebang`).
+
+:func:`relocate` is the one entry point the pipeline uses (plan, then apply);
+:func:`plan` alone computes the edits without touching a file.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
-import subprocess
+import re
+import shutil
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from shipenv.build.patch import Patcher
+from shipenv.build import launchers
+from shipenv.build.hostlibs import HostLibraries, host_libraries
+from shipenv.build.patch import LiefPatcher, Patcher
 from shipenv.build.policy import LibraryPolicy
 from shipenv.bundle import elf
 from shipenv.errors import RelocateError, listing
-from shipenv.model import ElfInfo, RelocationPlan, SetRpath, VendorLibrary
-
-log = logging.getLogger(__name__)
+from shipenv.model import ElfInfo, PythonInfo, RelocationPlan, RewriteShebang, SetRpath, VendorLibrary
 
 LIB_DIR = PurePosixPath("lib")
+BIN_DIR = PurePosixPath("bin")
 #: Files at least this big are not rebuilt to lengthen their search path (see _copy_beside).
 LARGE_FILE = 32 << 20
-_LDCONFIG_ARCH = {"x86_64": "x86-64", "aarch64": "AArch64", "ppc64le": "64bit", "s390x": "64bit"}
-_DEFAULT_DIRS = (
-    "/lib/{multiarch}",
-    "/usr/lib/{multiarch}",
-    "/lib64",
-    "/usr/lib64",
-    "/lib",
-    "/usr/lib",
-)
-
-
-@dataclass(frozen=True)
-class HostLibraries:
-    """Finds a shared library on the build host as the dynamic loader would."""
-
-    cache: dict[str, Path]
-    default_dirs: tuple[Path, ...]
-
-    def find(self, soname: str, search: Iterable[str] = ()) -> Path | None:
-        candidates = [Path(d, soname) for d in search]
-        if soname in self.cache:
-            candidates.append(self.cache[soname])
-        candidates.extend(d / soname for d in self.default_dirs)
-        return next((c for c in candidates if c.is_file()), None)
-
-
-@functools.cache
-def host_libraries(machine: str) -> HostLibraries:
-    """Read ``ldconfig -p`` once for the build host's libraries of ``machine``."""
-    multiarch = f"{machine}-linux-gnu"
-    cache: dict[str, Path] = {}
-    arch = _LDCONFIG_ARCH.get(machine, machine)
-    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
-        try:
-            out = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, check=False).stdout
-        except OSError:
-            continue
-        for line in out.splitlines()[1:]:
-            name, _, rest = line.strip().partition(" (")
-            flags, _, path = rest.partition(") => ")
-            if path and arch in flags and name not in cache:
-                cache[name] = Path(path)
-        break
-    dirs = tuple(Path(d.format(multiarch=multiarch)) for d in _DEFAULT_DIRS)
-    return HostLibraries(cache, dirs)
-
-
 def iter_elves(root: Path) -> Iterator[PurePosixPath]:
-    """Every regular ELF file in the tree, as a root-relative path, sorted."""
+    """Every regular ELF file in the tree, as a root-relative path, sorted (symlinks are not files)."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             full = Path(dirpath, name)
-            if elf.is_elf(full):
+            if not full.is_symlink() and elf.is_elf(full):
                 yield PurePosixPath(full.relative_to(root).as_posix())
 
 
@@ -128,6 +85,7 @@ class _Planner:
     host: HostLibraries
     read: Callable[[Path], ElfInfo | None]
     provided: Path | None = None  #: the final tree's lib/, when planning a layer of it
+    virtual: Mapping[PurePosixPath, Path] | None = None  #: a tree not yet written: its files and their sources
 
     def __post_init__(self) -> None:
         self.infos: dict[PurePosixPath, ElfInfo] = {}
@@ -138,14 +96,26 @@ class _Planner:
         self.vendored_paths: set[PurePosixPath] = set()
         self._tree_index: dict[str, list[PurePosixPath]] | None = None
         self.side_copies: dict[PurePosixPath, VendorLibrary] = {}
+        self.dirs = {p for rel in self.virtual or () for p in PurePosixPath(rel).parents}
+
+    def _source(self, rel: PurePosixPath) -> Path:
+        """Where the bytes of the tree's file ``rel`` are (the host file, for a tree not yet written)."""
+        return self.virtual[rel] if self.virtual is not None else self.root / rel
+
+    def _exists(self, rel: PurePosixPath) -> bool:
+        return rel in self.virtual if self.virtual is not None else (self.root / rel).exists()
+
+    def _is_dir(self, rel: PurePosixPath) -> bool:
+        return rel in self.dirs if self.virtual is not None else (self.root / rel).is_dir()
 
     def _in_lib(self, soname: str) -> Path | None:
         """Where a library already vendored into ``lib/`` (by this plan or an earlier layer) comes from."""
         if soname in self.vendor:
             return self.vendor[soname].src
-        for lib_dir in (self.root / LIB_DIR, self.provided):
-            if lib_dir is not None and (lib_dir / soname).is_file():
-                return lib_dir / soname
+        if self._exists(LIB_DIR / soname):
+            return self._source(LIB_DIR / soname)
+        if self.provided is not None and (self.provided / soname).is_file():
+            return self.provided / soname
         return None
 
     def _copy_beside(
@@ -170,13 +140,13 @@ class _Planner:
         if len(":".join([*new, lib_entry])) <= len(":".join(old)):
             return False  # fits in place: edit it
         try:
-            if (self.root / rel).stat().st_size < LARGE_FILE:
+            if self._source(rel).stat().st_size < LARGE_FILE:
                 return False
         except OSError:
             return False
         for soname, source in from_lib:
             dest = tree_dirs[0] / soname
-            if not (self.root / dest).exists() and dest not in self.side_copies:
+            if not self._exists(dest) and dest not in self.side_copies:
                 self.side_copies[dest] = VendorLibrary(soname, source, dest, rel)
         return True
 
@@ -201,10 +171,10 @@ class _Planner:
         return max(dirs, key=closeness)
 
     def add_tree_file(self, rel: PurePosixPath) -> None:
-        info = self.read(self.root / rel)
+        info = self.read(self._source(rel))
         if info is not None:
             self.infos[rel] = info
-            self.queue.append((rel, self.root / rel, info))
+            self.queue.append((rel, self._source(rel), info))
 
     def _vendor(self, soname: str, needed_by: PurePosixPath, search: Iterable[str]) -> Path | None:
         """Plan a host library's copy into ``lib/`` (and, through the queue, what it needs)."""
@@ -248,7 +218,7 @@ class _Planner:
         for entry in searches:
             inside = _expand_origin(entry, file_dir)
             if inside is not None:
-                if (self.root / inside).is_dir() and entry not in kept:
+                if self._is_dir(inside) and entry not in kept:
                     kept.append(entry)
                     tree_dirs.append(inside)
                 continue
@@ -270,9 +240,9 @@ class _Planner:
                 if self._in_lib(soname) is None:
                     self._vendor(soname, rel, ())
                 continue
-            if any((self.root / d / soname).exists() for d in tree_dirs):
+            if any(self._exists(d / soname) for d in tree_dirs):
                 continue
-            if rel not in self.vendored_paths and (self.root / file_dir / soname).is_file():
+            if rel not in self.vendored_paths and self._exists(file_dir / soname):
                 # A sibling in a wheel's ".libs" directory (auditwheel names them uniquely):
                 # the loader finds it already loaded by the extension that pulled this
                 # library in, exactly as in the wheel's own site-packages.
@@ -320,13 +290,18 @@ def plan(
     read: Callable[[Path], ElfInfo | None] = elf.try_read,
     host: HostLibraries | None = None,
     provided: Path | None = None,
+    virtual: Mapping[PurePosixPath, Path] | None = None,
 ) -> RelocationPlan:
     """Plan the ELF edits for every ELF in ``root`` (or only ``files``).
 
     ``provided`` is the final tree's ``lib/`` when ``root`` is one layer of a
     tree (a wheel installed on its own): libraries already there are reused.
+    ``virtual`` plans a tree that is not written yet (``--dry-run``): each
+    tree path maps to the host file it would be copied from.
     """
-    planner = _Planner(root, policy, host or host_libraries(machine), read, provided)
+    planner = _Planner(root, policy, host or host_libraries(machine), read, provided, virtual)
+    if files is None and virtual is not None:
+        files = [rel for rel, src in sorted(virtual.items()) if elf.is_elf(src)]
     for rel in files if files is not None else iter_elves(root):
         planner.add_tree_file(rel)
     for soname in policy.required(machine):
@@ -334,10 +309,45 @@ def plan(
     return planner.run()
 
 
-def apply(plan: RelocationPlan, root: Path, patcher: Patcher) -> None:
-    """Carry out a plan: vendored libraries first, then search paths."""
-    import shutil
+_SHEBANG = re.compile(rb"^#!\s*(\S*python[\d.]*)\b")
 
+
+def plan_shebangs(root: Path, py: PythonInfo, scripts: PurePosixPath = BIN_DIR) -> tuple[RewriteShebang, ...]:
+    """Scripts in ``scripts`` whose ``#!`` names a host Python, and the launcher header each gets.
+
+    Scripts that are not entry points (a wheel's ``.data/scripts``, a venv's
+    hand-written tools) keep their body; only the first line changes, to the
+    polyglot header that finds the bundle's interpreter.
+    """
+    bin_dir = root / scripts
+    found = []
+    for path in sorted(bin_dir.iterdir()) if bin_dir.is_dir() else []:
+        if path.is_symlink() or not path.is_file():
+            continue
+        with path.open("rb") as f:
+            head = f.read(512)
+        m = _SHEBANG.match(head)
+        if m and m.group(1).startswith(b"/"):
+            old = head.split(b"\n", 1)[0].decode(errors="replace")
+            found.append(RewriteShebang(scripts / path.name, old, launchers.shebang_header(py, path.name)))
+    return tuple(found)
+
+
+def relocate(
+    root: Path, py: PythonInfo, policy: LibraryPolicy, *, provided: Path | None = None, patcher: Patcher | None = None
+) -> RelocationPlan:
+    """Make ``root`` relocatable: plan every edit (ELF files, host shebangs), then apply the plan.
+
+    Used alike for the interpreter layer, each wheel's layer (``provided`` is
+    the final tree's ``lib/``) and the tree a venv was copied into.
+    """
+    planned = replace(plan(root, policy, machine=py.machine, provided=provided), shebangs=plan_shebangs(root, py))
+    apply(planned, root, patcher or LiefPatcher())
+    return planned
+
+
+def apply(plan: RelocationPlan, root: Path, patcher: Patcher) -> None:
+    """Carry out a plan: vendored libraries first, then search paths, then shebangs."""
     for item in plan.vendor:
         dest = root / item.dest
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -348,3 +358,8 @@ def apply(plan: RelocationPlan, root: Path, patcher: Patcher) -> None:
             patcher.set_rpath(root / edit.path, edit.new)
         except OSError as exc:
             raise RelocateError(f"Cannot rewrite the library search path of {edit.path} ({exc}).") from exc
+    for script in plan.shebangs:
+        path = root / script.path
+        body = path.read_bytes().partition(b"\n")[2]
+        path.write_bytes(script.new.encode() + body)
+        os.chmod(path, 0o755)

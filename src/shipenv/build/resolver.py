@@ -22,6 +22,7 @@ from pathlib import Path
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
+from shipenv.build.runner import REAL, Runner
 from shipenv.model import BuildOptions
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def pip_locations() -> dict[str, list[str]]:
     return result
 
 
-def uv_compile(uv: Path, python: Path, options: BuildOptions) -> list[str] | None:
+def uv_compile(uv: Path, python: Path, options: BuildOptions, runner: Runner = REAL) -> list[str] | None:
     """Pinned requirement lines for the bundled interpreter, or None to let pip decide."""
     # pip weighs every index equally and takes the best match; uv's default
     # (first index that has the name) could pick other versions than pip would.
@@ -91,9 +92,8 @@ def uv_compile(uv: Path, python: Path, options: BuildOptions) -> list[str] | Non
         tmp_req.write(str(options.project.resolve()) + "\n")
         tmp_req.close()
         inputs.append(tmp_req.name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     try:
-        proc = subprocess.run([*args, *inputs], capture_output=True, text=True, env=env, check=False, timeout=600)
+        proc = runner.run([*args, *inputs], timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.info("uv could not run (%s); resolving with pip", exc)
         return None

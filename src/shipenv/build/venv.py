@@ -19,7 +19,7 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from shipenv.build.launchers import script_file, write_launcher
+from shipenv.build import launchers
 from shipenv.errors import InstallError, listing
 from shipenv.model import Distribution, PythonInfo, Scheme
 
@@ -32,9 +32,6 @@ def site_packages(venv: Path) -> Path:
     if not found:
         raise InstallError(f"--venv {venv} has no lib/python3.X/site-packages.")
     return found[-1]
-
-
-
 
 
 def copy_venv(site: Path, root: Path, scheme: Scheme, py: PythonInfo) -> list[Distribution]:
@@ -73,12 +70,12 @@ def copy_venv(site: Path, root: Path, scheme: Scheme, py: PythonInfo) -> list[Di
             shutil.copytree(entry, target, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
         else:
             shutil.copy2(entry, target, follow_symlinks=False)
+    entries = []
     for info in sorted(site.glob("*.dist-info")):
         name, _ = _dist_name_version(info)
-        if canonicalize_name(name) in skip:
-            continue
-        for script, module, attr in _entry_points(info):
-            write_launcher(root / scheme.scripts / script, script_file(py, script, module, attr))
+        if canonicalize_name(name) not in skip:
+            entries += [(script, f"{module}:{attr}") for script, module, attr in _entry_points(info)]
+    launchers.write(launchers.entry_launchers(entries, py, scheme), root)
     return dists
 
 
