@@ -43,7 +43,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shipenv.bundle import manifest
 from shipenv.bundle.manifest import RecordEntry
@@ -74,6 +74,8 @@ from shipenv.deploy.layout import (
     syncfs,
 )
 from shipenv.errors import DeployError, FilesystemError, UsageError, listing
+
+T = TypeVar("T")
 
 __all__ = [
     "CURRENT", "HISTORY", "RELEASES", "DeployResult", "HistoryEntry", "HostFacts", "PruneResult", "Release",
@@ -156,28 +158,26 @@ def _releases(root: Root) -> list[Release]:
                     signed[n].signer if n in signed else None, signed[n].key if n in signed else None) for n in names]
 
 
-def history(root: Path) -> list[HistoryEntry]:
-    """The well-formed lines of ``ROOT/history.jsonl`` (none when there is no root yet)."""
+def _read_root(root: Path, read: Callable[[Root], list[T]]) -> list[T]:
+    """``read`` of the opened root, read-only: nothing when there is no root yet, an OS error as a sentence."""
     shown = Path(os.path.abspath(root))
     try:
         with open_root(shown) as opened:
-            return read_history(opened)
+            return read(opened)
     except FileNotFoundError:
         return []
     except OSError as exc:
         raise fs.os_error(exc, str(shown), "nothing was changed") from None
+
+
+def history(root: Path) -> list[HistoryEntry]:
+    """The well-formed lines of ``ROOT/history.jsonl`` (none when there is no root yet)."""
+    return _read_root(root, read_history)
 
 
 def releases(root: Path) -> list[Release]:
     """Every release under ``root`` (see :mod:`shipenv.deploy.layout`), the most recently current first."""
-    shown = Path(os.path.abspath(root))
-    try:
-        with open_root(shown) as opened:
-            return _releases(opened)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise fs.os_error(exc, str(shown), "nothing was changed") from None
+    return _read_root(root, _releases)
 
 
 # -- deploy ---------------------------------------------------------------------
