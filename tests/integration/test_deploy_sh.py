@@ -63,22 +63,22 @@ def test_deploy_sh_on_a_bare_debian_12(built_bundle: BuildFn, tmp_path: Path) ->
         assert answers() == "1.0 /srv/app/releases/app-1.0"
 
         # Saved once, reused for any bundle.
-        ok(sh("sh", "-c", "tar -xzf /in/app-2.0.tar.gz -O app-2.0/.shipenv/deploy.sh > /root/deploy.sh"))
-        out = ok(sh("sh", "/root/deploy.sh", "deploy", "/in/app-2.0.tar.gz", "/srv/app"))
+        ok(sh("sh", "-c", "tar -xzf /in/app-2.0.tar.gz -O app-2.0/.shipenv/deploy.sh > /tmp/deploy.sh"))
+        out = ok(sh("sh", "/tmp/deploy.sh", "deploy", "/in/app-2.0.tar.gz", "/srv/app"))
         assert out.startswith("Deployed app-2.0 and switched /srv/app/current from app-1.0 to app-2.0 (")
         assert answers() == "2.0 /srv/app/releases/app-2.0"
-        assert ok(sh("sh", "/root/deploy.sh", "deploy", "/in/app-2.0.tar.gz", "/srv/app")) == (
+        assert ok(sh("sh", "/tmp/deploy.sh", "deploy", "/in/app-2.0.tar.gz", "/srv/app")) == (
             "app-2.0 is already deployed with the same content and is current in /srv/app; nothing changed.\n")
 
-        assert ok(sh("sh", "/root/deploy.sh", "rollback", "/srv/app")) == "Switched /srv/app/current from app-2.0 to app-1.0.\n"
+        assert ok(sh("sh", "/tmp/deploy.sh", "rollback", "/srv/app")) == "Switched /srv/app/current from app-2.0 to app-1.0.\n"
         assert answers() == "1.0 /srv/app/releases/app-1.0"
-        listing = ok(sh("sh", "/root/deploy.sh", "releases", "/srv/app")).splitlines()
+        listing = ok(sh("sh", "/tmp/deploy.sh", "releases", "/srv/app")).splitlines()
         assert len(listing) == 3 and listing[0].startswith("* app-1.0 ") and listing[1].startswith("  app-2.0 "), listing
         assert listing[2] == "(* current, < where rollback goes)"  # as shipenv releases says it
-        assert ok(sh("sh", "/root/deploy.sh", "rollback", "/srv/app", "--to", "2.0")) == "Switched /srv/app/current from app-1.0 to app-2.0.\n"
+        assert ok(sh("sh", "/tmp/deploy.sh", "rollback", "/srv/app", "--to", "2.0")) == "Switched /srv/app/current from app-1.0 to app-2.0.\n"
         assert answers() == "2.0 /srv/app/releases/app-2.0"
 
-        done = sh("sh", "/root/deploy.sh", "deploy", "/in/app-3.0.tar.zst", "/srv/app")
+        done = sh("sh", "/tmp/deploy.sh", "deploy", "/in/app-3.0.tar.zst", "/srv/app")
         assert done.returncode == 1  # this server lacks a tool: not the archive's fault
         assert done.stderr == ("error: /in/app-3.0.tar.zst is compressed with zstd, which this server lacks; "
                                "install zstd (apt-get install zstd) or build the bundle with --format tar.gz.\n")
