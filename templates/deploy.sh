@@ -65,9 +65,14 @@
 # control files (.shipenv.lock, history.jsonl, current, releases/) that are not
 # what it makes: it never writes through a symlink planted in the root.
 #
+# Names: any name shipenv deploy takes (UTF-8, tabs, backslashes, commas and
+# quotes, which RECORD quotes as CSV does), read from tar's escaped listing;
+# except a newline in a name, which deploy.sh refuses (shipenv deploy takes it).
+# Members may start with "./" (tar -C DIR -cf X ./app-1.0); manifest.json and
+# RECORD come first, as shipenv build writes them and shipenv deploy needs.
+#
 # Limits: no hard-link sharing with the current release (shipenv deploy does
-# it); without flock(1) (util-linux) it warns and does not lock; file names
-# with a comma, quote or newline are refused (shipenv deploy takes them).
+# it); without flock(1) (util-linux) it warns and does not lock.
 #
 # Exit status (the same as shipenv's): 0 done; 1 refused or failed otherwise
 # (the root is not as shipenv made it, another deploy holds the lock, --check
@@ -635,60 +640,117 @@ refuse() {
 
 # ---- deploy -------------------------------------------------------------------------------
 
+# GNU tar lists names escaped (--quoting-style=escape: "\\", "\t", "\303\251" for a byte
+# above 127); busybox tar lists them as they are. Sets tar_escapes when tar escapes.
+tar_quoting() {
+    tar_escapes=
+    if tar --quoting-style=escape --version >/dev/null 2>&1; then tar_escapes=--quoting-style=escape; fi
+}
+
+# FILE of tar's escaped names to their bytes, one a line (printf %b reads "\0ddd", not "\ddd").
+unescape_names() { # FILE
+    _soh=$(printf '\001') # never in an escaped listing: tar writes it as \001
+    sed -e "s/\\\\\\\\/$_soh/g" -e 's/\\\([0-7][0-7][0-7]\)/\\0\1/g' -e "s/$_soh/\\\\\\\\/g" "$1" |
+        while IFS= read -r _n; do printf '%b\n' "$_n"; done
+}
+
+# A member name as shipenv deploy reads it: "" and "." components dropped ("./app-1.0/x" is "app-1.0/x").
+plain_path() { # NAME: sets _norm
+    case $1 in
+        ./* | *//* | */./* | */. | .) ;;
+        *) _norm=${1%/}; return 0 ;;
+    esac
+    _n=$1/
+    _norm=
+    while [ -n "$_n" ]; do
+        _c=${_n%%/*}
+        _n=${_n#*/}
+        case $_c in "" | .) ;; *) _norm=${_norm:+$_norm/}$_c ;; esac
+    done
+}
+
 check_listing() { # names and types of every entry, before anything is unpacked
-    if ! untar -tf - >"$work/.names" 2>"$work/.tarerr"; then
+    tar_quoting
+    # shellcheck disable=SC2086 # $tar_escapes is one option or none
+    if ! untar -tf - $tar_escapes >"$work/.names" 2>"$work/.tarerr"; then
         if grep -q -e 'memory exhausted' -e 'out of memory' "$work/.tarerr"; then
             refuse "an extended tar header is larger than any bundle needs"
         fi
         cat "$work/.tarerr" >&2
         die "Cannot read $archive: it is truncated or corrupt."
     fi
-    untar -tvf - >"$work/.long" || die "Cannot read $archive: it is truncated or corrupt."
+    # shellcheck disable=SC2086
+    untar -tvf - $tar_escapes >"$work/.long" || die "Cannot read $archive: it is truncated or corrupt."
     [ "$(wc -l <"$work/.names")" = "$(wc -l <"$work/.long")" ] || refuse "its listing cannot be read"
-    top=$(head -n 1 "$work/.names")
-    top=${top#./}
-    top=${top%%/*}
-    valid_name "$top" || refuse "its first entry is not under a NAME-VERSION/ directory"
+    if [ -n "$tar_escapes" ]; then
+        # Every line of deploy.sh's lists is one name: a newline inside one cannot be told apart.
+        _nl=$(sed -e 's/\\\\//g' "$work/.names" | grep -n '\\n' | head -n 1)
+        [ -z "$_nl" ] || refuse "'$(sed -n "${_nl%%:*}p" "$work/.names")' has a newline in its name, which deploy.sh cannot deploy (shipenv deploy can)"
+        unescape_names "$work/.names" >"$work/.names.tmp" && mv -f -- "$work/.names.tmp" "$work/.names"
+    fi
+    _first=$(head -n 1 "$work/.names")
+    plain_path "$_first"
+    top=${_norm%%/*}
+    valid_name "$top" || refuse "its first entry '${_first%/}' is not under a NAME-VERSION/ directory"
     cut -c1-10 "$work/.long" | paste -d ' ' - "$work/.names" >"$work/.entries"
     # busybox tar lists a hard link as a plain file "NAME -> TARGET"; GNU tar as type h.
     _hard=$(grep -n '^-.* -> ' "$work/.long" | head -n 1)
     if [ -n "$_hard" ]; then
         refuse "'$(sed -n "${_hard%%:*}p" "$work/.names")' is a hard link; a bundle holds only files, directories and symlinks"
     fi
-    : >"$work/.all"
+    : >"$work/.dirs"
     : >"$work/.files"
     : >"$work/.links"
+    # As shipenv build writes it and shipenv deploy reads it: directories, then manifest.json and
+    # RECORD before any other file. The names tar must be given to unpack them alone are kept.
+    head_names=
+    facts_name=
+    _head=0
     while IFS= read -r _line; do
         _mode=${_line%% *}
-        _name=${_line#* }
-        case $_name in
-            /*) refuse "entry '$_name' is an absolute path" ;;
+        _raw=${_line#* }
+        _raw=${_raw%/}
+        case $_raw in
+            /*) refuse "entry '$_raw' is an absolute path" ;;
         esac
-        _name=${_name#./}
-        _name=${_name%/}
+        plain_path "$_raw"
+        _name=$_norm
         case /$_name/ in
-            */../*) refuse "entry '$_name' climbs out of its directory with '..'" ;;
-            *//* | */./*) refuse "entry '$_name' is not a plain path" ;;
+            */../*) refuse "entry '$_raw' climbs out of its directory with '..'" ;;
         esac
         case $_name in
             "$top") _rel= ;;
             "$top"/*) _rel=${_name#"$top"/} ;;
-            *) refuse "entry '$_name' is outside $top/" ;;
+            *) refuse "entry '$_raw' is outside $top/" ;;
         esac
+        if [ "$_head" -lt 2 ] && [ "${_mode#d}" = "$_mode" ]; then
+            case $_mode in -*) ;; *) _rel=//not-the-head ;; esac
+            case $_rel in
+                .shipenv/manifest.json | .shipenv/RECORD) _head=$((_head + 1)) ;;
+                *) refuse "it does not start with $top/.shipenv/manifest.json and .shipenv/RECORD as shipenv build writes them (found '$_raw' first)" ;;
+            esac
+            head_names="$head_names${head_names:+
+}${_line#* }"
+        fi
+        # The release itself is a directory: a file or link in its place is refused up front.
+        [ -n "$_rel" ] || [ "${_mode#d}" != "$_mode" ] || refuse "entry '$top' is not a directory"
         case $_mode in
-            ???[sS]* | ??????[sS]*) refuse "'$_name' has the setuid or setgid bit set" ;;
+            ???[sS]* | ??????[sS]*) refuse "'$_raw' has the setuid or setgid bit set" ;;
         esac
-        printf '%s\n' "$_rel" >>"$work/.all"
+        [ "$_rel" != .shipenv/facts ] || facts_name=${_line#* }
         case $_mode in
-            d*) ;;
+            d*) printf '%s\n' "$_rel" >>"$work/.dirs" ;;
             -*) printf '%s\n' "$_rel" >>"$work/.files" ;;
             l*) printf '%s\n' "$_rel" >>"$work/.files"; printf '%s\n' "$_rel" >>"$work/.links" ;;
-            h*) refuse "'$_name' is a hard link; a bundle holds only files, directories and symlinks" ;;
-            c* | b*) refuse "entry '$_name' is a device node; a bundle holds only files, directories and symlinks" ;;
-            p*) refuse "entry '$_name' is a FIFO; a bundle holds only files, directories and symlinks" ;;
-            *) refuse "entry '$_name' is not a file, directory or symlink" ;;
+            h*) refuse "'$_raw' is a hard link; a bundle holds only files, directories and symlinks" ;;
+            c* | b*) refuse "entry '$_raw' is a device node; a bundle holds only files, directories and symlinks" ;;
+            p*) refuse "entry '$_raw' is a FIFO; a bundle holds only files, directories and symlinks" ;;
+            *) refuse "entry '$_raw' is not a file, directory or symlink" ;;
         esac
     done <"$work/.entries"
+    [ "$_head" = 2 ] || refuse "it holds no .shipenv/manifest.json and .shipenv/RECORD: it is not a shipenv bundle"
+    # A directory may be listed twice (shipenv deploy only takes its mode again); nothing else may.
+    sort -u "$work/.dirs" | cat - "$work/.files" >"$work/.all"
     _dup=$(sort "$work/.all" | uniq -d | head -n 1)
     [ -z "$_dup" ] || refuse "'$top/$_dup' appears twice"
     # Every ancestor directory of every entry; one that is a symlink would be written through.
@@ -699,20 +761,32 @@ check_listing() { # names and types of every entry, before anything is unpacked
 
 check_record() {
     _record="$work/$top/.shipenv/RECORD"
-    if grep -q '^"' "$_record"; then
-        die "The RECORD of $top quotes a path (a comma or quote in a file name), which deploy.sh cannot read; use shipenv deploy."
-    fi
-    _bad=$(grep -v -e '^[^,]*,sha256=[0-9a-f]\{64\},[0-9]\{1,\}$' -e '^[^,]*,symlink=[^,]*,$' -e '^\.shipenv/RECORD,,$' "$_record" | head -n 1)
+    # RECORD is CSV (Python's csv module): a field holding a comma or a quote is quoted, its
+    # quotes doubled; names are UTF-8 bytes as they are (tabs, backslashes, any letter).
+    _u='[^,"]*'
+    _q='"\([^"]*""\)*[^"]*"'
+    _h='sha256=[0-9a-f]\{64\},[0-9]\{1,\}'
+    _bad=$(grep -v -e "^$_u,$_h\$" -e "^$_q,$_h\$" -e "^$_u,symlink=$_u,\$" -e "^$_q,symlink=$_u,\$" \
+        -e "^$_u,\"symlink=\\([^\"]*\"\"\\)*[^\"]*\",\$" -e "^$_q,\"symlink=\\([^\"]*\"\"\\)*[^\"]*\",\$" \
+        -e '^\.shipenv/RECORD,,$' "$_record" | head -n 1)
     [ -z "$_bad" ] || refuse "its RECORD has a line deploy.sh cannot read: $_bad"
-    sed -n 's/^\([^,]*\),sha256=\([0-9a-f]*\),[0-9]*$/\2  \1/p' "$_record" >"$work/.sha256"
-    sed -n 's/^\([^,]*\),symlink=\([^,]*\),$/\1,\2/p' "$_record" >"$work/.symlinks"
-    sed -e 's/,.*//' "$_record" >"$work/.recorded"
+    # Unquoted fields never hold a quote, so undoubling every "" unquotes the quoted ones.
+    sed -n -e 's/^\([^,"]*\),sha256=\([0-9a-f]\{64\}\),[0-9]\{1,\}$/\2  \1/p' \
+        -e 's/^"\(\([^"]*""\)*[^"]*\)",sha256=\([0-9a-f]\{64\}\),[0-9]\{1,\}$/\3  \1/p' "$_record" |
+        sed 's/""/"/g' >"$work/.sha256"
+    # Two lines a symlink: its path, then its target (either may hold a comma).
+    sed -n -e 's/^\([^,"]*\),symlink=\([^,"]*\),$/\1\
+\2/p' -e 's/^"\(\([^"]*""\)*[^"]*\)",symlink=\([^,"]*\),$/\1\
+\3/p' -e 's/^\([^,"]*\),"symlink=\(\([^"]*""\)*[^"]*\)",$/\1\
+\2/p' -e 's/^"\(\([^"]*""\)*[^"]*\)","symlink=\(\([^"]*""\)*[^"]*\)",$/\1\
+\3/p' "$_record" | sed 's/""/"/g' >"$work/.symlinks"
+    sed -n -e 's/^\([^,"]*\),.*/\1/p' -e 's/^"\(\([^"]*""\)*[^"]*\)",.*/\1/p' "$_record" | sed 's/""/"/g' >"$work/.recorded"
     _extra=$(grep -Fxv -f "$(patterns "$work/.recorded")" "$work/.files" | head -n 1)
     [ -z "$_extra" ] || refuse "'$top/$_extra' is not listed in RECORD"
     _missing=$(grep -Fxv -f "$(patterns "$work/.files")" "$work/.recorded" | head -n 1)
     [ -z "$_missing" ] || refuse "RECORD lists '$_missing', which the archive lacks"
     set -f
-    while IFS=, read -r _path _target; do
+    while IFS= read -r _path && IFS= read -r _target; do
         case /$_path/ in */../* | //*) refuse "its RECORD names '$_path', outside the release" ;; esac
         case $_target in /*) refuse "the symlink '$top/$_path' points outside the release (to '$_target')" ;; esac
         # Count how deep the target climbs from the link's directory, lexically.
@@ -789,7 +863,7 @@ verify_unpacked() {
     done <"$work/.sha256"
     _real_dir=$(cd -P -- "$_dir" && pwd)
     if realpath -m / >/dev/null 2>&1; then _resolve="realpath -m"; else _resolve="readlink -f"; fi
-    while IFS=, read -r _path _target; do
+    while IFS= read -r _path && IFS= read -r _target; do
         [ -L "$_dir/$_path" ] || refuse "'$top/$_path' is not the symlink RECORD lists"
         [ "$(readlink "$_dir/$_path")" = "$_target" ] || refuse "the symlink '$top/$_path' differs from its RECORD entry"
         # Lexically fine links can still escape through another link ("s -> ." and "l -> s/..").
@@ -845,10 +919,18 @@ cmd_deploy() {
     work=.
 
     check_listing
-    untar -xof - -C "$work" "$top/.shipenv/manifest.json" "$top/.shipenv/RECORD" ||
+    # By the names the archive gives them ("./app-1.0/.shipenv/RECORD" too), one a line.
+    _old_ifs=$IFS
+    IFS='
+'
+    set -f
+    # shellcheck disable=SC2086
+    untar -xof - -C "$work" $head_names ||
         refuse "it does not hold $top/.shipenv/manifest.json and RECORD: it is not a shipenv bundle"
-    if grep -Fqx '.shipenv/facts' "$work/.files"; then
-        untar -xof - -C "$work" "$top/.shipenv/facts" || refuse "its $top/.shipenv/facts cannot be read"
+    IFS=$_old_ifs
+    set +f
+    if [ -n "$facts_name" ]; then
+        untar -xof - -C "$work" "$facts_name" || refuse "its $top/.shipenv/facts cannot be read"
     fi
     check_host
     check_record

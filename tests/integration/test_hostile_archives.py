@@ -28,6 +28,7 @@ from shipenv.bundle.manifest import RecordEntry
 from tests.chroots import OverlayRoot, root_path
 from tests.helpers import (
     Member,
+    check_release,
     entry,
     file_member,
     link_member,
@@ -51,6 +52,7 @@ class Row:
     sh_sentence: str | None = None  #: where deploy.sh must say something else: what, and the reason in ``why``
     why: str = ""
     raw: Callable[[Path], bytes] | None = None
+    filename: str = "app-2.0.tar.gz"  #: the archive's name (the sniffing row names a gzip .tar.zst)
 
 
 def _escape(members: list[Member], tmp: Path) -> list[Member]:
@@ -137,6 +139,64 @@ ROWS = [
 ]
 
 
+def _dot_slash(members: list[Member], tmp: Path) -> list[Member]:
+    """Issue 11, item 8: every member as ``tar -C DIR -cf X ./app-2.0`` names it."""
+    out = []
+    for info, data in members:
+        info.name = f"./{info.name}"
+        out.append((info, data))
+    return out
+
+
+_ODD = {"lib/café.txt": b"accent\n", "lib/tab\there.txt": b"tab\n", "lib/back\\slash.txt": b"backslash\n"}
+_CSV = {"lib/a,b\"c.txt": b"comma and quote\n"}
+
+
+def _named(names: dict[str, bytes], links: dict[str, str] | None = None) -> Craft:
+    """Issue 11, item 8: files (and symlinks) with names deploy.sh once refused, listed in RECORD."""
+    def craft(members: list[Member], tmp: Path) -> list[Member]:
+        extra = [file_member(f"app-2.0/{n}", d) for n, d in names.items()]
+        extra += [link_member(f"app-2.0/{n}", t) for n, t in (links or {}).items()]
+        return with_record(members + extra, *(entry(n, d) for n, d in names.items()),
+                           *(RecordEntry(n, symlink=t) for n, t in (links or {}).items()))
+    return craft
+
+
+def _head_last(members: list[Member], tmp: Path) -> list[Member]:
+    """Repacked by hand: manifest.json and RECORD no longer first."""
+    head = [m for m in members if m[0].name.endswith(("/manifest.json", "/RECORD"))]
+    return [m for m in members if m not in head] + head
+
+
+def _dot_first(members: list[Member], tmp: Path) -> list[Member]:
+    """``tar -C DIR -cf X .``: a first entry ``./`` that is no NAME-VERSION directory."""
+    info = tarfile.TarInfo(".")
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    return [(info, None), *_dot_slash(members, tmp)]
+
+
+def _gzip_named_zst(tmp: Path) -> bytes:
+    """A gzip archive named .tar.zst: both sniff the first bytes, not the name."""
+    return write_tar(tmp / "made.tar.gz", members_of(make_tree(tmp / "t2", "2.0"))).read_bytes()
+
+
+ROWS += [
+    Row("members-start-with-dot-slash", _dot_slash, DEPLOYED),
+    Row("first-entry-is-dot", _dot_first, "its first entry '.' is not under a NAME-VERSION/ directory"),
+    Row("names-with-accents-tabs-backslashes", _named(_ODD), DEPLOYED),
+    Row("names-with-commas-and-quotes", _named(_CSV, {"lib/l,\"k": "a,b\"c.txt"}), DEPLOYED),
+    Row("newline-in-a-name", _named({"lib/new\nline.txt": b"nl\n"}), DEPLOYED,
+        sh_sentence="'app-2.0/lib/new\\nline.txt' has a newline in its name, which deploy.sh cannot deploy (shipenv deploy can)",
+        why="every list deploy.sh reads is one name a line; README says so"),
+    Row("top-entry-is-a-file", lambda m, t: m + [file_member("app-2.0", b"x\n")], "entry 'app-2.0' is not a directory"),
+    Row("top-entry-is-a-symlink", lambda m, t: m + [link_member("app-2.0", "/etc")], "entry 'app-2.0' is not a directory"),
+    Row("manifest-and-record-not-first", _head_last, "it does not start with app-2.0/.shipenv/manifest.json and .shipenv/RECORD "
+        "as shipenv build writes them (found 'app-2.0/.shipenv/deploy.sh' first)"),
+    Row("gzip-named-tar-zst", None, DEPLOYED, raw=_gzip_named_zst, filename="app-2.0.tar.zst"),
+]
+
+
 def snapshot(*dirs: Path) -> dict[str, tuple[object, ...]]:
     """Every path under ``dirs`` with its type, mode, and content hash or link target."""
     found: dict[str, tuple[object, ...]] = {}
@@ -155,7 +215,7 @@ def snapshot(*dirs: Path) -> dict[str, tuple[object, ...]]:
 
 
 def _archive(row: Row, tmp: Path) -> Path:
-    path = tmp / "app-2.0.tar.gz"
+    path = tmp / row.filename
     if row.raw is not None:
         path.write_bytes(row.raw(tmp))
     else:
@@ -172,7 +232,7 @@ def sh_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int
     binds: dict[Path, str] = {v1: "/in/app-1.0.tar.gz", Path(__file__).resolve().parents[2] / "templates" / "deploy.sh": "/in/deploy.sh"}
     for i, row in enumerate(ROWS):
         (base / f"row{i}").mkdir()
-        binds[_archive(row, base / f"row{i}")] = f"/in/row{i}/app-2.0.tar.gz"
+        binds[_archive(row, base / f"row{i}")] = f"/in/row{i}/{row.filename}"
     results: dict[str, tuple[int, str, bool]] = {}
     with OverlayRoot("bookworm") as server:
         for i, row in enumerate(ROWS):
@@ -181,7 +241,7 @@ def sh_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int
                                            f"sh /in/deploy.sh deploy /in/app-1.0.tar.gz {root}"], binds=binds)
             assert done.returncode == 0, done.stderr
             before = snapshot(server.upper)
-            done = server.run(["sh", "/in/deploy.sh", "deploy", f"/in/row{i}/app-2.0.tar.gz", root], binds=binds)
+            done = server.run(["sh", "/in/deploy.sh", "deploy", f"/in/row{i}/{row.filename}", root], binds=binds)
             last = (done.stderr.strip().splitlines() or [""])[-1] if done.returncode else done.stdout.strip()
             after = snapshot(server.upper)
             results[row.name] = (done.returncode, last, after == before)
@@ -199,15 +259,20 @@ def test_both_deploys_give_the_rows_verdict(row: Row, sh_verdicts: dict[str, tup
     before = snapshot(root, outside)
     done = run_shipenv("deploy", archive, "--root", root, check=False)
     sh_code, sh_last, sh_untouched = sh_verdicts[row.name]
+    sh_refusal = f"error: Refused {row.filename}: {row.sh_sentence or row.sentence}; nothing was deployed."
     if row.sentence == DEPLOYED:
         assert done.returncode == 0 and done.stdout.startswith("Deployed app-2.0 and switched"), done.stderr
-        assert sh_code == 0 and sh_last.startswith("Deployed app-2.0 and switched /srv/"), sh_last
         assert os.readlink(root / "current") == "releases/app-2.0"
+        check_release(root / "releases" / "app-2.0")
+        if row.sh_sentence is None:
+            assert sh_code == 0 and sh_last.startswith("Deployed app-2.0 and switched /srv/"), sh_last
+        else:  # what only shipenv deploy takes
+            assert (sh_code, sh_last) == (3, sh_refusal)
+            assert sh_untouched, "deploy.sh changed something in the server's file system"
         return
-    refusal = f"error: Refused app-2.0.tar.gz: {row.sentence}; nothing was deployed."
+    refusal = f"error: Refused {row.filename}: {row.sentence}; nothing was deployed."
     assert done.returncode == 3 and refusal in done.stderr.splitlines(), done.stderr  # 3: a refused archive
     assert "Traceback" not in done.stderr
     assert snapshot(root, outside) == before
-    sh_refusal = f"error: Refused app-2.0.tar.gz: {row.sh_sentence or row.sentence}; nothing was deployed."
     assert (sh_code, sh_last) == (3, sh_refusal)
     assert sh_untouched, "deploy.sh changed something in the server's file system"
