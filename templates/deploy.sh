@@ -682,7 +682,7 @@ check_listing() { # names and types of every entry, before anything is unpacked
     # shellcheck disable=SC2086
     untar -tvf - $tar_escapes >"$work/.long" || die "Cannot read $archive: it is truncated or corrupt."
     [ "$(wc -l <"$work/.names")" = "$(wc -l <"$work/.long")" ] || refuse "its listing cannot be read"
-    if [ -n "$tar_escapes" ]; then
+    if [ -n "$tar_escapes" ] && grep -q '\\' "$work/.names"; then
         # Every line of deploy.sh's lists is one name: a newline inside one cannot be told apart.
         _nl=$(sed -e 's/\\\\//g' "$work/.names" | grep -n '\\n' | head -n 1)
         [ -z "$_nl" ] || refuse "'$(sed -n "${_nl%%:*}p" "$work/.names")' has a newline in its name, which deploy.sh cannot deploy (shipenv deploy can)"
@@ -724,9 +724,9 @@ check_listing() { # names and types of every entry, before anything is unpacked
             *) refuse "entry '$_raw' is outside $top/" ;;
         esac
         if [ "$_head" -lt 2 ] && [ "${_mode#d}" = "$_mode" ]; then
-            case $_mode in -*) ;; *) _rel=//not-the-head ;; esac
-            case $_rel in
-                .shipenv/manifest.json | .shipenv/RECORD) _head=$((_head + 1)) ;;
+            case $_mode in -*) ;; *) _name=//not-the-head ;; esac
+            case $_name in
+                "$top/.shipenv/manifest.json" | "$top/.shipenv/RECORD") _head=$((_head + 1)) ;;
                 *) refuse "it does not start with $top/.shipenv/manifest.json and .shipenv/RECORD as shipenv build writes them (found '$_raw' first)" ;;
             esac
             head_names="$head_names${head_names:+
@@ -891,6 +891,7 @@ cmd_deploy() {
     shift 2
     parse_options "$@"
     if [ -n "$to_given" ] || [ -n "$keep" ]; then usage; fi
+    [ ! -d "$archive" ] || usage_error "$archive is a directory, not a bundle archive."
     [ -f "$archive" ] || usage_error "$archive is not a file."
     case $archive in /*) ;; *) archive=$(pwd -P)/$archive ;; esac
     need tar sed grep sha256sum od tr cut paste sort uniq mktemp readlink mv ln date stat id

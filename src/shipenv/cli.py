@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from shipenv import __version__
 from shipenv.errors import ShipenvError, UsageError
@@ -92,15 +92,27 @@ def _entry(text: str) -> tuple[str, str]:
     return name.strip(), target.strip()
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse's own refusals (an unknown flag, a missing argument) in the house format, exit status 2."""
+
+    commands: frozenset[str] = frozenset()  #: the top parser's commands
+    command: str | None = None  #: the command named on the line, for the hint of an error the top parser finds
+
+    def error(self, message: str) -> NoReturn:
+        prog = f"{self.prog} {self.command}" if self.command and " " not in self.prog else self.prog
+        Console(sys.stderr).error(message.rstrip(".") + ".", f"See '{prog} --help' for what it takes.")
+        self.exit(2)
+
+
+def _parser() -> _Parser:
+    parser = _Parser(
         prog="shipenv",
         description="Relocatable, self-contained Python application bundles for Linux.",
         epilog="Run 'shipenv COMMAND --help' for the options of a command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"shipenv {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     out = common.add_argument_group("output")
     out.add_argument("-v", "--verbose", action="store_true", help="show every step and debug logs")
     out.add_argument("-q", "--quiet", action="store_true", help="print only errors")
@@ -255,6 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--syntax", choices=["tcl", "lua", "both"], default="both", help="which modulefiles to write (default: both)")
     m.add_argument("-o", "--output", type=Path, default=Path("modulefiles"), metavar="DIR", help="the directory for 'module use' (default: modulefiles/)")
     m.set_defaults(func=_cmd_modulefile)
+    parser.commands = frozenset(sub.choices)
     return parser
 
 
@@ -437,7 +450,11 @@ def _cmd_modulefile(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser.command = next((w for w in words if not w.startswith("-")), None)
+    if parser.command not in parser.commands:
+        parser.command = None
+    args = parser.parse_args(words)
     console = Console(sys.stderr, quiet=args.quiet, verbose=args.verbose)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

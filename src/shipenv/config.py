@@ -97,11 +97,13 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
     constraints = list(args.constraints) or [base / p for p in _list(table.get("constraint"))]
     for path in requirements + constraints:
         if not path.is_file():
-            raise UsageError(f"The requirements file {path} does not exist.")
+            raise UsageError(f"The requirements file {path} does not exist.",
+                             hint="Check the path given to -r/-c (relative to the current directory) or to requirement/constraint in [tool.shipenv].")
     if args.wheels is not None and not args.wheels.is_dir():
         raise UsageError(f"--wheels {args.wheels} is not a directory.")
     if args.venv is not None and not (args.venv / "pyvenv.cfg").is_file():
-        raise UsageError(f"--venv {args.venv} is not a virtual environment (it has no pyvenv.cfg).")
+        raise UsageError(f"--venv {args.venv} is not a virtual environment (it has no pyvenv.cfg).",
+                         hint="Give the directory that python -m venv (or uv venv) made, the one holding pyvenv.cfg.")
     image = image_options(args, table, project)
     flags = [f"--{name.replace('_', '-')}" for name in ("base", "cmd", "user", "image_root") if getattr(args, name, None)]
     if flags and fmt not in IMAGE_FORMATS and not str(args.output).endswith(".oci.tar"):

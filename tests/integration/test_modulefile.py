@@ -221,7 +221,7 @@ def test_quoting_is_exact() -> None:
 
 def test_errors_say_what_to_do(root: Path, tmp_path: Path) -> None:
     done = run_shipenv("modulefile", "--root", root, "--release", "9.9.9", "-o", tmp_path, check=False)
-    assert done.returncode == 2
+    assert done.returncode == 1  # no such release: as for rollback --to (README, exit status)
     assert "There is no release 9.9.9" in done.stderr and "app-1.0.0, app-2.0.0" in done.stderr
 
     done = run_shipenv("modulefile", "--root", tmp_path / "nowhere", "-o", tmp_path, check=False)

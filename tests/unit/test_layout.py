@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from shipenv.deploy import fs
+from shipenv.deploy import fs, modulefile
 from shipenv.deploy import releases as deploy
 from shipenv.errors import DeployError, FilesystemError, RootError, UsageError
 from tests.helpers import HOST, make_tree, pack
@@ -48,6 +48,22 @@ def test_only_real_directories_whose_manifest_names_them_are_releases(site: Path
     pruned = deploy.prune(site, keep=1)  # app-3.0 is current, app-2.0 where rollback goes
     assert (pruned.removed, pruned.kept) == (("app-1.0",), ("app-3.0", "app-2.0"))
     assert sorted(os.listdir(site / "releases")) == ["app-0.9", "app-2.0", "app-3.0", "app-8.0", "empty"]
+
+
+def test_the_modulefile_offers_only_releases(site: Path) -> None:
+    """``modulefile --release`` looks releases up as rollback does: no empty, lying or symlinked directory."""
+    _not_releases(site)
+    for to in ("empty", "app-8.0", "7.0", "app-0.9", "0.9"):
+        with pytest.raises(DeployError, match=rf"^There is no release {to} under .*; there are: app-1.0, app-2.0\.$"):
+            modulefile.find_target(site, release=to)
+    assert modulefile.find_target(site, release="1.0").path == site / "releases" / "app-1.0"
+    assert modulefile.find_target(site).path == site / "releases" / "app-2.0"  # pinned to what current points to
+    assert modulefile.find_target(site, follow_current=True).path == site / "current"
+    os.replace(site / "releases" / "app-8.0", site / "releases" / "app-3.0")  # a manifest naming app-7.0
+    (site / "current.new").symlink_to("releases/app-3.0")
+    os.replace(site / "current.new", site / "current")
+    with pytest.raises(DeployError, match=r"^.*/current points to app-3.0, which is not a release in .*/releases\.$"):
+        modulefile.find_target(site)
 
 
 def test_rollback_to_an_empty_name_is_a_usage_error_in_both(site: Path) -> None:

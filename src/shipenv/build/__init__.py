@@ -5,7 +5,7 @@ Stages, in the order :mod:`~shipenv.build.pipeline` runs them::
     install.resolve_sources   what goes in (venv, requirements, wheelhouse, project)
     interpreter               inspect the base Python and copy it
     install / resolver / venv wheels through installer, resolution through uv or pip
-    relocate (+ patch, policy, hostlibs) plan ELF and shebang edits as data, then apply them
+    relocate (+ patch, policy) plan ELF and shebang edits as data, then apply them
     launchers                 bin/python, console scripts, --entry commands
     bytecode                  byte-compile with the bundle's own interpreter
     audit                     remaining build-host paths, classified

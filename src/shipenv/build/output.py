@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shipenv.errors import UsageError
+from shipenv.errors import ShipenvError, UsageError
 from shipenv.model import IMAGE_FORMATS, ArchiveFormat, BuildOptions
 
 if TYPE_CHECKING:
@@ -100,6 +100,13 @@ def artifact_path(options: BuildOptions, tree_name: str) -> tuple[ArchiveFormat,
 
 
 def check_destination(path: Path) -> None:
+    """Refuse an artifact path that is in the way, or that no directory can be made for."""
+    for ancestor in path.parents:  # the nearest one that exists must be a directory
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                raise UsageError(f"{ancestor} is not a directory, so the output {path} cannot be made below it.",
+                                 hint="Choose another -o: a directory, or a file name ending in .tar.zst, .tar.gz or .tar.xz.")
+            break
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         if path.is_file() and not path.is_symlink():
             raise UsageError(f"{path} already exists.", hint="Remove it or choose another -o.")
@@ -112,7 +119,11 @@ def check_destination(path: Path) -> None:
 def staging(target: Target) -> Iterator[Path]:
     """A locked, empty staging directory beside the artifact, removed afterwards whatever happens."""
     parent = target.artifact.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ShipenvError(f"Cannot make the output directory {parent}: {exc.strerror or exc}.",
+                           hint="Choose another -o, or one you may write to.") from None
     remove_stale_staging(parent)
     path = Path(tempfile.mkdtemp(prefix=f".{target.tree_name}.", suffix=STAGING_SUFFIX, dir=parent))
     lock = (path / ".lock").open("w")

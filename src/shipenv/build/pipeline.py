@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from shipenv.build.install import Sources
 
 from shipenv import __version__, data, templates
-from shipenv.build import audit, bytecode, cache, hostlibs, interpreter, launchers, libc, output, policy, relocate, venv
+from shipenv.build import audit, bytecode, cache, interpreter, launchers, libc, output, policy, relocate, venv
 from shipenv.build.runner import REAL, Runner
 from shipenv.bundle import elf, manifest, sbom, sshsig
 from shipenv.errors import InstallError, PolicyError, ShipenvError, UsageError, listing
@@ -130,7 +130,7 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     platform_extra = bundled.as_platform() if bundled else {}
     metadata = _manifest(target, b.py, scheme, floor, distributions, vendored, platform_extra)
     b.say("Writing the SBOM")
-    host_libs = hostlibs.host_libraries(b.py.machine)
+    host_libs = policy.host_libraries(b.py.machine)
     libdir = [str(b.py.libdir)] if b.py.libdir else []
     sbom.write(b.root, metadata.to_dict(), epoch=target.epoch, wheel_digests=wheel_digests,
                find_library=lambda soname: host_libs.find(soname, libdir))

@@ -1,18 +1,31 @@
-"""Policy data: which shared libraries a Linux target provides (see ``linux.json``).
+"""Which shared libraries a bundle takes from where: the target's (policy data), or the build host's.
 
-Two modes (``--libc``): ``host`` trusts the target's glibc family; ``bundled``
-trusts only the kernel, so the glibc family is copied into the tree (byte for
-byte, see :mod:`shipenv.build.relocate`) and the launchers start the
-interpreter through the bundled loader.
+**The policy** (``data/policy/linux.json``) says which libraries a Linux
+target provides. Two modes (``--libc``): ``host`` trusts the target's glibc
+family; ``bundled`` trusts only the kernel, so the glibc family is copied into
+the tree (byte for byte, see :mod:`shipenv.build.relocate`) and the launchers
+start the interpreter through the bundled loader.
+
+**The build host's libraries** are everything else, found as the dynamic
+loader would find them (:class:`HostLibraries`): a file's own absolute
+RPATH/RUNPATH first, then ``ldconfig``'s cache (read once per machine type
+through the process runner), then the default directories. Relocation copies
+what it finds into ``lib/``, and the SBOM asks the same lookup which file (and
+so which Debian package) a vendored library came from. Both halves answer one
+question per NEEDED name, which is why they are one module.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from shipenv import data as package_data
+from shipenv.build.runner import REAL, Runner
 from shipenv.model import LibcMode
 
 
@@ -75,3 +88,52 @@ def load(system_libs: frozenset[str] = frozenset(), libc: LibcMode = "host") -> 
         always=tuple(bundled["always"]),
         loaders=tuple(sorted(bundled["loaders"].items())),
     )
+
+
+# -- the build host's libraries ----------------------------------------------------
+
+_LDCONFIG_ARCH = {"x86_64": "x86-64", "aarch64": "AArch64", "ppc64le": "64bit", "s390x": "64bit"}
+_DEFAULT_DIRS = (
+    "/lib/{multiarch}",
+    "/usr/lib/{multiarch}",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+)
+
+
+@dataclass(frozen=True)
+class HostLibraries:
+    """Finds a shared library on the build host as the dynamic loader would."""
+
+    cache: dict[str, Path]
+    default_dirs: tuple[Path, ...]
+
+    def find(self, soname: str, search: Iterable[str] = ()) -> Path | None:
+        candidates = [Path(d, soname) for d in search]
+        if soname in self.cache:
+            candidates.append(self.cache[soname])
+        candidates.extend(d / soname for d in self.default_dirs)
+        return next((c for c in candidates if c.is_file()), None)
+
+
+@functools.cache
+def host_libraries(machine: str, runner: Runner = REAL) -> HostLibraries:
+    """Read ``ldconfig -p`` once for the build host's libraries of ``machine``."""
+    multiarch = f"{machine}-linux-gnu"
+    cache: dict[str, Path] = {}
+    arch = _LDCONFIG_ARCH.get(machine, machine)
+    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
+        try:
+            out = runner.run([ldconfig, "-p"]).stdout
+        except OSError:
+            continue
+        for line in out.splitlines()[1:]:
+            name, _, rest = line.strip().partition(" (")
+            flags, _, path = rest.partition(") => ")
+            if path and arch in flags and name not in cache:
+                cache[name] = Path(path)
+        break
+    dirs = tuple(Path(d.format(multiarch=multiarch)) for d in _DEFAULT_DIRS)
+    return HostLibraries(cache, dirs)

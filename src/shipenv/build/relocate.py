@@ -35,9 +35,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from shipenv.build import launchers
-from shipenv.build.hostlibs import HostLibraries, host_libraries
 from shipenv.build.patch import LiefPatcher, Patcher
-from shipenv.build.policy import LibraryPolicy
+from shipenv.build.policy import HostLibraries, LibraryPolicy, host_libraries
 from shipenv.bundle import elf
 from shipenv.errors import RelocateError, listing
 from shipenv.model import ElfInfo, PythonInfo, RelocationPlan, RewriteShebang, SetRpath, VendorLibrary

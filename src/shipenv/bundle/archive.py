@@ -117,14 +117,17 @@ def codec(fmt: str, level: int | None = None, threads: int = 0) -> Codec:
     if fmt not in FORMATS:
         raise UsageError(f"{fmt!r} is not an archive format; use one of {', '.join(FORMATS)}.")
     if threads < 0:
-        raise UsageError(f"--threads {threads} is negative; use 0 for all cores or a positive count.")
+        raise UsageError(f"--threads {threads} is negative; use 0 for all cores or a positive count.",
+                         hint="Leave --threads out to use every core.")
     if fmt == "tar":
         return Codec(fmt, None, 1)
     low, high = LEVEL_RANGES[fmt]
     if level is None:
         level = DEFAULT_LEVELS[fmt]
     elif not low <= level <= high:
-        raise UsageError(f"--level {level} is out of range for {fmt} ({low}-{high}).")
+        ranges = ", ".join(f"{f} {lo}-{hi}" for f, (lo, hi) in LEVEL_RANGES.items())
+        raise UsageError(f"--level {level} is out of range for {fmt} ({low}-{high}).",
+                         hint=f"Levels by format: {ranges}; leave --level out for the default ({DEFAULT_LEVELS[fmt]}).")
     if fmt == "tar.xz":
         threads = 1
     return Codec(fmt, level, threads or cpu_count())

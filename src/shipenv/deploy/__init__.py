@@ -1,10 +1,11 @@
 """The server side: releases under a root, the atomic switch, rollback, prune, modulefiles.
 
-``releases`` (deploy, rollback, releases, prune), ``extract`` (the streaming,
-refusing extractor), ``host`` (arch and glibc against the manifest), ``layout``
+``releases`` (deploy: the host check, unpacking, the switch; it also
+re-exports the other commands), ``rollback`` (listing, rollback, prune),
+``extract`` (the streaming, refusing extractor), ``layout``
 (the root: who may own it, ``current``, the history, what a release is), ``fs``
 (operations in the root by directory descriptor, never through a symlink;
-OS errors as sentences), ``lock`` (one deploy at a time per root), ``modulefile``. ``templates/deploy.sh`` is the same
+OS errors as sentences), ``lock`` (one deploy at a time per root; the opened, locked root every change starts from), ``modulefile``. ``templates/deploy.sh`` is the same
 contract in POSIX sh.
 
 May import :mod:`shipenv.bundle`; never imports :mod:`shipenv.build`, so a

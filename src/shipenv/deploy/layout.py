@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipenv.deploy import fs
-from shipenv.errors import DeployError, RootError
+from shipenv.errors import DeployError, RootError, UsageError, listing
 
 RELEASES = "releases"
 CURRENT = "current"
@@ -182,6 +182,23 @@ def release_names(root: Root) -> list[str]:
     with os.scandir(root.releases_fd) as entries:
         names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
     return [n for n in names if release_version(root, n) is not None]
+
+
+def find_release(root: Root, wanted: str, *, flag: str = "--to") -> str:
+    """The release ``wanted`` names (``NAME-VERSION``, or a version only one release has), as ``flag`` asked.
+
+    The one lookup behind ``rollback --to`` and ``modulefile --release``, over
+    :func:`release_names`, so neither offers what listing and prune do not see.
+    """
+    names = release_names(root)
+    if wanted in names:
+        return wanted
+    found = [n for n in names if release_version(root, n) == wanted]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise UsageError(f"Several releases have version {wanted}: {listing(found)}; name one with {flag} NAME-VERSION.")
+    raise DeployError(f"There is no release {wanted} under {root.shown(RELEASES)}; there are: {listing(names) or 'none'}.")
 
 
 def current_release(root: Root) -> str | None:

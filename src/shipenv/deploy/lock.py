@@ -11,6 +11,11 @@ The file is opened in the root's directory descriptor with ``O_NOFOLLOW`` and
 must be a plain file with one link (:func:`shipenv.deploy.fs.open_file_at`):
 a service user who owns the root cannot turn the pid write into a truncation
 of a file elsewhere.
+
+:func:`locked` is how every command that changes a root begins: the root
+opened and checked (:mod:`shipenv.deploy.layout`), ``current`` read, the lock
+held, the history checked and a killed run's leftovers removed, in the order
+deploy.sh checks them, so both refuse a broken root with the same sentence.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from shipenv.deploy import fs
+from shipenv.deploy.layout import CURRENT, RELEASES, Root, check_history, clean_stale, current_release, open_root
 from shipenv.errors import DeployError
 
 LOCK_NAME = ".shipenv.lock"
@@ -91,3 +97,39 @@ def hold(root: Path, *, wait: float = 0.0, dir_fd: int | None = None,
                 os.ftruncate(fd, 0)
     finally:
         os.close(fd)
+
+
+def no_releases(shown: Path) -> DeployError:
+    return DeployError(f"{shown} holds no releases (no {shown / RELEASES}).", hint=f"Deploy one first: shipenv deploy ARCHIVE --root {shown}")
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, wait: float, deploying: bool = False) -> Iterator[tuple[Root, str]]:
+    """The opened root, locked, its leftovers removed, and what stays true if the command stops now.
+
+    Every command that changes a root (deploy, rollback, prune) starts here.
+
+    deploy.sh checks in the same order (who owns the root, ``releases/``,
+    ``current``, the lock), so both refuse a root with the same sentence.
+    """
+    shown = Path(os.path.abspath(path))
+    prefix = "nothing was deployed and " if deploying else ""
+    state = f"{prefix}{shown / CURRENT} was not created" if deploying else "nothing was changed"
+    with contextlib.ExitStack() as stack:
+        try:
+            root = stack.enter_context(open_root(shown, create=deploying))
+            if root.releases_fd < 0:
+                raise no_releases(shown)
+            current = current_release(root)
+            state = f"{prefix}{shown / CURRENT} " + (f"still points to {current}" if current else "was not created")
+            if deploying and os.fstat(root.releases_fd).st_dev != os.fstat(root.fd).st_dev:
+                # A release moves in with one atomic rename, never a copy across file systems.
+                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(shown / RELEASES))
+            stack.enter_context(hold(shown, wait=wait, dir_fd=root.fd, check=lambda st: root.check_owner(st, LOCK_NAME)))
+            check_history(root)  # before anything changes, not when the switch is already made
+            clean_stale(root)
+        except FileNotFoundError as exc:
+            raise (fs.os_error(exc, str(shown), state) if deploying else no_releases(shown)) from None
+        except OSError as exc:
+            raise fs.os_error(exc, str(shown), state) from None
+        yield root, state

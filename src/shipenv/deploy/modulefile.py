@@ -44,7 +44,8 @@ from typing import Literal
 from shipenv import __version__, templates
 from shipenv.bundle import manifest
 from shipenv.bundle.manifest import Manifest
-from shipenv.errors import ShipenvError, UsageError, listing
+from shipenv.deploy import fs, layout
+from shipenv.errors import DeployError, ShipenvError, UsageError, listing
 
 Syntax = Literal["tcl", "lua"]
 SYNTAXES: tuple[Syntax, ...] = ("tcl", "lua")
@@ -121,28 +122,28 @@ def find_target(
 
 
 def _in_deploy_root(root: Path, release: str | None, follow_current: bool) -> Path:
-    current = root / "current"
-    if follow_current or release is None:
-        if not current.is_dir():
-            raise UsageError(f"{current} does not exist: nothing is deployed in {root} yet.", hint=f"shipenv deploy ARCHIVE --root {root}")
-        # Pinned: the release current points to now, by its own path.
-        return current if follow_current else Path(os.path.realpath(current))
-    names = sorted(e.name for e in os.scandir(root / "releases") if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
-    if release in names:
-        return root / "releases" / release
-    found = [n for n in names if _version_of(root / "releases" / n) == release]
-    if len(found) == 1:
-        return root / "releases" / found[0]
-    if found:
-        raise UsageError(f"Several releases have version {release}: {listing(found)}.", hint="Name one as --release NAME-VERSION.")
-    raise UsageError(f"There is no release {release} in {root / 'releases'}; there are: {listing(names) or 'none'}.")
+    """The release directory to load, by the one definition of a release (:mod:`shipenv.deploy.layout`).
 
-
-def _version_of(release: Path) -> str | None:
+    Read-only, like ``shipenv releases``: what ``--release`` can name is what
+    listing, rollback and prune see, and ``current`` must point at one of them.
+    """
     try:
-        return manifest.read(release).version
-    except ShipenvError:
-        return None
+        with layout.open_root(root) as opened:
+            if release is not None:
+                return root / layout.RELEASES / layout.find_release(opened, release, flag="--release")
+            current = layout.current_release(opened)
+            if current is None:
+                raise UsageError(f"{root / layout.CURRENT} does not exist: nothing is deployed in {root} yet.",
+                                 hint=f"shipenv deploy ARCHIVE --root {root}")
+            if layout.release_version(opened, current) is None:
+                raise DeployError(
+                    f"{root / layout.CURRENT} points to {current}, which is not a release in {root / layout.RELEASES}.",
+                    hint=f"Switch it to a release first: shipenv rollback --root {root} --to NAME-VERSION",
+                )
+    except OSError as exc:
+        raise fs.os_error(exc, str(root), "nothing was written") from None
+    # Pinned: the release current points to now, by its own path; or current itself, which follows.
+    return root / layout.CURRENT if follow_current else Path(os.path.realpath(root / layout.RELEASES / current))
 
 
 # --------------------------------------------------------------------------- rendering

@@ -1,4 +1,4 @@
-"""Releases on a server: deploy, switch atomically, roll back, prune.
+"""Deploy: a bundle archive becomes ``ROOT/releases/NAME-VERSION`` and ``current`` points to it.
 
 One application root holds every release side by side and a symlink to the
 one that runs, so a systemd unit says ``ExecStart=/srv/app/current/bin/app``::
@@ -13,22 +13,23 @@ Everything in the root is reached through directory descriptors opened once
 (:mod:`shipenv.deploy.layout`, :mod:`shipenv.deploy.fs`): a deploy run as root
 in a root the service user owns never follows a link that user planted.
 
-A deploy unpacks into a temporary directory beside ``releases/`` (which must be
-on the same file system, so the final ``rename`` is atomic), checks every file against the
-bundle's RECORD as it streams (:mod:`shipenv.deploy.extract`), checks the host
-before anything moves, runs ``--check`` in the new release, renames it into
-``releases/`` and replaces ``current`` with ``rename(2)`` over a symlink made
-at a temporary name. Until that last rename, ``current`` and every release are
-exactly as they were; a crash (even ``SIGKILL``) leaves at most a temporary
-directory, which the next run removes under the lock.
+The stage, in order: the root's trust policy checks the archive
+(:mod:`shipenv.deploy.trust`); the root is opened and locked
+(:func:`shipenv.deploy.lock.locked`); the archive's manifest is read and the
+host checked against it (its arch, and its glibc, or for a ``--libc bundled``
+bundle the kernel: :func:`check_host`, exit status 4 as in ``deploy.sh``);
+the archive is unpacked into a temporary directory beside ``releases/`` (on
+the same file system, so the final ``rename`` is atomic), every file checked
+against RECORD as it streams (:mod:`shipenv.deploy.extract`); ``--check`` runs
+in the new release; it is renamed into ``releases/`` and ``current`` replaced
+with ``rename(2)`` over a symlink made at a temporary name, and the switch is
+appended to ``history.jsonl``. Until that last rename, ``current`` and every
+release are exactly as they were; a crash (even ``SIGKILL``) leaves at most a
+temporary directory, which the next run removes under the lock.
 
-History, not mtimes, decides where a rollback goes: ``history.jsonl`` is
-append-only, one line per switch (``{"action", "from", "time", "to"}``), and
-the POSIX ``deploy.sh`` carried in every bundle writes the same lines
-(:mod:`shipenv.deploy.layout` holds what both must agree on). Replayed,
-it is a stack: a deploy pushes, a rollback pops the release it leaves, so
-repeated rollbacks walk further back and never return to a release rolled
-back from (``rollback --to`` can).
+Listing, rollback and prune are :mod:`shipenv.deploy.rollback`; this module
+re-exports them, so ``shipenv.deploy.releases`` is the deploy side's one API
+for the CLI.
 """
 
 from __future__ import annotations
@@ -37,46 +38,48 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import itertools
 import os
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 from shipenv.bundle import manifest
-from shipenv.bundle.manifest import RecordEntry
+from shipenv.bundle.manifest import Manifest, RecordEntry
 from shipenv.deploy import extract as _extract
 from shipenv.deploy import fs
-from shipenv.deploy import lock as _lock
 from shipenv.deploy import trust as _trust
-from shipenv.deploy.host import HostFacts, check_host
 from shipenv.deploy.layout import (
     CURRENT,
     HISTORY,
     RELEASES,
     TMP_PREFIX,
-    TRASH_PREFIX,
     HistoryEntry,
     Root,
     append_history,
-    check_history,
-    clean_stale,
     current_release,
-    open_root,
-    read_history,
-    release_names,
     release_version,
     rollback_stack,
-    rollback_target,
     switch,
     syncfs,
 )
-from shipenv.errors import DeployError, FilesystemError, UsageError, listing
+from shipenv.deploy.lock import locked
+from shipenv.deploy.rollback import (
+    KEEP_HINT,
+    PruneResult,
+    Release,
+    SwitchResult,
+    history,
+    prune,
+    prune_locked,
+    releases,
+    rollback,
+)
+from shipenv.errors import DeployError, FilesystemError, HostError, UsageError
 
-T = TypeVar("T")
-
+#: What the CLI and tests use of the deploy side: this module's and the other commands' (rollback.py).
 __all__ = [
     "CURRENT", "HISTORY", "RELEASES", "DeployResult", "HistoryEntry", "HostFacts", "PruneResult", "Release",
     "SwitchResult", "check_host", "deploy", "history", "prune", "releases", "rollback", "rollback_stack",
@@ -85,6 +88,104 @@ __all__ = [
 Step = Callable[[str], None]
 Progress = Callable[[int, int], None]
 
+
+# -- the host -------------------------------------------------------------------
+#
+# Nothing from the bundle runs for this: the kernel says the architecture, the C
+# library its version (``SHIPENV_HOST_GLIBC`` overrides it where detection fails).
+
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a bundle's manifest is checked against: this machine, or a stand-in in tests."""
+
+    arch: str
+    glibc: tuple[int, int] | None  #: None where there is no glibc (musl)
+    kernel: tuple[int, ...] | None = None  #: Linux's version (``uname -r``), for a bundled-libc bundle
+
+    @classmethod
+    def detect(cls, glibc_override: str | None = None) -> HostFacts:
+        """This machine, from the kernel and the C library: nothing from the bundle runs.
+
+        ``glibc_override`` (the CLI passes ``$SHIPENV_HOST_GLIBC``) replaces the
+        detected version where detection fails or lies (an unusual libc build).
+        """
+        arch = os.uname().machine
+        kernel = kernel_version(os.uname().release)
+        if glibc_override:
+            try:
+                return cls(arch, manifest.parse_version(glibc_override), kernel)
+            except ValueError:
+                raise UsageError(f"SHIPENV_HOST_GLIBC={glibc_override!r} is not a glibc version such as 2.31.") from None
+        try:
+            text = os.confstr("CS_GNU_LIBC_VERSION") or ""
+        except (ValueError, OSError):
+            text = ""
+        name, _, version = text.partition(" ")
+        try:
+            return cls(arch, manifest.parse_version(version) if name == "glibc" else None, kernel)
+        except ValueError:
+            return cls(arch, None, kernel)
+
+
+def kernel_version(release: str) -> tuple[int, ...] | None:
+    """``6.1.0-18-amd64`` → (6, 1, 0); None when it does not start with a version."""
+    parts: list[int] = []
+    for piece in release.split("-", 1)[0].split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts) or None
+
+
+def _check_kernel(platform: dict[str, str], host: HostFacts, release: str) -> None:
+    """A bundle that carries its glibc needs only the kernel that glibc was built for."""
+    floor = str(platform.get("kernel_floor") or "")
+    need = kernel_version(floor)
+    if need is None:
+        raise DeployError(f"The manifest of {release} has an unreadable kernel floor {floor!r}.")
+    if host.kernel is not None and host.kernel < need:
+        have = ".".join(map(str, host.kernel))
+        raise HostError(
+            f"This host runs Linux {have} but {release} carries glibc {platform.get('glibc')}, which needs Linux {floor} or newer; deploy it on a newer kernel.",
+            hint="Rebuild it with --libc host on the target's distribution to use its own C library.",
+        )
+
+
+_BUNDLED_HINT = "Or rebuild it with --libc bundled: it then carries its own glibc and needs only a Linux kernel."
+
+
+def check_host(bundle: Manifest, host: HostFacts, release: str) -> None:
+    """Refuse, in words, a bundle this host cannot run (DESIGN: "honest about its floor")."""
+    arch = bundle.platform.arch
+    if arch and _ARCH_ALIASES.get(arch, arch) != _ARCH_ALIASES.get(host.arch, host.arch):
+        raise HostError(f"This host is {host.arch} but {release} was built for {arch}; deploy it on an {arch} host or build it on {host.arch}.")
+    if bundle.platform.libc == "bundled":
+        _check_kernel(bundle.platform.bundled_libc(), host, release)
+        return
+    floor = bundle.platform.glibc_floor
+    if not floor:
+        return
+    need = manifest.parse_version(floor)  # Manifest.parse checked its shape
+    if host.glibc is None:
+        raise HostError(
+            f"This host has no glibc but {release} needs glibc {floor} or newer; deploy it on a glibc-based distribution.",
+            hint="Rebuild it with --libc bundled to carry its own glibc; if this host does have glibc and detection failed, set SHIPENV_HOST_GLIBC to its version (e.g. 2.36).",
+        )
+    if host.glibc < need:
+        have = manifest.format_version(host.glibc)
+        raise HostError(
+            f"This host has glibc {have} but {release} needs {floor} or newer; deploy it on a newer distribution or rebuild it on an older one.",
+            hint=_BUNDLED_HINT,
+        )
+
+
+# -- deploy ---------------------------------------------------------------------
+
+
 def _mb(n: int) -> str:
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
@@ -92,95 +193,7 @@ def _mb(n: int) -> str:
     return f"{n} bytes"
 
 
-def _no_releases(shown: Path) -> DeployError:
-    return DeployError(f"{shown} holds no releases (no {shown / RELEASES}).", hint=f"Deploy one first: shipenv deploy ARCHIVE --root {shown}")
-
-
-@contextlib.contextmanager
-def _locked(path: Path, *, wait: float, deploying: bool = False) -> Iterator[tuple[Root, str]]:
-    """The opened root, locked, its leftovers removed, and what stays true if the command stops now.
-
-    deploy.sh checks in the same order (who owns the root, ``releases/``,
-    ``current``, the lock), so both refuse a root with the same sentence.
-    """
-    shown = Path(os.path.abspath(path))
-    prefix = "nothing was deployed and " if deploying else ""
-    state = f"{prefix}{shown / CURRENT} was not created" if deploying else "nothing was changed"
-    with contextlib.ExitStack() as stack:
-        try:
-            root = stack.enter_context(open_root(shown, create=deploying))
-            if root.releases_fd < 0:
-                raise _no_releases(shown)
-            current = current_release(root)
-            state = f"{prefix}{shown / CURRENT} " + (f"still points to {current}" if current else "was not created")
-            if deploying and os.fstat(root.releases_fd).st_dev != os.fstat(root.fd).st_dev:
-                # A release moves in with one atomic rename, never a copy across file systems.
-                raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(shown / RELEASES))
-            stack.enter_context(_lock.hold(shown, wait=wait, dir_fd=root.fd, check=lambda st: root.check_owner(st, _lock.LOCK_NAME)))
-            check_history(root)  # before anything changes, not when the switch is already made
-            clean_stale(root)
-        except FileNotFoundError as exc:
-            raise (fs.os_error(exc, str(shown), state) if deploying else _no_releases(shown)) from None
-        except OSError as exc:
-            raise fs.os_error(exc, str(shown), state) from None
-        yield root, state
-
-
-# -- releases -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Release:
-    name: str
-    path: Path
-    current: bool
-    rollback: bool  #: where ``shipenv rollback`` would go
-    deployed_at: str | None  #: the last time it became current
-    signer: str | None = None  #: who signed it (principals), when a trust policy verified its deploy
-    key: str | None = None  #: that signer's key fingerprint
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(dataclasses.asdict(self), path=str(self.path))
-
-
-def _releases(root: Root) -> list[Release]:
-    history = read_history(root)
-    current = current_release(root)
-    target = rollback_target(root, history)
-    last: dict[str, tuple[int, str]] = {}
-    for i, entry in enumerate(history):
-        last[entry.to] = (i, entry.time)
-    signed = {e.to: e for e in history if e.key}  # the last verified signature of each release
-    names = release_names(root)
-    names.sort(key=lambda n: (last.get(n, (-1, ""))[0], n), reverse=True)
-    base = root.path / RELEASES
-    return [Release(n, base / n, n == current, n == target, last[n][1] if n in last else None,
-                    signed[n].signer if n in signed else None, signed[n].key if n in signed else None) for n in names]
-
-
-def _read_root(root: Path, read: Callable[[Root], list[T]]) -> list[T]:
-    """``read`` of the opened root, read-only: nothing when there is no root yet, an OS error as a sentence."""
-    shown = Path(os.path.abspath(root))
-    try:
-        with open_root(shown) as opened:
-            return read(opened)
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise fs.os_error(exc, str(shown), "nothing was changed") from None
-
-
-def history(root: Path) -> list[HistoryEntry]:
-    """The well-formed lines of ``ROOT/history.jsonl`` (none when there is no root yet)."""
-    return _read_root(root, read_history)
-
-
-def releases(root: Path) -> list[Release]:
-    """Every release under ``root`` (see :mod:`shipenv.deploy.layout`), the most recently current first."""
-    return _read_root(root, _releases)
-
-
-# -- deploy ---------------------------------------------------------------------
+_ARCHIVE_HINT = "Give the archive shipenv build wrote (NAME-VERSION.tar.zst, .tar.gz or .tar.xz); an unpacked tree is not deployed."
 
 
 @dataclass(frozen=True)
@@ -228,16 +241,18 @@ def deploy(archive: Path, root: Path, *, check: str | None = None, keep: int | N
     say = step or (lambda _msg: None)
     host = host or HostFacts.detect()
     if keep is not None and keep < 1:
-        raise UsageError(f"--keep {keep}: keep at least 1 release (the current one).")
+        raise UsageError(f"--keep {keep}: keep at least 1 release (the current one).", hint=KEEP_HINT)
+    if archive.is_dir():
+        raise UsageError(f"{archive} is a directory, not a bundle archive.", hint=_ARCHIVE_HINT)
     if not archive.is_file():
-        raise UsageError(f"{archive} is not a file.")
+        raise UsageError(f"{archive} is not a file.", hint=_ARCHIVE_HINT)
     shown = Path(os.path.abspath(root))
     verified = _trust.check_archive(shown, archive, say)  # first: a refused archive leaves the root as it was
-    with _locked(shown, wait=wait, deploying=True) as (opened, state):
+    with locked(shown, wait=wait, deploying=True) as (opened, state):
         previous = current_release(opened)
         try:
             result = _deploy_locked(opened, archive, previous, check, host, say, progress, state, verified)
-            pruned = _prune(opened, keep) if keep is not None and result.changed else ()
+            pruned = prune_locked(opened, keep) if keep is not None and result.changed else ()
         except OSError as exc:
             raise fs.os_error(exc, str(shown), state) from None
     if pruned:
@@ -310,94 +325,3 @@ def _deploy_locked(root: Root, archive: Path, previous: str | None, check: str |
     shared = f", {_mb(stats.linked_bytes)} hard-linked from {previous}" if previous else ""
     message = f"Deployed {name} and {switched} ({stats.files:,} files: {_mb(stats.written_bytes)} written{shared})."
     return DeployResult(name, final, previous, True, stats.files, stats.written_bytes, stats.linked_bytes, (), message)
-
-
-# -- rollback and prune ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SwitchResult:
-    previous: str
-    current: str
-    message: str
-
-
-def _find(root: Root, to: str) -> str:
-    names = release_names(root)
-    if to in names:
-        return to
-    found = [n for n in names if release_version(root, n) == to]
-    if len(found) == 1:
-        return found[0]
-    if found:
-        raise UsageError(f"Several releases have version {to}: {listing(found)}; name one with --to NAME-VERSION.")
-    raise DeployError(f"There is no release {to} under {root.path / RELEASES}; there are: {listing(names) or 'none'}.")
-
-
-def rollback(root: Path, *, to: str | None = None, wait: float = 0.0) -> SwitchResult:
-    """Switch ``current`` back to the release before it (by history), or to ``to``."""
-    if to is not None and not to:
-        raise UsageError("--to needs a version or a NAME-VERSION.")
-    shown = Path(os.path.abspath(root))
-    with _locked(shown, wait=wait) as (opened, state):
-        current = current_release(opened)
-        if current is None:
-            raise DeployError(f"{shown / CURRENT} does not exist, so there is nothing to roll back from.")
-        if to is not None:
-            target = _find(opened, to)
-            if target == current:
-                raise DeployError(f"{target} is already current in {shown}; nothing changed.")
-        else:
-            found = rollback_target(opened)
-            if found is None:
-                raise DeployError(f"There is no earlier release to roll back to from {current} in {shown}.", hint="Deploy the version you want instead.")
-            target = found
-        signed = _trust.check_rollback(opened, target, current)  # only to what the current policy allows
-        try:
-            switch(opened, target)
-            append_history(opened, "rollback-to" if to is not None else "rollback", current, target, **signed)
-        except OSError as exc:
-            raise fs.os_error(exc, str(shown), state) from None
-    return SwitchResult(current, target, f"Switched {shown / CURRENT} from {current} to {target}.")
-
-
-@dataclass(frozen=True)
-class PruneResult:
-    removed: tuple[str, ...]
-    kept: tuple[str, ...]
-    message: str
-
-
-def _prune(root: Root, keep: int) -> tuple[str, ...]:
-    ordered = _releases(root)
-    protected = {r.name for r in ordered if r.current or r.rollback}
-    kept = {r.name for r in ordered[:keep]} | protected
-    removed = []
-    for r in ordered:
-        if r.name in kept:
-            continue
-        # Renamed away first (within releases/, so never across file systems), so a crash
-        # never leaves a half-deleted release in releases/; the next run removes the trash.
-        trash = f"{TRASH_PREFIX}{os.getpid()}-{r.name}"
-        os.rename(r.name, trash, src_dir_fd=root.releases_fd, dst_dir_fd=root.releases_fd)
-        fs.remove_tree_at(root.releases_fd, trash)
-        removed.append(r.name)
-    return tuple(removed)
-
-
-def prune(root: Path, *, keep: int, wait: float = 0.0) -> PruneResult:
-    """Remove all but the ``keep`` most recently current releases, never current nor the rollback target."""
-    if keep < 1:
-        raise UsageError(f"--keep {keep}: keep at least 1 release (the current one).")
-    shown = Path(os.path.abspath(root))
-    with _locked(shown, wait=wait) as (opened, state):
-        try:
-            removed = _prune(opened, keep)
-        except OSError as exc:
-            raise fs.os_error(exc, str(shown), state) from None
-        kept = tuple(r.name for r in _releases(opened))
-    if removed:
-        message = f"Removed {', '.join(removed)} from {shown / RELEASES}; kept {', '.join(kept)}."
-    else:
-        message = f"Nothing to prune in {shown / RELEASES}: kept {', '.join(kept) or 'nothing'}."
-    return PruneResult(tuple(removed), kept, message)
