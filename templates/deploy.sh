@@ -67,7 +67,8 @@
 #
 # Names: any name shipenv deploy takes (UTF-8, tabs, backslashes, commas and
 # quotes, which RECORD quotes as CSV does), read from tar's escaped listing;
-# except a newline in a name, which deploy.sh refuses (shipenv deploy takes it).
+# except a newline in a name, which deploy.sh refuses (shipenv deploy takes it;
+# shipenv build never makes such a bundle).
 # Members may start with "./" (tar -C DIR -cf X ./app-1.0); manifest.json and
 # RECORD come first, as shipenv build writes them and shipenv deploy needs.
 #

@@ -188,7 +188,7 @@ ROWS += [
     Row("names-with-commas-and-quotes", _named(_CSV, {"lib/l,\"k": "a,b\"c.txt"}), DEPLOYED),
     Row("newline-in-a-name", _named({"lib/new\nline.txt": b"nl\n"}), DEPLOYED,
         sh_sentence="'app-2.0/lib/new\\nline.txt' has a newline in its name, which deploy.sh cannot deploy (shipenv deploy can)",
-        why="every list deploy.sh reads is one name a line; README says so"),
+        why="every list deploy.sh reads is one name a line (README says so; shipenv build refuses such a name)"),
     Row("top-entry-is-a-file", lambda m, t: m + [file_member("app-2.0", b"x\n")], "entry 'app-2.0' is not a directory"),
     Row("top-entry-is-a-symlink", lambda m, t: m + [link_member("app-2.0", "/etc")], "entry 'app-2.0' is not a directory"),
     Row("manifest-and-record-not-first", _head_last, "it does not start with app-2.0/.shipenv/manifest.json and .shipenv/RECORD "

@@ -110,3 +110,15 @@ def test_bundled_libc_keys_round_trip_and_reach_the_facts() -> None:
     assert parsed.to_json() == data
     assert parsed.platform.bundled_libc()["kernel_floor"] == "3.2.0"
     assert b"libc=bundled\n" in manifest.render_facts(parsed) and b"kernel_floor=3.2.0\n" in manifest.render_facts(parsed)
+
+
+def test_a_name_with_a_newline_is_refused_at_build_time(tmp_path: Path) -> None:
+    """No bundle is made that its own deploy.sh cannot deploy (it reads one name a line)."""
+    tree = tmp_path / "app-1.0"
+    (tree / "lib").mkdir(parents=True)
+    (tree / "lib" / "new\nline.txt").write_text("x\n")
+    meta = Manifest.from_dict({"name": "app", "version": "1.0", "platform": {"arch": "x86_64"}, "python": {"version": "3.12.1"}})
+    with pytest.raises(ManifestError, match=r"^1 file name\(s\) or link target\(s\) in app-1.0 hold a newline, .*: 'lib/new\\nline.txt'\.$"):
+        manifest.write(tree, meta)
+    assert not (tree / ".shipenv").exists()
+

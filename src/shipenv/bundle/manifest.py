@@ -132,7 +132,19 @@ def parse_record(data: bytes) -> dict[str, RecordEntry]:
 
 
 def write(root: Path, manifest: Manifest) -> None:
-    """Write manifest.json and facts, then RECORD over every file (both included)."""
+    """Write manifest.json and facts, then RECORD over every file (both included).
+
+    A name with a newline is refused: the bundle's own deploy.sh reads one name
+    a line and could not deploy it (``shipenv deploy`` could, but a bundle must
+    deploy with either).
+    """
+    odd = [rel for rel, full in walk(root) if "\n" in rel or (full.is_symlink() and "\n" in os.readlink(full))]
+    if odd:
+        raise ManifestError(
+            f"{len(odd)} file name(s) or link target(s) in {root.name} hold a newline, which the bundle's deploy.sh cannot deploy: "
+            + ", ".join(repr(p) for p in odd[:3]) + (f" (+ {len(odd) - 3} more)" if len(odd) > 3 else "") + ".",
+            hint="Rename them in the package that installs them, or leave that package out.",
+        )
     (root / META_DIR).mkdir(exist_ok=True)
     (root / MANIFEST).write_bytes(manifest.to_json())
     (root / FACTS).write_bytes(render_facts(manifest))
