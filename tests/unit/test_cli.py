@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shipenv import cli
-from tests.helpers import SHIPENV, pyenv_python
+from tests.helpers import REPO, SHIPENV, pyenv_python
 
 
 def fails(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, list[str]]:
@@ -90,6 +90,9 @@ def test_a_directory_given_to_deploy(capsys: pytest.CaptureFixture[str], tmp_pat
     (tmp_path / "app-1.0").mkdir()
     code, error, hints = fails(capsys, "deploy", tmp_path / "app-1.0", "--root", tmp_path / "srv")
     assert (code, error, hints) == (2, f"error: {tmp_path / 'app-1.0'} is a directory, not a bundle archive.", [ARCHIVE_HINT])
+    done = subprocess.run(["dash", str(REPO / "templates" / "deploy.sh"), "deploy", str(tmp_path / "app-1.0"), str(tmp_path / "srv")],
+                          capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stderr) == (2, f"{error}\n")  # deploy.sh: the same sentence (it prints no hints for usage)
     assert not (tmp_path / "srv").exists()
 
 
