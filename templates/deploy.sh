@@ -683,7 +683,7 @@ check_listing() { # names and types of every entry, before anything is unpacked
     # shellcheck disable=SC2086
     untar -tvf - $tar_escapes >"$work/.long" || die "Cannot read $archive: it is truncated or corrupt."
     [ "$(wc -l <"$work/.names")" = "$(wc -l <"$work/.long")" ] || refuse "its listing cannot be read"
-    if [ -n "$tar_escapes" ] && grep -q '\\' "$work/.names"; then
+    if [ -n "$tar_escapes" ] && grep -q '[\]' "$work/.names"; then
         # Every line of deploy.sh's lists is one name: a newline inside one cannot be told apart.
         _nl=$(sed -e 's/\\\\//g' "$work/.names" | grep -n '\\n' | head -n 1)
         [ -z "$_nl" ] || refuse "'$(sed -n "${_nl%%:*}p" "$work/.names")' has a newline in its name, which deploy.sh cannot deploy (shipenv deploy can)"
@@ -758,6 +758,15 @@ check_listing() { # names and types of every entry, before anything is unpacked
     sed -n -e ':a' -e 's|/[^/]*$||' -e 't p' -e 'd' -e ':p' -e 'p' -e 'b a' "$work/.all" >"$work/.parents"
     _through=$(grep -Fx -f "$(patterns "$work/.links")" "$work/.parents" | head -n 1)
     [ -z "$_through" ] || refuse "a path would be written through the symlink '$top/$_through'"
+    # A parent that is a plain file: tar would stop half-way ("Not a directory"); say it up front.
+    grep -Fxv -f "$(patterns "$work/.links")" "$work/.files" >"$work/.regular"
+    _below=$(grep -Fx -f "$(patterns "$work/.regular")" "$work/.parents" | head -n 1)
+    if [ -n "$_below" ]; then
+        while IFS= read -r _c; do
+            case $_c in "$_below"/*) refuse "'$top/$_c' would be written below the file '$top/$_below'" ;; esac
+        done <"$work/.files"
+        refuse "a directory would be made below the file '$top/$_below'"
+    fi
 }
 
 check_record() {

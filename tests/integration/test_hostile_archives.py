@@ -194,6 +194,8 @@ ROWS += [
     Row("manifest-and-record-not-first", _head_last, "it does not start with app-2.0/.shipenv/manifest.json and .shipenv/RECORD "
         "as shipenv build writes them (found 'app-2.0/.shipenv/deploy.sh' first)"),
     Row("gzip-named-tar-zst", None, DEPLOYED, raw=_gzip_named_zst, filename="app-2.0.tar.zst"),
+    Row("file-below-a-file", lambda m, t: with_record(m + [file_member("app-2.0/lib/shared.txt/x", b"x\n")], entry("lib/shared.txt/x", b"x\n")),
+        "'app-2.0/lib/shared.txt/x' would be written below the file 'app-2.0/lib/shared.txt'"),
 ]
 
 
