@@ -481,11 +481,17 @@ def test_refuses_a_setuid_file(live: Path, root: Path, tmp_path: Path) -> None:
 
 
 def test_refuses_a_file_whose_bytes_differ_from_record(live: Path, root: Path, tmp_path: Path) -> None:
+    members = [(info, b"VERSION = 'ev1'\n" if info.name == "app-2.0/lib/app/__init__.py" else data) for info, data in members_of(live)]
+    refused(write_tar(tmp_path / "app-2.0.tar.gz", members), root, tmp_path, "the bytes of 'app-2.0/lib/app/__init__.py' differ from its RECORD entry")
+
+
+def test_refuses_a_member_whose_size_differs_from_record_before_writing_it(live: Path, root: Path, tmp_path: Path) -> None:
     members = [(info, b"VERSION = 'tampered'\n" if info.name == "app-2.0/lib/app/__init__.py" else data) for info, data in members_of(live)]
     for info, data in members:
         if data is not None:
             info.size = len(data)
-    refused(write_tar(tmp_path / "app-2.0.tar.gz", members), root, tmp_path, "the bytes of 'app-2.0/lib/app/__init__.py' differ from its RECORD entry")
+    refused(write_tar(tmp_path / "app-2.0.tar.gz", members), root, tmp_path,
+            "'app-2.0/lib/app/__init__.py' is 21 bytes in the archive but RECORD says 16")
 
 
 def test_refuses_record_listing_a_missing_file(live: Path, root: Path, tmp_path: Path) -> None:

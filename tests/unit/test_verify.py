@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from shipenv.bundle.manifest import RecordEntry
 from shipenv.bundle.verify import Seen
 from shipenv.errors import ArchiveError, VerifyError
 from shipenv.model import ElfInfo
-from tests.helpers import SHIPENV, pyenv_python
+from tests.helpers import SHIPENV, file_member, members_of, pyenv_python, write_tar
 
 EPOCH = 1_600_000_000
 METADATA: dict[str, Any] = {
@@ -171,8 +172,36 @@ def test_many_problems_are_listed_with_a_count(bundle: Path) -> None:
 
 def test_top_directory_must_match_the_manifest(bundle: Path, tmp_path: Path) -> None:
     path = archive.write(bundle, tmp_path / "x.tar.zst", "tar.zst", level=None, threads=1, mtime=EPOCH, arcname="other-2.0").path
-    with pytest.raises(VerifyError, match=r"has entries out of place: other-2.0/ \(the manifest says demo-1.0\)"):
+    with pytest.raises(VerifyError, match=r"would be refused by shipenv deploy: its top directory other-2.0/ does not match the manifest's demo-1.0"):
         verify.verify(path)
+
+
+def test_verify_reports_every_problem_of_one_archive_in_one_message(bundle: Path, tmp_path: Path) -> None:
+    """Collect mode: the reader's rules are deploy's, but verify goes on and names them all at once."""
+    members = []
+    for info, data in members_of(bundle):
+        if info.name == "demo-1.0/lib/pkg/__init__.py":
+            data = b"VALUE = 2\n"  # same size, other bytes
+        elif info.name == "demo-1.0/lib/pkg/data.bin":
+            data = bytes(300_000)  # larger than RECORD says
+            info.size = len(data)
+        elif info.name == "demo-1.0/bin/hi":
+            continue  # missing
+        members.append((info, data))
+    device = tarfile.TarInfo("demo-1.0/lib/null")
+    device.type = tarfile.CHRTYPE
+    members += [file_member("demo-1.0/lib/added.py", b"x = 1\n"), file_member("demo-1.0/bin/rootme", b"id\n", 0o4755),
+                (device, None), file_member("demo-1.0/../escaped", b"x\n")]
+    path = write_tar(tmp_path / "demo-1.0.tar.gz", members)
+    with pytest.raises(VerifyError) as info:
+        verify.verify(path)
+    assert str(info.value) == (
+        f"{path} does not match its manifest: 2 changed (lib/pkg/__init__.py, lib/pkg/data.bin), 1 missing (bin/hi), "
+        "2 extra (bin/rootme, lib/added.py); and it would be refused by shipenv deploy: "
+        "'demo-1.0/bin/rootme' has the setuid or setgid bit set (mode 4755), "
+        "entry 'demo-1.0/lib/null' is a character device; a bundle holds only files, directories and symlinks, "
+        "entry 'demo-1.0/../escaped' climbs out of its directory with '..'."
+    )
 
 
 # -- verify: the relocation audit ----------------------------------------------------------------

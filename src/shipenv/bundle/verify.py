@@ -29,7 +29,6 @@ import posixpath
 import shutil
 import stat
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -39,9 +38,9 @@ from typing import IO, Any, Literal
 
 from elftools.common.exceptions import ELFError
 
-from shipenv.bundle import archive, elf, manifest
+from shipenv.bundle import archive, elf, manifest, reader, unpack
 from shipenv.bundle.manifest import Manifest, RecordEntry
-from shipenv.errors import ArchiveError, UsageError, VerifyError, listing
+from shipenv.errors import UsageError, VerifyError, listing
 from shipenv.model import ElfInfo
 
 Progress = Callable[[int, int], None]
@@ -49,8 +48,6 @@ Progress = Callable[[int, int], None]
 _CHUNK = 1 << 20
 _MANIFEST = manifest.MANIFEST.as_posix()
 _RECORD = manifest.RECORD.as_posix()
-#: manifest.json and RECORD are read into memory; a real RECORD is about 100 bytes a file.
-_HEAD_LIMIT = 64 << 20
 #: ELF members are parsed from memory up to this size, from a temporary file above it.
 _ELF_IN_MEMORY = 32 << 20
 #: Interpreters every POSIX host has at these paths; a bundle's scripts may name them.
@@ -181,45 +178,17 @@ def _tree_head(root: Path) -> _Head:
     return _parse_head(root, _read_small(root / _MANIFEST), _read_small(root / _RECORD), root.name)
 
 
-def _split(name: str) -> tuple[str, str] | None:
-    """``NAME-VERSION/a/b`` → (``NAME-VERSION``, ``a/b``); None for a name that could escape."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if name.startswith("/") or not parts or ".." in parts:
-        return None
-    return parts[0], "/".join(parts[1:])
-
-
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, label: Path) -> bytes:
-    if member.size > _HEAD_LIMIT:
-        raise VerifyError(f"{member.name} in {label} is implausibly large for a manifest ({member.size:,} bytes).")
-    f = tar.extractfile(member)
-    return f.read() if f is not None else b""
-
-
 def _archive_head(path: Path) -> _Head:
-    """manifest.json and RECORD from the front of the archive; stops reading as soon as both are in."""
-    found: dict[str, bytes] = {}
-    top = ""
-    with archive.open_stream(path) as tar:
-        for member in tar:
-            split = _split(member.name)
-            if split is None:
-                continue
-            top = top or split[0]
-            if split[0] == top and split[1] in (_MANIFEST, _RECORD) and member.isreg():
-                found[split[1]] = _read_member(tar, member, path)
-                if len(found) == 2:
-                    break
-    if _MANIFEST not in found:
-        raise ArchiveError(
-            f"{path} is not a shipenv bundle: it holds no NAME-VERSION/{_MANIFEST}.",
-            hint="Give the archive that shipenv build wrote.",
-        )
-    return _parse_head(path, found.get(_MANIFEST), found.get(_RECORD), top)
+    """manifest.json and RECORD from the front of the archive (the reader's head); stops reading there."""
+    with reader.open_bundle(path, collect=True) as bundle:
+        head = bundle.head
+    return _Head(head.top, head.manifest, head.record)
 
 
 @dataclass(frozen=True)
-class Packed:
+class ArchiveInfo:
+    """What ``inspect`` shows about an archive file (``archive.Packed`` is what ``write`` wrote)."""
+
     format: str
     size: int
     sha256: str
@@ -232,7 +201,7 @@ class Inspection:
     manifest: Manifest
     size: int  #: bytes of every file RECORD lists
     files: int
-    archive: Packed | None
+    archive: ArchiveInfo | None
 
     def as_dict(self) -> dict[str, Any]:
         """The manifest's JSON object plus ``size``, ``files`` and ``archive`` (``inspect --json``)."""
@@ -253,7 +222,7 @@ def inspect(bundle: Path) -> Inspection:
     else:
         fmt = archive.detect(bundle)
         head = _archive_head(bundle)
-        packed = Packed(fmt, bundle.stat().st_size, _sha256(bundle))
+        packed = ArchiveInfo(fmt, bundle.stat().st_size, _sha256(bundle))
     return Inspection(head.manifest, sum(e.size or 0 for e in head.record.values()), len(head.record), packed)
 
 
@@ -266,16 +235,14 @@ def read_sbom(bundle: Path) -> str:
     if bundle.is_dir():
         head, data = _tree_head(bundle), _read_small(bundle / want)
     else:
-        head = _archive_head(bundle)
         data = None
-        with archive.open_stream(bundle) as tar:
-            for member in tar:
-                split = _split(member.name)
-                if split is not None and split == (head.top, want) and member.isreg():
-                    if member.size > 4 * _HEAD_LIMIT:
+        with reader.open_bundle(bundle, collect=True) as walk:
+            head = _Head(walk.head.top, walk.head.manifest, walk.head.record)
+            for member in walk.members():
+                if member.rel == want and member.kind == "file" and member.stream is not None:
+                    if member.size > 4 * reader.HEAD_LIMIT:
                         raise VerifyError(f"{member.name} in {bundle} is implausibly large for an SBOM ({member.size:,} bytes).")
-                    f = tar.extractfile(member)
-                    data = f.read() if f is not None else b""
+                    data = member.stream.read()
                     break
     entry = head.record.get(want)
     if data is None or entry is None:
@@ -339,78 +306,43 @@ def _scan_tree(root: Path, tally: _Tally) -> tuple[dict[str, Seen], list[str]]:
     return seen, audit
 
 
-def _hash_member(tar: tarfile.TarFile, member: tarfile.TarInfo, rel: str, tally: _Tally) -> tuple[Seen, list[str]]:
-    """sha256 and size of one member as it streams past, plus what the audit finds in it."""
-    f = tar.extractfile(member)
-    assert f is not None
-    digest = hashlib.sha256()
-    size = 0
-    first = f.read(_CHUNK)
-    spool: IO[bytes] | None = None
-    with contextlib.ExitStack() as stack:
-        if first.startswith(b"\x7fELF"):
-            spool = stack.enter_context(tempfile.SpooledTemporaryFile(max_size=_ELF_IN_MEMORY))
-        chunk = first
-        while chunk:
-            digest.update(chunk)
-            size += len(chunk)
-            if spool is not None:
-                spool.write(chunk)
+def _hash_member(member: reader.Member, tally: _Tally) -> list[str]:
+    """Read one member as it streams past (the reader hashes it), and audit it."""
+    stream = member.stream
+    assert stream is not None
+    first = stream.read(_CHUNK)
+    tally.add(0, len(first))
+    findings = list(filter(None, [shebang_finding(member.rel, member.mode, first)]))
+    if not first.startswith(b"\x7fELF"):
+        while chunk := stream.read(_CHUNK):
             tally.add(0, len(chunk))
-            chunk = f.read(_CHUNK)
-        findings = list(filter(None, [shebang_finding(rel, member.mode, first)]))
-        if spool is not None:
+    else:
+        with tempfile.SpooledTemporaryFile(max_size=_ELF_IN_MEMORY) as spool:
+            chunk = first
+            while chunk:
+                spool.write(chunk)
+                chunk = stream.read(_CHUNK)
+                tally.add(0, len(chunk))
             spool.seek(0)
-            findings += _elf_of(rel, spool)
+            findings += _elf_of(member.rel, spool)
     tally.add(1)
-    return Seen("file", digest.hexdigest(), size), findings
+    return findings
 
 
-def _scan_archive(path: Path, tally: _Tally) -> tuple[_Head | None, str, dict[str, Seen], list[str], list[str]]:
-    """One pass over the archive: (head, top, seen, audit findings, layout problems)."""
-    seen: dict[str, Seen] = {}
+def _scan_archive(path: Path, tally: _Tally) -> tuple[_Head, reader.Findings, list[str]]:
+    """One pass over the archive through the reader in collect mode: (head, its findings, audit findings)."""
     audit: list[str] = []
-    layout: list[str] = []
-    head_bytes: dict[str, bytes] = {}
-    top = ""
-    with archive.open_stream(path) as tar:
-        for member in tar:
-            split = _split(member.name)
-            if split is None:
-                layout.append(f"{member.name} (an unsafe path)")
-                continue
-            top = top or split[0]
-            if split[0] != top:
-                layout.append(f"{member.name} (outside {top}/)")
-                continue
-            rel = split[1]
-            if not rel or member.isdir():
-                continue
-            if rel in seen:
-                layout.append(f"{member.name} (twice)")
-            if member.isreg():
-                if rel in (_MANIFEST, _RECORD):
-                    data = _read_member(tar, member, path)
-                    head_bytes[rel] = data
-                    seen[rel] = Seen("file", hashlib.sha256(data).hexdigest(), len(data))
-                    tally.add(1, len(data))
-                else:
-                    seen[rel], found = _hash_member(tar, member, rel, tally)
-                    audit += found
-            elif member.issym():
-                seen[rel] = Seen("symlink", target=member.linkname)
-                audit += filter(None, [symlink_finding(rel, member.linkname)])
+    with reader.open_bundle(path, collect=True) as walk:
+        for member in walk.members():
+            if member.kind == "file":
+                audit += _hash_member(member, tally)
+            elif member.kind == "symlink":
+                audit += filter(None, [symlink_finding(member.rel, member.target)])
                 tally.add(1)
-            elif member.islnk():  # a hard link to a file stored earlier: same content
-                target = _split(member.linkname)
-                earlier = seen.get(target[1]) if target and target[0] == top else None
-                seen[rel] = earlier if earlier is not None and earlier.kind == "file" else Seen("other")
-            else:
-                seen[rel] = Seen("other")
-    head = None
-    if _MANIFEST in head_bytes or _RECORD in head_bytes:
-        head = _parse_head(path, head_bytes.get(_MANIFEST), head_bytes.get(_RECORD), top)
-    return head, top, seen, audit, layout
+            elif member.kind == "hardlink":
+                tally.add(1)
+        head = _Head(walk.head.top, walk.head.manifest, walk.head.record)
+        return head, walk.findings, audit
 
 
 def verify(bundle: Path, *, run: str | None = None, progress: Progress | None = None) -> VerifyReport:
@@ -422,28 +354,21 @@ def verify(bundle: Path, *, run: str | None = None, progress: Progress | None = 
     _exists(bundle)
     tally = _Tally(progress)
     is_dir = bundle.is_dir()
+    refused: list[str] = []
     if is_dir:
         head = _tree_head(bundle)
         seen, audit = _scan_tree(bundle, tally)
-        layout: list[str] = []
-        name = head.manifest.release
+        mismatch = compare(head.record, seen)
     else:
         archive.detect(bundle)
-        maybe, top, seen, audit, layout = _scan_archive(bundle, tally)
-        if maybe is None:
-            raise ArchiveError(
-                f"{bundle} is not a shipenv bundle: it holds no NAME-VERSION/{_MANIFEST}.",
-                hint="Give the archive that shipenv build wrote.",
-            )
-        head = maybe
-        name = head.manifest.release
-        if top != name:
-            layout.append(f"{top}/ (the manifest says {name})")
+        head, findings, audit = _scan_archive(bundle, tally)
+        mismatch = Mismatch(tuple(sorted(findings.missing)), tuple(sorted(findings.changed)), tuple(sorted(findings.extra)))
+        refused = findings.refused
     tally.done()
-    mismatch = compare(head.record, seen)
-    problems = _describe(mismatch, audit, layout)
+    name = head.manifest.release
+    problems = _describe(mismatch, audit, refused)
     if problems:
-        if mismatch or layout:
+        if mismatch or refused:
             hint = "Copy the bundle again from the build's output, or rebuild it: it changed after the build."
         else:
             hint = "Rebuild the bundle; if shipenv build made it like this, please report it as a bug."
@@ -453,7 +378,7 @@ def verify(bundle: Path, *, run: str | None = None, progress: Progress | None = 
     return VerifyReport(name, len(head.record))
 
 
-def _describe(mismatch: Mismatch, audit: list[str], layout: list[str]) -> list[str]:
+def _describe(mismatch: Mismatch, audit: list[str], refused: list[str]) -> list[str]:
     problems = []
     if mismatch:
         parts = [
@@ -462,8 +387,8 @@ def _describe(mismatch: Mismatch, audit: list[str], layout: list[str]) -> list[s
             if items
         ]
         problems.append(f"does not match its manifest: {', '.join(parts)}")
-    if layout:
-        problems.append(f"has entries out of place: {listing(layout)}")
+    if refused:
+        problems.append(f"would be refused by shipenv deploy: {listing(refused)}")
     if audit:
         problems.append(f"depends on paths outside itself: {listing(sorted(audit))}")
     return problems
@@ -488,15 +413,10 @@ def moved_copy(bundle: Path, name: str, is_dir: bool) -> Iterator[Path]:
 
 
 def _extract(path: Path, dest: Path) -> None:
-    """Unpack an archive that :func:`verify` has just checked (names, types, links, contents)."""
+    """Unpack an archive that :func:`verify` has just checked, through the same reader in strict mode."""
     dest.mkdir(parents=True)
-    options: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-    try:
-        with archive.open_stream(path) as tar:
-            for member in tar:
-                tar.extract(member, dest, **options)
-    except tarfile.TarError as exc:  # the data filter refusing something
-        raise VerifyError(f"{path} cannot be unpacked safely ({exc}).") from exc
+    with reader.open_bundle(path, outcome="nothing was run") as bundle:
+        unpack.unpack(bundle, dest / bundle.head.top)
 
 
 def _run_moved(bundle: Path, name: str, is_dir: bool, command: str) -> None:

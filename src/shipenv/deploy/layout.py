@@ -30,13 +30,13 @@ import ctypes
 import errno
 import json
 import os
-import re
 import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from shipenv.bundle.reader import valid_release_name
 from shipenv.deploy import fs
 from shipenv.errors import DeployError, RootError, UsageError, listing
 
@@ -45,14 +45,8 @@ CURRENT = "current"
 HISTORY = "history.jsonl"
 #: Names of leftovers of an interrupted run, removed by the next one under the lock.
 TMP_PREFIX, TRASH_PREFIX, LINK_PREFIX = ".deploy-", ".prune-", ".current.new."
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _MANIFEST_LIMIT = 1 << 20
 _HISTORY_LIMIT = 64 << 20
-
-
-def valid_release_name(name: str) -> bool:
-    """``NAME-VERSION`` is one plain path component that shells and JSON need not quote."""
-    return bool(_NAME_RE.fullmatch(name)) and ".." not in name
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,17 @@ def _mb(n: int) -> str:
 _ARCHIVE_HINT = "Give the archive shipenv build wrote (NAME-VERSION.tar.zst, .tar.gz or .tar.xz); an unpacked tree is not deployed."
 
 
+def _check_space(root: Root, fd: int, name: str, needed: int, state: str) -> None:
+    """Before the first byte: RECORD's total (what is not hard-linked) against the free space (statvfs)."""
+    st = os.statvfs(fd)
+    free = st.f_bavail * st.f_frsize
+    if needed > free:
+        raise FilesystemError(
+            f"The disk holding {root.path} has {_mb(free)} free but {name} needs about {_mb(needed)}; {state}.",
+            hint=f"Free some space, for example with 'shipenv prune --root {root.path} --keep 2', then deploy again.",
+        )
+
+
 @dataclass(frozen=True)
 class DeployResult:
     release: str
@@ -287,6 +298,7 @@ def _deploy_locked(root: Root, archive: Path, previous: str | None, check: str |
                 share = releases_dir / previous if previous and release_version(root, previous) else None
                 share_record = _record_of(share)[1] if share is not None else {}
                 tmp, tmp_fd = fs.make_temp_dir(root.fd, TMP_PREFIX)
+                _check_space(root, tmp_fd, name, _extract.space_needed(head, share_record), state)
                 say(f"Unpacking {name} ({_mb(head.size)}) and checking every file against its RECORD")
                 try:
                     stats = reader.extract(Path(fs.fd_path(tmp_fd)) / name, share=share, share_record=share_record, progress=progress)
