@@ -570,7 +570,7 @@ pick_decompressor() {
         1f8b*) decompress=gzip ;;
         28b52ffd*) decompress=zstd ;;
         fd377a585a00*) decompress=xz ;;
-        *) die "$archive is not a .tar.gz, .tar.xz or .tar.zst archive." ;;
+        *) die_with 3 "$archive is not a .tar.gz, .tar.xz or .tar.zst archive." ;;
     esac
     if ! command -v "$decompress" >/dev/null 2>&1; then
         case $decompress in
@@ -678,10 +678,10 @@ check_listing() { # names and types of every entry, before anything is unpacked
             refuse "an extended tar header is larger than any bundle needs"
         fi
         cat "$work/.tarerr" >&2
-        die "Cannot read $archive: it is truncated or corrupt."
+        die_with 3 "Cannot read $archive: it is truncated or corrupt."
     fi
     # shellcheck disable=SC2086
-    untar -tvf - $tar_escapes >"$work/.long" || die "Cannot read $archive: it is truncated or corrupt."
+    untar -tvf - $tar_escapes >"$work/.long" || die_with 3 "Cannot read $archive: it is truncated or corrupt."
     [ "$(wc -l <"$work/.names")" = "$(wc -l <"$work/.long")" ] || refuse "its listing cannot be read"
     if [ -n "$tar_escapes" ] && grep -q '[\]' "$work/.names"; then
         # Every line of deploy.sh's lists is one name: a newline inside one cannot be told apart.
@@ -694,6 +694,9 @@ check_listing() { # names and types of every entry, before anything is unpacked
     top=${_norm%%/*}
     valid_name "$top" || refuse "its first entry '${_first%/}' is not under a NAME-VERSION/ directory"
     cut -c1-10 "$work/.long" | paste -d ' ' - "$work/.names" >"$work/.entries"
+    # Each entry's size, from tar -tv's size column (after mode and owner, in GNU tar and busybox alike).
+    sed 's/^[^ ]* *[^ ]* *\([0-9]*\) .*/\1/' "$work/.long" >"$work/.sizes"
+    : >"$work/.tarsizes"
     # busybox tar lists a hard link as a plain file "NAME -> TARGET"; GNU tar as type h.
     _hard=$(grep -n '^-.* -> ' "$work/.long" | head -n 1)
     if [ -n "$_hard" ]; then
@@ -707,7 +710,7 @@ check_listing() { # names and types of every entry, before anything is unpacked
     head_names=
     facts_name=
     _head=0
-    while IFS= read -r _line; do
+    while IFS= read -r _line && IFS= read -r _size <&4; do
         _mode=${_line%% *}
         _raw=${_line#* }
         _raw=${_raw%/}
@@ -741,14 +744,14 @@ check_listing() { # names and types of every entry, before anything is unpacked
         [ "$_rel" != .shipenv/facts ] || facts_name=${_line#* }
         case $_mode in
             d*) printf '%s\n' "$_rel" >>"$work/.dirs" ;;
-            -*) printf '%s\n' "$_rel" >>"$work/.files" ;;
+            -*) printf '%s\n' "$_rel" >>"$work/.files"; printf '%s %s\n' "$_size" "$_rel" >>"$work/.tarsizes" ;;
             l*) printf '%s\n' "$_rel" >>"$work/.files"; printf '%s\n' "$_rel" >>"$work/.links" ;;
             h*) refuse "'$_raw' is a hard link; a bundle holds only files, directories and symlinks" ;;
             c* | b*) refuse "entry '$_raw' is a device node; a bundle holds only files, directories and symlinks" ;;
             p*) refuse "entry '$_raw' is a FIFO; a bundle holds only files, directories and symlinks" ;;
             *) refuse "entry '$_raw' is not a file, directory or symlink" ;;
         esac
-    done <"$work/.entries"
+    done <"$work/.entries" 4<"$work/.sizes"
     [ "$_head" = 2 ] || refuse "it holds no .shipenv/manifest.json and .shipenv/RECORD: it is not a shipenv bundle"
     # A directory may be listed twice (shipenv deploy only takes its mode again); nothing else may.
     sort -u "$work/.dirs" | cat - "$work/.files" >"$work/.all"
@@ -766,6 +769,51 @@ check_listing() { # names and types of every entry, before anything is unpacked
             case $_c in "$_below"/*) refuse "'$top/$_c' would be written below the file '$top/$_below'" ;; esac
         done <"$work/.files"
         refuse "a directory would be made below the file '$top/$_below'"
+    fi
+}
+
+# Every file's size in the listing against RECORD's, before tar -x writes a byte of it.
+check_sizes() {
+    # "SIZE PATH" of every file RECORD lists, read as check_record reads RECORD (CSV, quoted names).
+    sed -n -e 's/^\([^,"]*\),sha256=[0-9a-f]\{64\},\([0-9]\{1,\}\)$/\2 \1/p' \
+        -e 's/^"\(\([^"]*""\)*[^"]*\)",sha256=[0-9a-f]\{64\},\([0-9]\{1,\}\)$/\3 \1/p' "$work/$top/.shipenv/RECORD" |
+        sed 's/""/"/g' >"$work/.recsizes"
+    # RECORD cannot hold its own size: every other file's "SIZE PATH" must be one of RECORD's.
+    _odd=$(grep -Fxv -f "$(patterns "$work/.recsizes")" "$work/.tarsizes" | while IFS= read -r _line; do
+        [ "${_line#* }" = .shipenv/RECORD ] || { printf '%s\n' "$_line"; break; }
+    done)
+    [ -n "$_odd" ] || return 0
+    _want=
+    while IFS= read -r _line; do
+        [ "${_line#* }" = "${_odd#* }" ] && _want=${_line%% *}
+    done <"$work/.recsizes"
+    refuse "'$top/${_odd#* }' is ${_odd%% *} bytes in the archive but RECORD says ${_want:-nothing}"
+}
+
+# df's 1024-byte blocks as shipenv prints sizes: 1.5 MB, 80.0 kB.
+human() { # BYTES
+    for _unit in GB:1000000000 MB:1000000 kB:1000; do
+        _scale=${_unit#*:}
+        if [ "$1" -ge "$_scale" ]; then
+            _tenths=$((($1 * 10 + _scale / 2) / _scale))
+            printf '%s.%s %s\n' "$((_tenths / 10))" "$((_tenths % 10))" "${_unit%%:*}"
+            return
+        fi
+    done
+    printf '%s bytes\n' "$1"
+}
+
+# Before anything is unpacked: RECORD's total, each file in whole 4 KiB blocks as shipenv counts it,
+# against the free space df reports for the file system of the directory we are in.
+check_space() {
+    _need=0
+    while read -r _size _path; do
+        _blocks=$(((_size + 4095) / 4096))
+        _need=$((_need + _blocks * 4))
+    done <"$work/.recsizes"
+    _free=$(df -P -k . | sed -n '2s/^.* \([0-9][0-9]*\)  *[0-9]*%  *.*$/\1/p')
+    if [ -n "$_free" ] && [ "$_need" -gt "$_free" ]; then
+        die_with 5 "The disk holding $root has $(human $((_free * 1024))) free but $top needs about $(human $((_need * 1024))); $state."
     fi
 }
 
@@ -904,7 +952,7 @@ cmd_deploy() {
     [ ! -d "$archive" ] || usage_error "$archive is a directory, not a bundle archive."
     [ -f "$archive" ] || usage_error "$archive is not a file."
     case $archive in /*) ;; *) archive=$(pwd -P)/$archive ;; esac
-    need tar sed grep sha256sum od tr cut paste sort uniq mktemp readlink mv ln date stat id
+    need tar sed grep sha256sum od tr cut paste sort uniq mktemp readlink mv ln date stat id df chmod
     pick_decompressor
     # The root's trust policy before anything in the root is written (open_root with create makes it).
     identity=
@@ -945,6 +993,7 @@ cmd_deploy() {
     fi
     check_host
     check_record
+    check_sizes
 
     final="$root/releases/$top"
     if [ -e "$final" ] || [ -L "$final" ]; then
@@ -966,6 +1015,7 @@ cmd_deploy() {
     fi
 
     rm -rf -- "${work:?}/${top:?}"
+    check_space
     printf '%s\n' "Unpacking $top and checking every file against its RECORD" >&2
     _err=$(untar -xof - -C "$work" 2>&1) || {
         case $_err in
@@ -973,6 +1023,8 @@ cmd_deploy() {
         esac
         die "Cannot unpack $top into $root (is its disk full?); $state."
     }
+    # Modes masked as shipenv does: no group/other write, no sticky bit (setuid/setgid were refused).
+    io chmod -R go-w,a-t -- "$work/$top"
     verify_unpacked
     run_check "$work/$top"
     still_verified

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import stat
+import subprocess
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -53,6 +56,7 @@ class Row:
     why: str = ""
     raw: Callable[[Path], bytes] | None = None
     filename: str = "app-2.0.tar.gz"  #: the archive's name (the sniffing row names a gzip .tar.zst)
+    modes: tuple[tuple[str, int], ...] = ()  #: a deployed row: (path in the release, the mode it must have)
 
 
 def _escape(members: list[Member], tmp: Path) -> list[Member]:
@@ -72,10 +76,23 @@ def _tampered(members: list[Member], tmp: Path) -> list[Member]:
     out = []
     for info, data in members:
         if info.name == "app-2.0/lib/app/__init__.py":
-            data = b"VERSION = 'evil'\n"
-            info.size = len(data)
+            data = b"VERSION = 'ev1'\n"  # the size RECORD says: only the bytes differ
         out.append((info, data))
     return out
+
+
+def _larger_than_record(members: list[Member], tmp: Path) -> list[Member]:
+    """Issue 11, item 4: a 64 MiB member that RECORD says is 1 byte (64 KB of gzip); nothing of it may be written."""
+    info, data = file_member("app-2.0/lib/big", bytes(64 << 20))
+    return with_record(members + [(info, data)], entry("lib/big", b"\0"))
+
+
+def _world_writable(members: list[Member], tmp: Path) -> list[Member]:
+    """Issue 11, item 5: modes others could write (and a sticky directory) are masked on the way in."""
+    modes = {"app-2.0": 0o777, "app-2.0/lib": 0o1777, "app-2.0/bin/app": 0o777, "app-2.0/lib/app/__init__.py": 0o666}
+    for info, _ in members:
+        info.mode = modes.get(info.name, info.mode)
+    return members
 
 
 def _spaced_symlink(members: list[Member], tmp: Path) -> list[Member]:
@@ -133,6 +150,9 @@ ROWS = [
         sh_sentence="'app-2.0/ x' is a symlink but RECORD lists it as a file",
         why="the same mismatch; Python sees it at the member, deploy.sh after unpacking (it once trimmed the space and followed the link)"),
     Row("pax-header-of-1-GiB", None, "an extended tar header is larger than any bundle needs", raw=_pax_bomb),
+    Row("member-larger-than-RECORD", _larger_than_record, "'app-2.0/lib/big' is 67108864 bytes in the archive but RECORD says 1"),
+    Row("world-writable-modes-masked", _world_writable, DEPLOYED,
+        modes=(("", 0o755), ("lib", 0o755), ("bin/app", 0o755), ("lib/app/__init__.py", 0o644))),
     Row("gnu-sparse-member", _sparse, "entry 'app-2.0/lib/holes' is a sparse file, which shipenv build never writes",
         sh_sentence="'app-2.0/lib/holes' is not listed in RECORD",
         why="tar -tv lists a sparse member as a plain file, so deploy.sh refuses it only because RECORD does not list it"),
@@ -227,15 +247,15 @@ def _archive(row: Row, tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sh_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, bool]]:
-    """Every row through deploy.sh in one Debian 12 root: (exit status, last stderr line, upper layer unchanged)."""
+def sh_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, bool, dict[str, int]]]:
+    """Every row through deploy.sh in one Debian 12 root: (exit status, last stderr line, upper layer unchanged, modes)."""
     base = tmp_path_factory.mktemp("hostile-sh")
     v1 = pack(make_tree(base / "t1", "1.0"), base / "dist")
     binds: dict[Path, str] = {v1: "/in/app-1.0.tar.gz", Path(__file__).resolve().parents[2] / "templates" / "deploy.sh": "/in/deploy.sh"}
     for i, row in enumerate(ROWS):
         (base / f"row{i}").mkdir()
         binds[_archive(row, base / f"row{i}")] = f"/in/row{i}/{row.filename}"
-    results: dict[str, tuple[int, str, bool]] = {}
+    results: dict[str, tuple[int, str, bool, dict[str, int]]] = {}
     with OverlayRoot("bookworm") as server:
         for i, row in enumerate(ROWS):
             root = f"/srv/row{i}"
@@ -246,12 +266,15 @@ def sh_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int
             done = server.run(["sh", "/in/deploy.sh", "deploy", f"/in/row{i}/{row.filename}", root], binds=binds)
             last = (done.stderr.strip().splitlines() or [""])[-1] if done.returncode else done.stdout.strip()
             after = snapshot(server.upper)
-            results[row.name] = (done.returncode, last, after == before)
+            release = server.upper_path(f"{root}/releases/app-2.0")
+            modes = {rel: stat.S_IMODE((release / rel).lstat().st_mode) for rel, _ in row.modes} if done.returncode == 0 else {}
+            results[row.name] = (done.returncode, last, after == before, modes)
     return results
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
-def test_both_deploys_give_the_rows_verdict(row: Row, sh_verdicts: dict[str, tuple[int, str, bool]], tmp_path: Path) -> None:
+def test_both_deploys_give_the_rows_verdict(row: Row, sh_verdicts: dict[str, tuple[int, str, bool, dict[str, int]]],
+                                           tmp_path: Path) -> None:
     root, outside = tmp_path / "srv", tmp_path / "outside"
     outside.mkdir()
     (outside / "sentinel").write_text("keep\n")
@@ -260,14 +283,17 @@ def test_both_deploys_give_the_rows_verdict(row: Row, sh_verdicts: dict[str, tup
     archive = _archive(row, tmp_path / "row")
     before = snapshot(root, outside)
     done = run_shipenv("deploy", archive, "--root", root, check=False)
-    sh_code, sh_last, sh_untouched = sh_verdicts[row.name]
+    sh_code, sh_last, sh_untouched, sh_modes = sh_verdicts[row.name]
     sh_refusal = f"error: Refused {row.filename}: {row.sh_sentence or row.sentence}; nothing was deployed."
     if row.sentence == DEPLOYED:
         assert done.returncode == 0 and done.stdout.startswith("Deployed app-2.0 and switched"), done.stderr
         assert os.readlink(root / "current") == "releases/app-2.0"
         check_release(root / "releases" / "app-2.0")
+        want = dict(row.modes)
+        assert {rel: stat.S_IMODE((root / "releases" / "app-2.0" / rel).lstat().st_mode) for rel in want} == want
         if row.sh_sentence is None:
             assert sh_code == 0 and sh_last.startswith("Deployed app-2.0 and switched /srv/"), sh_last
+            assert sh_modes == want, "deploy.sh left other modes"
         else:  # what only shipenv deploy takes
             assert (sh_code, sh_last) == (3, sh_refusal)
             assert sh_untouched, "deploy.sh changed something in the server's file system"
@@ -278,3 +304,54 @@ def test_both_deploys_give_the_rows_verdict(row: Row, sh_verdicts: dict[str, tup
     assert snapshot(root, outside) == before
     assert (sh_code, sh_last) == (3, sh_refusal)
     assert sh_untouched, "deploy.sh changed something in the server's file system"
+
+
+# -- the total RECORD declares against the free space, before a byte is written ----------------------------------
+
+
+def _tmpfs(point: Path, size: str) -> None:
+    point.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "tmpfs", str(point)], check=True)
+
+
+SPACE = re.compile(r"error: The disk holding (\S+) has ([\d.,]+ [kMG]?B) free but app-2\.0 needs about ([\d.,]+ [kMG]?B); "
+                   r"nothing was deployed and (\S+)/current still points to app-1\.0\.")
+
+
+def test_a_record_total_above_the_free_space_is_refused_before_unpacking(tmp_path: Path) -> None:
+    """app-2.0 holds 12 MiB of zeros (RECORD says so, truthfully): an 8 MiB tmpfs cannot take it; both say so first."""
+    v1 = pack(make_tree(tmp_path / "t1", "1.0"), tmp_path / "in")
+    members = members_of(make_tree(tmp_path / "t2", "2.0"))
+    zeros = bytes(12 << 20)
+    archive = write_tar(tmp_path / "in" / "app-2.0.tar.gz", with_record(members + [file_member("app-2.0/lib/zeros", zeros)],
+                                                                     entry("lib/zeros", zeros)))
+    seen: dict[str, tuple[int, str, str]] = {}
+    for impl in ("shipenv", "deploy.sh"):
+        disk = tmp_path / f"disk-{impl}"
+        _tmpfs(disk, "8m")
+        try:
+            if impl == "shipenv":
+                run_shipenv("deploy", v1, "--root", disk / "app")
+                before = snapshot(disk)
+                done = run_shipenv("deploy", archive, "--root", disk / "app", check=False)
+                shown = str(disk / "app")
+            else:
+                binds = {tmp_path / "in": "/in", disk: "/srv", Path(__file__).resolve().parents[2] / "templates" / "deploy.sh": "/opt/deploy.sh"}
+                with OverlayRoot("bookworm") as server:
+                    assert server.run(["sh", "/opt/deploy.sh", "deploy", "/in/app-1.0.tar.gz", "/srv/app"], binds=binds).returncode == 0
+                    before = snapshot(disk)
+                    done = server.run(["sh", "/opt/deploy.sh", "deploy", "/in/app-2.0.tar.gz", "/srv/app"], binds=binds)
+                shown = "/srv/app"
+            after = snapshot(disk)
+        finally:
+            subprocess.run(["umount", str(disk)], check=True)
+        assert "Traceback" not in done.stderr
+        line = next((x for x in done.stderr.splitlines() if x.startswith("error: ")), done.stderr)
+        match = SPACE.fullmatch(line)
+        assert done.returncode == 5 and match, done.stderr
+        assert match.group(1) == match.group(4) == shown
+        seen[impl] = (done.returncode, match.group(2), match.group(3))
+        assert after == before, f"{impl} wrote into the root although it was refused"
+    # RECORD's 12.6 MB and more on both sides; shipenv counts less only by what it hard-links from app-1.0.
+    need = {impl: float(got[2].split()[0]) for impl, got in seen.items()}
+    assert 12.6 <= need["shipenv"] <= need["deploy.sh"] < 12.9, seen

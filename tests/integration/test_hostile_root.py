@@ -44,7 +44,7 @@ class Case:
     setup: Setup
     #: command -> (exit status, first line of output: stderr's "error: ..." or stdout)
     expect: dict[str, tuple[int, str]]
-    mount: str = ""  #: "" (a plain directory), "ro", "full", "xdev"
+    mount: str = ""  #: "" (a plain directory), "ro", "full", "inodes", "xdev"
     as_user: bool = False  #: run as uid 1000 in a root that belongs to root (else as root)
 
 
@@ -119,8 +119,11 @@ CASES: dict[str, Case] = {
         "rollback": (5, f"error: ROOT is on a read-only file system; {STILL}."),
         "prune": (5, f"error: ROOT is on a read-only file system; {STILL}."),
     }, mount="ro"),
-    "full-disk": Case(_nothing, {"deploy big": (5, f"error: The disk holding ROOT is full; nothing was deployed and {STILL}.")},
+    "full-disk": Case(_nothing, {"deploy big": (  # RECORD's total against the free space, before unpacking
+        5, f"error: The disk holding ROOT has SIZE free but app-9.0 needs about SIZE; nothing was deployed and {STILL}.")},
                       mount="full"),
+    "no-inodes": Case(_nothing, {"deploy many": (  # the bytes fit, the files do not: the disk fills while unpacking
+        5, f"error: The disk holding ROOT is full; nothing was deployed and {STILL}.")}, mount="inodes"),
     "not-permitted": Case(_nothing, {
         "deploy": (5, f"error: Permission denied in ROOT; nothing was deployed and {STILL}."),
         "rollback": (5, f"error: Permission denied in ROOT; {STILL}."),
@@ -138,7 +141,7 @@ def _argv(command: str, root: str, dist: str) -> tuple[list[str], list[str]]:
     """(shipenv's arguments, deploy.sh's arguments) for a command of the table."""
     verb, *rest = command.split()
     if verb == "deploy":
-        archive = f"{dist}/app-{'9.0' if rest == ['big'] else '3.0'}.tar.gz"
+        archive = f"{dist}/app-{ {'big': '9.0', 'many': '8.0'}.get(''.join(rest), '3.0')}.tar.gz"
         return ["deploy", archive, "--root", root], ["deploy", archive, root]
     if verb == "prune":
         return ["prune", "--root", root, "--keep", "1"], ["prune", root, "--keep", "1"]
@@ -154,12 +157,14 @@ def _first_line(done: subprocess.CompletedProcess[str]) -> str:
 
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Small bundles: app-1.0 and 2.0 (deployed first), 3.0 (deployed by the rows), 9.0 (3 MB, for the full disk)."""
+    """Small bundles: app-1.0 and 2.0 (deployed first), 3.0 (deployed by the rows), 9.0 (3 MB, for the full disk),
+    8.0 (200 small files, for the disk without inodes)."""
     base = tmp_path_factory.mktemp("hostile-dist")
     out = base / "dist"
     for version in ("1.0", "2.0", "3.0"):
         pack(make_tree(base / f"t{version}", version), out)
     pack(make_tree(base / "t9", "9.0", big=3_000_000), out)
+    pack(make_tree(base / "t8", "8.0", files=200), out)
     return out
 
 
@@ -183,7 +188,8 @@ def _prepare(base: Path, case: Case, dist: Path, sentinel_seen: str) -> tuple[Pa
     shutil.rmtree(sentinel / "trees")
     mounts: list[Path] = []
     if case.mount:
-        _mount(srv, "size=2m" if case.mount == "full" else "size=16m")
+        # "inodes": 40 are taken by app-1.0 and 2.0, 50 more hold deploy.sh's listings but not 200 files.
+        _mount(srv, {"full": "size=2m", "inodes": "size=16m,nr_inodes=90"}.get(case.mount, "size=16m"))
         mounts.append(srv)
     root = srv / "app"
     if case.mount == "xdev":
@@ -218,6 +224,7 @@ def snapshot(base: Path) -> dict[str, tuple[object, ...]]:
 
 def _normalise(line: str, root: str, sentinel: str) -> str:
     line = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "TIME", line)
+    line = re.sub(r"\b\d[\d,]*(\.\d)? (bytes|kB|MB|GB)\b", "SIZE", line)  # shipenv counts less: it hard-links
     return line.replace(root, "ROOT").replace(sentinel, "SENTINEL")
 
 
