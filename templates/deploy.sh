@@ -678,10 +678,10 @@ check_listing() { # names and types of every entry, before anything is unpacked
             refuse "an extended tar header is larger than any bundle needs"
         fi
         cat "$work/.tarerr" >&2
-        die_with 3 "Cannot read $archive: it is truncated or corrupt."
+        die_with 3 "$archive is truncated or corrupt: it cannot be read to its end."
     fi
     # shellcheck disable=SC2086
-    untar -tvf - $tar_escapes >"$work/.long" || die_with 3 "Cannot read $archive: it is truncated or corrupt."
+    untar -tvf - $tar_escapes >"$work/.long" || die_with 3 "$archive is truncated or corrupt: it cannot be read to its end."
     [ "$(wc -l <"$work/.names")" = "$(wc -l <"$work/.long")" ] || refuse "its listing cannot be read"
     if [ -n "$tar_escapes" ] && grep -q '[\]' "$work/.names"; then
         # Every line of deploy.sh's lists is one name: a newline inside one cannot be told apart.

@@ -57,6 +57,7 @@ class Row:
     raw: Callable[[Path], bytes] | None = None
     filename: str = "app-2.0.tar.gz"  #: the archive's name (the sniffing row names a gzip .tar.zst)
     modes: tuple[tuple[str, int], ...] = ()  #: a deployed row: (path in the release, the mode it must have)
+    damaged: bool = False  #: the sentences begin the whole error line (ARCHIVE: the archive's path), not "Refused ...: "
 
 
 def _escape(members: list[Member], tmp: Path) -> list[Member]:
@@ -113,6 +114,19 @@ def _pax_bomb(tmp: Path) -> bytes:
     return b"".join([*parts, z.compress(bytes(1024)), z.flush()])
 
 
+def _cut_short(tmp: Path) -> bytes:
+    """Issue 11 (exit status 3 for a damaged download): an archive cut in the middle of its gzip stream."""
+    data = write_tar(tmp / "whole.tar.gz", members_of(make_tree(tmp / "t2", "2.0", big=200_000))).read_bytes()
+    return data[: len(data) // 2]
+
+
+def _flipped(tmp: Path) -> bytes:
+    """A byte flipped in the middle of the gzip stream: the download is damaged, not cut."""
+    data = bytearray(write_tar(tmp / "whole.tar.gz", members_of(make_tree(tmp / "t2", "2.0", big=200_000))).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    return bytes(data)
+
+
 def _sparse(members: list[Member], tmp: Path) -> list[Member]:
     info, data = file_member("app-2.0/lib/holes", b"")
     info.type = tarfile.GNUTYPE_SPARSE
@@ -153,6 +167,12 @@ ROWS = [
     Row("member-larger-than-RECORD", _larger_than_record, "'app-2.0/lib/big' is 67108864 bytes in the archive but RECORD says 1"),
     Row("world-writable-modes-masked", _world_writable, DEPLOYED,
         modes=(("", 0o755), ("lib", 0o755), ("bin/app", 0o755), ("lib/app/__init__.py", 0o644))),
+    Row("truncated", None, "ARCHIVE is truncated: its gzip data ends before the archive does.", raw=_cut_short, damaged=True,
+        sh_sentence="ARCHIVE is truncated or corrupt: it cannot be read to its end.",
+        why="deploy.sh sees only that gzip or tar failed, not which"),
+    Row("corrupt", None, "ARCHIVE is corrupt (", raw=_flipped, damaged=True,
+        sh_sentence="ARCHIVE is truncated or corrupt: it cannot be read to its end.",
+        why="deploy.sh sees only that gzip or tar failed, not which"),
     Row("gnu-sparse-member", _sparse, "entry 'app-2.0/lib/holes' is a sparse file, which shipenv build never writes",
         sh_sentence="'app-2.0/lib/holes' is not listed in RECORD",
         why="tar -tv lists a sparse member as a plain file, so deploy.sh refuses it only because RECORD does not list it"),
@@ -298,10 +318,17 @@ def test_both_deploys_give_the_rows_verdict(row: Row, sh_verdicts: dict[str, tup
             assert (sh_code, sh_last) == (3, sh_refusal)
             assert sh_untouched, "deploy.sh changed something in the server's file system"
         return
-    refusal = f"error: Refused {row.filename}: {row.sentence}; nothing was deployed."
-    assert done.returncode == 3 and refusal in done.stderr.splitlines(), done.stderr  # 3: a refused archive
     assert "Traceback" not in done.stderr
     assert snapshot(root, outside) == before
+    if row.damaged:  # 3 as well: a download that was cut or damaged is a refused archive
+        line = next((x for x in done.stderr.splitlines() if x.startswith("error: ")), done.stderr)
+        assert done.returncode == 3 and line.startswith("error: " + row.sentence.replace("ARCHIVE", str(archive))), done.stderr
+        sh_path = f"/in/row{ROWS.index(row)}/{row.filename}"
+        assert sh_code == 3 and sh_last.startswith("error: " + (row.sh_sentence or row.sentence).replace("ARCHIVE", sh_path)), sh_last
+        assert sh_untouched, "deploy.sh changed something in the server's file system"
+        return
+    refusal = f"error: Refused {row.filename}: {row.sentence}; nothing was deployed."
+    assert done.returncode == 3 and refusal in done.stderr.splitlines(), done.stderr  # 3: a refused archive
     assert (sh_code, sh_last) == (3, sh_refusal)
     assert sh_untouched, "deploy.sh changed something in the server's file system"
 
