@@ -30,8 +30,12 @@
 #
 # deploy: lists the archive and refuses absolute paths, "..", entries outside
 # NAME-VERSION/, hard links, devices, FIFOs, setuid/setgid bits, paths through
-# a symlink, symlinks pointing outside the release, and any file not in
-# .shipenv/RECORD (or listed there but absent); checks the host's glibc
+# a symlink, symlinks pointing outside the release, any file not in
+# .shipenv/RECORD (or listed there but absent), and any file whose size in the
+# listing differs from RECORD's (before tar -x writes a byte); checks RECORD's
+# total (4 KiB blocks per file) against the free space (df -P -k) before
+# unpacking; masks modes as shipenv does (no group/other write, no sticky bit,
+# the release directory included: 0777 becomes 0755); checks the host's glibc
 # (getconf GNU_LIBC_VERSION, else ldd --version; SHIPENV_HOST_GLIBC=X.Y
 # overrides it where detection fails) and architecture against manifest.json
 # (for a --libc bundled bundle: the kernel, uname -r, instead of glibc);

@@ -28,7 +28,9 @@ the archive:
 
 Reading (:func:`open_stream`) decompresses as a stream with bounded memory and
 turns every way a download can be damaged (cut short, a flipped byte, not an
-archive at all) into one :class:`ArchiveError` sentence.
+archive at all) into one :class:`ArchiveError` sentence. It is the low-level
+stream only: every user reads a bundle through :mod:`shipenv.bundle.reader`,
+which holds the rules a member must keep.
 """
 
 from __future__ import annotations

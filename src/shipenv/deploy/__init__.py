@@ -2,7 +2,9 @@
 
 ``releases`` (deploy: the host check, unpacking, the switch; it also
 re-exports the other commands), ``rollback`` (listing, rollback, prune),
-``extract`` (the streaming, refusing extractor), ``layout``
+``extract`` (unpacking through :mod:`shipenv.bundle.reader` and
+:mod:`shipenv.bundle.unpack`, sharing unchanged files with the current
+release, the free-space check), ``layout``
 (the root: who may own it, ``current``, the history, what a release is), ``fs``
 (operations in the root by directory descriptor, never through a symlink;
 OS errors as sentences), ``lock`` (one deploy at a time per root; the opened, locked root every change starts from), ``modulefile``. ``templates/deploy.sh`` is the same
