@@ -5,7 +5,9 @@ one thing wrong and a RECORD that otherwise matches. ``shipenv deploy`` runs on
 this host; ``deploy.sh`` runs in the Debian 12 minbase root (dash, GNU tar,
 coreutils; see tests/chroots.py), each on a root where app-1.0 is deployed. Both
 must give the row's verdict: refused with the row's sentence (the same words
-from both, unless the row says why they differ), or deployed. After a refusal
+from both, unless the row says why they differ), or deployed (with the modes
+the row lists, masked on the way in). A damaged download (cut short, a flipped
+byte) is refused too, exit status 3, with the reader's sentence. After a refusal
 nothing outside the release may have changed: a listing with hashes of the
 whole root and of a sentinel directory beside it is compared before and after
 (for deploy.sh: of the overlay's whole upper layer, which is every byte the run
