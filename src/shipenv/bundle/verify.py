@@ -9,7 +9,11 @@ disk, into a temporary directory whose path has a space, and removes it after.
 ``verify`` checks three things and reports all problems found in one error:
 
 1. Every file, symlink and its target against ``.shipenv/RECORD``: what is
-   missing, what changed, what was added.
+   missing, what changed, what was added. An archive is read through
+   :mod:`shipenv.bundle.reader` in collect mode, so every rule that makes
+   ``shipenv deploy`` refuse it (unsafe paths, devices, setuid bits, sizes
+   that differ from RECORD, links leaving the bundle) is reported too, all
+   at once; ``--run`` then unpacks it through the same reader, strict.
 2. A relocation audit that needs no knowledge of the build host (the
    manifest records none of its paths): no ELF file may search an absolute
    RPATH/RUNPATH, no symlink may point outside the bundle, and no executable
