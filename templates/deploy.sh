@@ -794,7 +794,7 @@ check_sizes() {
     refuse "'$top/${_odd#* }' is ${_odd%% *} bytes in the archive but RECORD says ${_want:-nothing}"
 }
 
-# df's 1024-byte blocks as shipenv prints sizes: 1.5 MB, 80.0 kB.
+# BYTES as shipenv prints sizes: decimal units, one decimal (1.5 MB, 80.0 kB).
 human() { # BYTES
     for _unit in GB:1000000000 MB:1000000 kB:1000; do
         _scale=${_unit#*:}
