@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from shipenv.bundle import archive, manifest, verify
+from shipenv.bundle import archive, manifest, reader, verify
 from shipenv.bundle.manifest import RecordEntry
 from shipenv.bundle.verify import Seen
-from shipenv.errors import ArchiveError, VerifyError
+from shipenv.errors import ArchiveError, RefusedArchive, VerifyError
 from shipenv.model import ElfInfo
-from tests.helpers import SHIPENV, file_member, members_of, pyenv_python, write_tar
+from tests.helpers import SHIPENV, entry, file_member, link_member, members_of, pyenv_python, with_record, write_tar
 
 EPOCH = 1_600_000_000
 METADATA: dict[str, Any] = {
@@ -337,3 +337,48 @@ def test_cli_verify_and_inspect_json(bundle: Path, tmp_path: Path) -> None:
     shutil.rmtree(bundle / "lib" / "pkg")
     failed = cli("verify", bundle)
     _assert_one_sentence(failed, "does not match its manifest: 2 missing (lib/pkg/__init__.py, lib/pkg/data.bin)")
+
+
+def _with(members: list[Any], *extra: Any, record: tuple[RecordEntry, ...] = ()) -> list[Any]:
+    return with_record(members + list(extra), *record)
+
+
+def _hostile(name: str, members: list[Any]) -> list[Any]:
+    """One thing wrong with an otherwise intact demo-1.0 archive."""
+    device = tarfile.TarInfo("demo-1.0/lib/null")
+    device.type = tarfile.CHRTYPE
+    here, _ = link_member("demo-1.0/here", ".")
+    up, _ = link_member("demo-1.0/up", "here/..")
+    cases = {
+        "dotdot": lambda: members + [file_member("demo-1.0/../x", b"x\n")],
+        "absolute": lambda: members + [file_member("/tmp/x", b"x\n")],
+        "outside-top": lambda: members + [file_member("other-1.0/x", b"x\n")],
+        "device": lambda: members + [(device, None)],
+        "setuid": lambda: _with(members, file_member("demo-1.0/bin/s", b"id\n", 0o4755), record=(entry("bin/s", b"id\n"),)),
+        "through-symlink": lambda: _with(members, link_member("demo-1.0/lib/l", "pkg"), file_member("demo-1.0/lib/l/x", b"x\n"),
+                                         record=(RecordEntry("lib/l", symlink="pkg"), entry("lib/l/x", b"x\n"))),
+        "chain-escape": lambda: _with(members, (here, None), (up, None),
+                                      record=(RecordEntry("here", symlink="."), RecordEntry("up", symlink="here/.."))),
+        "hard-link-out": lambda: _with(members, link_member("demo-1.0/lib/pw", "/etc/passwd", tarfile.LNKTYPE),
+                                       record=(entry("lib/pw", Path("/etc/passwd").read_bytes()),)),
+        "size": lambda: _with(members, file_member("demo-1.0/lib/big", bytes(4096)), record=(entry("lib/big", b"\0"),)),
+        "missing": lambda: _with(members, record=(entry("lib/ghost", b"boo\n"),)),
+        "twice": lambda: members + [members[-1]],
+    }
+    return cases[name]()
+
+
+@pytest.mark.parametrize("case", ["dotdot", "absolute", "outside-top", "device", "setuid", "through-symlink", "chain-escape",
+                                  "hard-link-out", "size", "missing", "twice"])
+def test_what_deploy_refuses_verify_reports(bundle: Path, tmp_path: Path, case: str) -> None:
+    """One reader, two modes: every archive the strict mode refuses, collect mode (verify) reports; an intact one passes both."""
+    intact = write_tar(tmp_path / "intact.tar.gz", members_of(bundle))
+    with reader.open_bundle(intact) as strict:
+        assert sum(1 for _ in strict.members()) == 13  # 8 files and symlinks, 5 directories
+    assert verify.verify(intact).files == 8
+    path = write_tar(tmp_path / "demo-1.0.tar.gz", _hostile(case, members_of(bundle)))
+    with pytest.raises(RefusedArchive, match=r"^Refused demo-1.0.tar.gz: .*; nothing was deployed\.$"), reader.open_bundle(path) as strict:
+        for _ in strict.members():
+            pass
+    with pytest.raises(VerifyError, match=r"does not match its manifest|would be refused by shipenv deploy"):
+        verify.verify(path)
