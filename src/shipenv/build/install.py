@@ -137,8 +137,10 @@ def collect_wheels(
     """Every wheel to install, with where it came from: resolved, or a wheelhouse.
 
     With uv available, uv resolves (in well under a second) and only the wheels
-    missing from ``store`` (shipenv's wheel cache) are fetched or built by pip;
-    without uv, or if uv cannot resolve, pip does everything and has the last word.
+    missing from a local wheelhouse (``--wheels``) and from ``store`` (shipenv's
+    wheel cache) are fetched or built by pip, which does not start at all when
+    nothing is missing; without uv, or if uv cannot resolve, pip does everything
+    and has the last word.
     """
     if options.wheels is not None and not options.requirements and options.project is None:
         return [(w, "wheelhouse") for w in select_wheels(options.wheels, py)]
@@ -160,12 +162,18 @@ def _wheels_for_pins(
     found: list[Path] = []
     missing: list[str] = []
     tags = target_tags(py)
+    local = resolver.wheelhouses(options)
     for pin in pins:
-        cached = resolver.lookup(store, pin, tags) if store is not None else None
-        if cached is not None:
-            found.append(cached)
+        # A local wheelhouse is pip's only source, so its wheel is the one pip would
+        # take; the store keeps what pip fetched from an index or built from an sdist.
+        wheel = resolver.lookup_wheelhouse(local, pin, tags) if local else None
+        if wheel is None and store is not None:
+            wheel = resolver.lookup(store, pin, tags)
+        if wheel is not None:
+            found.append(wheel)
         else:
             missing.append(pin)
+    log.debug("wheels for %d pin(s) found without pip; pip fetches or builds %d", len(found), len(missing))
     if missing:
         built = pip_wheel(python, options, wheel_dir, pins=missing, cache_root=store.parent if store else None, runner=runner)
         for wheel, _source in built:

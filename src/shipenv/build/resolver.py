@@ -6,6 +6,11 @@ machine's pip configuration. uv, where installed, answers the same question
 magnitude faster; it is given the same indexes and find-links that pip's
 configuration names. Anything uv cannot do is left to pip, whose answer and
 error messages are authoritative.
+
+When pip's only sources are local directories (``--wheels DIR``, or pip's
+``no-index`` with local find-links), a pin uv resolved is answered from them
+directly: pip starts only for what is not there as a wheel (an sdist to build,
+a project directory).
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
 
 from shipenv.build.runner import REAL, Runner
 from shipenv.model import BuildOptions
@@ -42,8 +49,11 @@ def find_uv() -> Path | None:
 
 
 def pip_locations() -> dict[str, list[str]]:
-    """index-url, extra-index-url and find-links from pip's environment and config files."""
-    result: dict[str, list[str]] = {"index-url": [], "extra-index-url": [], "find-links": []}
+    """index-url, extra-index-url, find-links and no-index from pip's environment and config files.
+
+    ``no-index`` is ``["1"]`` when pip is told to use no index (only its find-links), else ``[]``.
+    """
+    result: dict[str, list[str]] = {"index-url": [], "extra-index-url": [], "find-links": [], "no-index": []}
     files = [Path("/etc/pip.conf"), Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "pip" / "pip.conf",
              Path.home() / ".pip" / "pip.conf"]
     if os.environ.get("PIP_CONFIG_FILE"):
@@ -62,7 +72,26 @@ def pip_locations() -> dict[str, list[str]]:
         env = os.environ.get("PIP_" + key.upper().replace("-", "_"))
         if env:
             result[key] = env.split()
+    result["no-index"] = ["1"] if [v.lower() for v in result["no-index"]] in (["1"], ["true"], ["yes"], ["on"]) else []
     return result
+
+
+def wheelhouses(options: BuildOptions) -> list[Path]:
+    """The local directories that are pip's only sources: ``--wheels``, or with pip's ``no-index`` its find-links.
+
+    A pinned wheel found in one of them is the one pip would take, so it is used
+    without starting pip. With an index or a remote find-links page in play
+    there are none: it may offer a better wheel of the same version.
+    """
+    if options.wheels is not None:
+        return [options.wheels]
+    locations = pip_locations()
+    if not locations["no-index"]:
+        return []
+    links = locations["find-links"]
+    if any("://" in link and not link.startswith("file://") for link in links):
+        return []  # a remote page may offer a better wheel: pip decides
+    return [d for d in (Path(link.removeprefix("file://")) for link in links) if d.is_dir()]
 
 
 def uv_compile(uv: Path, python: Path, options: BuildOptions, runner: Runner = REAL) -> list[str] | None:
@@ -74,6 +103,10 @@ def uv_compile(uv: Path, python: Path, options: BuildOptions, runner: Runner = R
     locations = pip_locations()
     if options.wheels is not None:
         args += ["--no-index", "--find-links", str(options.wheels)]
+    elif locations["no-index"]:  # pip uses only its find-links: so does uv
+        args.append("--no-index")
+        for link in locations["find-links"]:
+            args += ["--find-links", link]
     else:
         for url in locations["index-url"][:1]:
             args += ["--index-url", url]
@@ -113,15 +146,36 @@ def lookup(store: Path, pin: str, tags: list[Tag]) -> Path | None:
     m = _PIN.match(pin)
     if not m:
         return None  # a path or URL: always built by pip
-    name, version = canonicalize_name(m.group(1)), m.group(3)
+    directory = store / canonicalize_name(m.group(1))
+    return _best(sorted(directory.glob("*.whl")) if directory.is_dir() else [], pin, tags)
+
+
+def lookup_wheelhouse(wheelhouses: list[Path], pin: str, tags: list[Tag]) -> Path | None:
+    """The wheel pip would take for ``name==version`` from flat find-links directories (:func:`wheelhouses`).
+
+    With no index those directories are pip's only sources, so the best tag of
+    the pinned version is exactly pip's choice: no pip needs to start for it.
+    """
+    return _best([w for d in wheelhouses for w in sorted(d.glob("*.whl"))], pin, tags)
+
+
+def _best(wheels: Iterable[Path], pin: str, tags: list[Tag]) -> Path | None:
+    m = _PIN.match(pin)
+    if not m:
+        return None
+    name = canonicalize_name(m.group(1))
+    try:
+        version = Version(m.group(3))
+    except InvalidVersion:
+        return None
     rank = {tag: i for i, tag in enumerate(tags)}
     best: tuple[int, Path] | None = None
-    for wheel in (store / name).glob("*.whl") if (store / name).is_dir() else []:
+    for wheel in wheels:
         try:
-            _n, wversion, _b, wtags = parse_wheel_filename(wheel.name)
+            wname, wversion, _b, wtags = parse_wheel_filename(wheel.name)
         except ValueError:
             continue
-        if str(wversion) != version:
+        if wname != name or wversion != version:
             continue
         ranks = [rank[t] for t in wtags if t in rank]
         if ranks and (best is None or min(ranks) < best[0]):
