@@ -194,21 +194,23 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
         if wheels:
             b.say(f"Installing {len(wheels)} wheels")
         staged: list[tuple[Path, str, list[Path], str]] = []
-        for index, (wheel, source) in enumerate(wheels):
-            wheel_key = cache.key("wheel", layer_key, install.wheel_content_key(wheel), sorted(options.system_libs))
-            hit = b.store.get("wheel", wheel_key) if b.store else None
-            distributions.append(install.wheel_distribution(wheel, source))
-            if hit is not None:
-                _merge(hit, b.root, wheel.name)
-                continue
-            stage = work / f"stage-{index}"
-            install.install_wheel(wheel, stage, scheme, b.py, source)
-            plan = relocate.relocate(stage, b.py, b.libs, provided=b.root / relocate.LIB_DIR)
-            staged.append((stage, wheel_key, [v.src for v in plan.vendor], wheel.name))
-        wheel_digests.update({d.name: manifest.hash_file(w)[0] for d, (w, _) in zip(distributions, wheels)})
-        if staged:
-            b.say(f"Byte-compiling {len(staged)} packages")
-            bytecode.byte_compile(b.python, [stage for stage, _, _, _ in staged], runner=b.runner)
+        with bytecode.Compiler(b.python, runner=b.runner) as compiler:  # compiles each layer while the next installs
+            for index, (wheel, source) in enumerate(wheels):
+                wheel_key = cache.key("wheel", layer_key, install.wheel_content_key(wheel), sorted(options.system_libs))
+                hit = b.store.get("wheel", wheel_key) if b.store else None
+                distributions.append(install.wheel_distribution(wheel, source))
+                if hit is not None:
+                    _merge(hit, b.root, wheel.name)
+                    continue
+                stage = work / f"stage-{index}"
+                install.install_wheel(wheel, stage, scheme, b.py, source)
+                plan = relocate.relocate(stage, b.py, b.libs, provided=b.root / relocate.LIB_DIR)
+                compiler.add(stage)
+                staged.append((stage, wheel_key, [v.src for v in plan.vendor], wheel.name))
+            wheel_digests.update({d.name: manifest.hash_file(w)[0] for d, (w, _) in zip(distributions, wheels)})
+            if staged:
+                b.say(f"Byte-compiling {len(staged)} packages (finishing: it began with the first install)")
+            compiler.finish()
         for stage, wheel_key, host_files, wheel_name in staged:
             if b.store is not None:
                 b.store.put("wheel", wheel_key, stage, host_files=host_files)

@@ -2,7 +2,10 @@
 
 Every stage that runs a process takes a :class:`Runner` (the real one by
 default), so unit tests can swap in a fake and check what a stage does with
-an answer without running anything. The real runner removes the host's
+an answer without running anything. A :class:`StreamingRunner` can also start
+a process and feed it lines while it runs (the byte-compiler takes each layer
+as soon as it is installed); a runner without ``start`` still works, the work
+is then handed over in one ``run``. The real runner removes the host's
 ``PYTHON*`` variables from the child's environment in one place: a host's ``PYTHONPATH`` or ``PYTHONHOME`` must never change what
 pip, uv or the bundled interpreter see.
 """
@@ -11,10 +14,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,26 @@ class Runner(Protocol):
     def run(
         self, argv: Sequence[str], *, env_extra: Mapping[str, str | None] | None = None, cwd: Path | None = None, timeout: float | None = None
     ) -> Completed: ...
+
+
+class Stream(Protocol):
+    """A running process that reads lines on its stdin (see :class:`StreamingRunner`)."""
+
+    def send(self, line: str) -> None:
+        """Write one line to its stdin; raises ``OSError`` (``BrokenPipeError``) if it has gone."""
+
+    def close(self) -> Completed:
+        """End its stdin, wait for it to finish and return its output."""
+
+    def kill(self) -> None:
+        """Stop it and wait for it (after a failure elsewhere)."""
+
+
+@runtime_checkable
+class StreamingRunner(Runner, Protocol):
+    """A runner that can also start a process and feed it work while it runs (the byte-compiler)."""
+
+    def start(self, argv: Sequence[str], *, env_extra: Mapping[str, str | None] | None = None) -> Stream: ...
 
 
 def scrubbed_env(env_extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
@@ -56,6 +80,57 @@ class SubprocessRunner:
             list(argv), capture_output=True, text=True, env=scrubbed_env(env_extra), cwd=cwd, timeout=timeout, check=False,
         )
         return Completed(proc.returncode, proc.stdout, proc.stderr)
+
+
+    def start(self, argv: Sequence[str], *, env_extra: Mapping[str, str | None] | None = None) -> Stream:
+        return _Popen(list(argv), env_extra)
+
+
+class _Popen:
+    """A :class:`Stream` over :class:`subprocess.Popen`; its output goes to files, so a chatty child never blocks on a full pipe."""
+
+    def __init__(self, argv: list[str], env_extra: Mapping[str, str | None] | None) -> None:
+        self._out: IO[str] = tempfile.TemporaryFile("w+")
+        self._err: IO[str] = tempfile.TemporaryFile("w+")
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=self._out, stderr=self._err, text=True,
+                                          env=scrubbed_env(env_extra))
+        except OSError:
+            self._out.close()
+            self._err.close()
+            raise
+
+    def send(self, line: str) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+
+    def close(self) -> Completed:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:  # it ended early: its status and stderr say why
+            pass
+        returncode = self._proc.wait()
+        return Completed(returncode, self._read(self._out), self._read(self._err))
+
+    def kill(self) -> None:
+        self._proc.kill()
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        self._proc.wait()
+        self._out.close()
+        self._err.close()
+
+    @staticmethod
+    def _read(stream: IO[str]) -> str:
+        stream.seek(0)
+        text = stream.read()
+        stream.close()
+        return text
 
 
 #: The runner every stage uses unless it is given another.

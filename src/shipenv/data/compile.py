@@ -1,11 +1,15 @@
 # Run by the *bundled* interpreter (any CPython >= 3.8), never imported by shipenv.
 #
 #   python -I -B compile.py ROOT[::SUBDIR] [ROOT[::SUBDIR] ...]
+#   python -I -B compile.py -        (the same specs, one a line on stdin, until EOF)
 #
 # Byte-compiles every .py file under each ROOT, recording paths relative to
 # that ROOT (so no build path ends up in a .pyc), as unchecked-hash pycs that
 # stay valid whatever the files' mtimes become. One process pool serves all
-# roots: a build compiles the stdlib and each wheel's files in one go.
+# roots: a build compiles the stdlib and each wheel's files in one go. With
+# "-", a root's files go to the pool as soon as its line arrives, so the
+# build installs the next wheel while this one compiles. Prints the files that
+# could not be compiled, one a line, in the order they were found.
 import compileall
 import os
 import py_compile
@@ -14,6 +18,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 
 SKIP = re.compile(r"(^|/)(tests?/data|__pycache__)/")
+CHUNK = 64  # files per task: few round trips, and still work for every core
 
 
 def compile_one(job):
@@ -28,25 +33,49 @@ def compile_one(job):
     return None if ok else path
 
 
-def jobs(roots):
-    for arg in roots:
-        # ROOT, or ROOT::SUBDIR to compile only SUBDIR with paths relative to ROOT.
-        root, _, sub = arg.partition("::")
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, sub) if sub else root):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, root)
-            if SKIP.search(rel_dir.replace(os.sep, "/") + "/"):
-                dirnames[:] = []
-                continue
-            for name in sorted(filenames):
-                if name.endswith(".py"):
-                    yield os.path.join(dirpath, name), rel_dir
+def compile_many(batch):
+    return [p for p in map(compile_one, batch) if p]
+
+
+def jobs(arg):
+    # ROOT, or ROOT::SUBDIR to compile only SUBDIR with paths relative to ROOT.
+    root, _, sub = arg.partition("::")
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, sub) if sub else root):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        if SKIP.search(rel_dir.replace(os.sep, "/") + "/"):
+            dirnames[:] = []
+            continue
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                yield os.path.join(dirpath, name), rel_dir
+
+
+def specs(argv):
+    if argv != ["-"]:
+        yield from argv
+        return
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield line.rstrip("\n")
 
 
 def main():
-    work = list(jobs(sys.argv[1:]))
+    futures = []
     with ProcessPoolExecutor() as pool:
-        failed = [p for p in pool.map(compile_one, work, chunksize=64) if p]
+        for spec in specs(sys.argv[1:]):
+            batch = []
+            for job in jobs(spec):
+                batch.append(job)
+                if len(batch) == CHUNK:
+                    futures.append(pool.submit(compile_many, batch))
+                    batch = []
+            if batch:
+                futures.append(pool.submit(compile_many, batch))
+        failed = [p for f in futures for p in f.result()]
     for path in failed:
         print(path)
 
