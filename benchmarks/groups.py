@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hostile import hostile_archive
 from measure import (
     ADDED,
     BENCH,
@@ -21,6 +22,7 @@ from measure import (
     COLD_CODE,
     ENV,
     FIG,
+    HOSTILE_MIB,
     NAME,
     PEER_PINS,
     PY,
@@ -249,6 +251,11 @@ def group_build(ctx: dict[str, Any], runs: int, warm: int) -> None:
         ctx["tree"] = b / "dir" / f"{NAME}-{V1}"
 
 
+def remover(path: Path) -> Callable[[int], None]:
+    """A setup step that deletes ``path`` (an earlier run's output)."""
+    return lambda _i: path.unlink(missing_ok=True)
+
+
 def group_pack(ctx: dict[str, Any], runs: int, warm: int) -> None:
     tree: Path | None = ctx.get("tree")
     labels = {"pack.shipenv_zst": "shipenv archive.write tar.zst (default level 3, all cores)",
@@ -280,8 +287,7 @@ def group_pack(ctx: dict[str, Any], runs: int, warm: int) -> None:
         "pack.tar_gz": [f"tar -C {parent} -czf {outs['pack.tar_gz']} {name}"],
         "pack.tar_pigz": [f"tar -C {parent} -cf - {name} | pigz -6 > {outs['pack.tar_pigz']}"],
     }
-    measure_many([Spec(k, labels[k], cmds[k], setup=lambda i, o=outs[k]: o.unlink(missing_ok=True)) for k in cmds],
-                 runs=runs, warm=warm)
+    measure_many([Spec(k, labels[k], cmds[k], setup=remover(outs[k])) for k in cmds], runs=runs, warm=warm)
     for k, out in outs.items():
         fig = FIG[k]
         if fig.ok:
@@ -413,7 +419,7 @@ def group_big(ctx: dict[str, Any], runs: int, warm: int) -> None:
     gb = VAL["big.tree_bytes"] / 1e9
     measure_many([Spec(key, f"shipenv archive.write {fmt} of the {gb:.2f} GB tree",
                        [[str(SHIP_PY), "-c", WRITE_CODE, str(SNAPSHOT), str(tree), str(out), fmt, tree.name]],
-                       setup=lambda i, o=out: o.unlink(missing_ok=True))
+                       setup=remover(out))
                   for key, fmt, out in (("big.pack_zst", "tar.zst", zst), ("big.pack_gz", "tar.gz", gz))], runs=1, warm=0)
     for key, out in (("big.pack_zst", zst), ("big.pack_gz", gz)):
         if FIG[key].ok:
@@ -429,3 +435,20 @@ def group_big(ctx: dict[str, Any], runs: int, warm: int) -> None:
     empty_trash()
 
 
+
+
+def group_hostile(ctx: dict[str, Any], runs: int, warm: int) -> None:
+    """Peak RSS of deploying a .tar.gz whose first pax header declares 1 GiB (``hostile.py``): refused in bounded memory."""
+    h = RUN / "hostile"
+    h.mkdir(exist_ok=True)
+    archive = hostile_archive(h / "app-1.0.tar.gz", HOSTILE_MIB << 20)
+    VAL["hostile.archive_bytes"] = archive.stat().st_size
+    deploy_sh = SNAPSHOT / "shipenv" / "templates" / "deploy.sh"
+    measure_many([
+        Spec("hostile.deploy", f"shipenv deploy of a .tar.gz whose pax header declares {HOSTILE_MIB} MiB (must refuse)",
+             lambda i: [shipenv_cmd("deploy", str(archive), "--root", str(h / f"root-{i}"))], refused=True),
+        Spec("hostile.deploy_sh", "deploy.sh deploy of the same archive (system tar; must refuse)",
+             lambda i: [["sh", str(deploy_sh), "deploy", str(archive), str(h / f"sh-root-{i}")]], refused=True),
+    ], runs=1, warm=0)
+    discard(h)
+    empty_trash()

@@ -34,6 +34,7 @@ ADDED = "six==1.17.0"  #: the one requirement v2 adds (small, pure Python)
 BIG_EXTRA = "torch==2.13.0"  #: found through the configured indexes; makes the bundle > 1 GB
 COLD_CODE = "import django, numpy, pandas"
 PEER_PINS = {"venv-pack": "venv-pack==0.2.0", "pex": "pex==2.105.2", "pyinstaller": "pyinstaller==6.22.3"}
+HOSTILE_MIB = 1024  #: what the hostile archive's pax header declares (hostile.py)
 TIMEOUT = 1800  # seconds for any single command
 EPOCH = 1577836800
 
@@ -263,6 +264,34 @@ class Spec:
     cwd: Path | None = None
     needs: str | None = None  #: another spec of the same batch that must have succeeded in the same round
     steps_log: bool = False  #: keep the `-v` step stamps of every run (shipenv commands)
+    refused: bool = False  #: the command must fail (a hostile input it refuses); exit 0 is the failure
+
+
+def aliases() -> dict[str, str]:
+    """Shell functions that stand for shipenv's snapshot in the report's commands: name -> the words it replaces.
+
+    ``shipenv() { <words> "$@"; }`` typed into bash makes every command the report prints run as it was timed.
+    """
+    return {"shipenv": shlex.join([str(SHIP_PY), "-c", SHIPENV_MAIN, str(SNAPSHOT)]),
+            "shipenv_write": shlex.join([str(SHIP_PY), "-c", WRITE_CODE, str(SNAPSHOT)])}
+
+
+def abbreviate(command: str) -> str:
+    """``command`` with shipenv's snapshot invocation written as the shell function :func:`aliases` defines."""
+    for name, words in aliases().items():
+        if command.startswith(words + " "):
+            return name + command[len(words):]
+    return command
+
+
+def shown(cmd: Cmd, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    """``cmd`` as one line a shell would run the same way: changed variables and the directory in front."""
+    text = cmd if isinstance(cmd, str) else shlex.join(cmd)  # a str is a bash command line already
+    changed = {k: v for k, v in (env or {}).items() if ENV.get(k) != v}
+    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in sorted(changed.items()))
+    if cwd is not None:
+        return f"cd {shlex.quote(str(cwd))} && {prefix}{text}"
+    return prefix + text
 
 
 def measure_many(specs: Sequence[Spec], *, runs: int, warm: int) -> list[Figure]:
@@ -300,6 +329,8 @@ def measure_many(specs: Sequence[Spec], *, runs: int, warm: int) -> list[Figure]
                 print(" " + fig.error + ("\n     " + fig.error_tail.replace("\n", "\n     ") if fig.error_tail else ""))
                 continue
             cmds = spec.steps(i) if callable(spec.steps) else spec.steps
+            # The exact commands timed (the last run's; other runs differ only in the run number in paths).
+            fig.extra["commands"] = [shown(cmd, spec.env, spec.cwd) for cmd in cmds]
             wall = cpu = 0.0
             rss = 0
             outputs, walls = [], []
@@ -309,9 +340,12 @@ def measure_many(specs: Sequence[Spec], *, runs: int, warm: int) -> list[Figure]
                 wall, cpu, rss = wall + t.wall, cpu + t.cpu, max(rss, t.rss_kb)
                 walls.append(round(t.wall, 3))
                 outputs.append(t.output)
-                if t.rc != 0:
-                    shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
-                    fig.error, fig.error_tail = f"exit {t.rc}: {shown[:240]}", tail(t.output)
+                if spec.refused and t.rc > 0:
+                    said = [line for line in t.output.splitlines() if line.startswith("error:")] or [tail(t.output, 1)]
+                    fig.extra["refusal"] = said[-1]
+                elif spec.refused or t.rc != 0:
+                    what = "accepted (exit 0) instead of refusing" if spec.refused and t.rc == 0 else f"exit {t.rc}"
+                    fig.error, fig.error_tail = f"{what}: {shown(cmd)[:240]}", tail(t.output)
                     break
             if fig.error:
                 print(" FAILED: " + fig.error + ("\n     " + fig.error_tail.replace("\n", "\n     ") if fig.error_tail else ""))

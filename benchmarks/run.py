@@ -13,6 +13,10 @@ What runs (see benchmarks/README.md for the method and the targets):
            disk used by the releases
 - start    `bin/python -c "import django, numpy, pandas"` through the bundle vs the source venv
 - big      peak RSS of packing and deploying a bundle over 1 GB (workload + torch)
+- hostile  peak RSS of deploying a .tar.gz whose pax header declares 1 GiB (refused; hostile.py)
+
+Every figure's exact command, the git revision and the load average at start and end are part
+of the report.
 
 Peers live in their own venvs under $SHIPENV_BENCH_DIR (default /tmp/shipenv-bench) and are
 reused by later runs; everything a run produces goes to $SHIPENV_BENCH_DIR/run (wiped at start).
@@ -29,12 +33,19 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from groups import group_big, group_build, group_deploy, group_pack, group_start, setup
+from groups import group_big, group_build, group_deploy, group_hostile, group_pack, group_start, setup
 from measure import BENCH, ENV, FIG, PY, PYVER, REPO, RESULTS, RUN, VAL, Failure, empty_trash, loadavg, shipenv_cmd, take_snapshot
 from report import report, versions
+
+
+def git_revision() -> str:
+    """The checkout's short revision, and how many files of src/ and templates/ differ from it."""
+    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "src", "templates"], capture_output=True, text=True).stdout
+    return (git or "?") + (f" + {len(dirty.splitlines())} uncommitted change(s) in src/templates" if dirty.strip() else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, help="counted runs per figure (default 3; 1 with --quick)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up runs per figure (default 1; builds get 0 with --quick)")
     ap.add_argument("--quick", action="store_true", help="1 counted run; no warm-up for the expensive builds")
-    ap.add_argument("--groups", default="build,pack,deploy,start,big", help="comma-separated subset of build,pack,deploy,start,big")
+    ap.add_argument("--groups", default="build,pack,deploy,start,big,hostile",
+                    help="comma-separated subset of build,pack,deploy,start,big,hostile")
     args = ap.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
     warm = args.warmup
@@ -62,28 +74,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(RUN, ignore_errors=True)
     (RUN / "logs").mkdir(parents=True)
     RESULTS.mkdir(exist_ok=True)
-    git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "src", "templates"], capture_output=True, text=True).stdout
+    git = git_revision()
     snap = take_snapshot()
     shipenv_v = subprocess.run(shipenv_cmd("--version"), capture_output=True, text=True, env=ENV).stdout.strip()
     meta: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
         "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}",
-        "git": git + (f" + {len(dirty.splitlines())} uncommitted change(s) in src/templates" if dirty.strip() else "") + f", snapshot {snap}",
+        "git": f"{git}, snapshot {snap}",
         "shipenv": shipenv_v, "runs": runs, "warm": warm, "build_warm": build_warm, "quick": args.quick, "groups": groups,
         "load_start": loadavg(), "bench_dir": str(BENCH),
     }
     t0 = time.monotonic()
-    print(f"shipenv benchmark: {runs} run(s), warm-up {warm} (builds {build_warm}); scratch {RUN}; load {meta['load_start']}")
+    print(f"shipenv benchmark: {runs} run(s), warm-up {warm} (builds {build_warm}); scratch {RUN}; git {meta['git']}; "
+          f"load {meta['load_start']}")
     ctx: dict[str, Any] = {}
     try:
-        print("\n== setup (peer venvs are reused from earlier runs)")
-        ctx = setup(args)
-        for name, g in (("build", lambda: group_build(ctx, runs, build_warm)),
-                        ("pack", lambda: group_pack(ctx, runs, warm)),
-                        ("deploy", lambda: group_deploy(ctx, runs, warm)),
-                        ("start", lambda: group_start(ctx, runs, warm)),
-                        ("big", lambda: group_big(ctx, runs, warm))):
+        if set(groups) - {"hostile"}:  # the hostile archive needs no peers, wheels or warm caches
+            print("\n== setup (peer venvs are reused from earlier runs)")
+            ctx = setup(args)
+        order: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("build", lambda: group_build(ctx, runs, build_warm)),
+            ("pack", lambda: group_pack(ctx, runs, warm)),
+            ("deploy", lambda: group_deploy(ctx, runs, warm)),
+            ("start", lambda: group_start(ctx, runs, warm)),
+            ("big", lambda: group_big(ctx, runs, warm)),
+            ("hostile", lambda: group_hostile(ctx, runs, warm)),
+        )
+        for name, g in order:
             if name not in groups:
                 continue
             print(f"\n== {name}  [{time.strftime('%H:%M:%S')}, load {loadavg()}]")
@@ -101,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: reporting what was measured")
     meta["load_end"] = loadavg()
+    meta["git_end"] = git_revision()  # the working tree may have moved on; the snapshot did not
     meta["noisy"] = max(float(x) for x in (meta["load_start"].split()[0], meta["load_end"].split()[0]) if x != "?") > 1.5
     meta["duration_s"] = round(time.monotonic() - t0, 1)
     meta["versions"] = versions()
