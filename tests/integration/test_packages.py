@@ -175,6 +175,47 @@ def test_four_sources_give_the_same_distributions(built_bundle: BuildFn, shared_
     assert bundles["project"].name == "srcapp-0.2.0"
 
 
+def _pure_wheel(house: Path, name: str, version: str, *requires: str) -> None:
+    """A minimal pure-Python wheel: ``name`` with ``VERSION = version``, depending on ``requires``."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    files = {f"{name}/__init__.py": f"VERSION = {version!r}\n".encode(), f"{dist}/METADATA": meta.encode(),
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = [f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}" for n, d in files.items()]
+    with zipfile.ZipFile(house / f"{name}-{version}-py3-none-any.whl", "w") as zf:
+        for n, d in files.items():
+            zf.writestr(n, d)
+        zf.writestr(f"{dist}/RECORD", "\n".join([*record, f"{dist}/RECORD,,"]) + "\n")
+
+
+def test_a_wheelhouse_with_requirements_is_resolved_by_uv_and_never_starts_pip(tmp_path: Path) -> None:
+    house = tmp_path / "house"
+    house.mkdir()
+    _pure_wheel(house, "alpha", "1.0", "beta>=1")
+    _pure_wheel(house, "beta", "1.0")
+    _pure_wheel(house, "beta", "2.0")
+    _pure_wheel(house, "gamma", "1.0")  # in the wheelhouse, not required: stays out
+    req = _requirements(tmp_path, ["alpha"])
+    cache = tmp_path / "cache"
+    proc = run_shipenv("build", "-v", "-o", tmp_path / "out", "-r", req, "--wheels", house, "--python", pyenv_python("3.12"),
+                       "--name", "a", "--version", "1", "--format", "dir", "--cache-dir", cache)
+    assert "wheels for 2 pin(s) found without pip; pip fetches or builds 0" in proc.stderr, proc.stderr
+    assert "pip wheel output" not in proc.stderr  # no pip process ...
+    assert not (cache / "pip").exists() and not (cache / "wheels").exists()  # ... no copy of pip, nothing stored
+    tree = tmp_path / "out" / "a-1"
+    assert _dists(tree) == {("alpha", "1.0"), ("beta", "2.0")}
+    run = subprocess.run([str(tree / "bin" / "python"), "-c", "import alpha, beta; print(alpha.VERSION, beta.VERSION)"],
+                         capture_output=True, text=True, check=False)
+    assert run.stdout == "1.0 2.0\n", run.stderr
+    # Byte-compiled while installing, like every wheel: the pyc is there and names the file relative to the bundle.
+    pyc = tree / "lib" / "python3.12" / "site-packages" / "beta" / "__pycache__" / "__init__.cpython-312.pyc"
+    assert b"lib/python3.12/site-packages/beta/__init__.py" in pyc.read_bytes() and str(tmp_path).encode() not in pyc.read_bytes()
+
+
 def _fails(tmp_path: Path, *args: str | os.PathLike[str]) -> str:
     out = tmp_path / "out"
     proc = run_shipenv("build", "-o", out, *args, check=False)
