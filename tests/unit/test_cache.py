@@ -1,6 +1,6 @@
 """The build cache (shipenv.build.cache): content keys, verified entries, hard links.
 
-A cache entry that does not match its own RECORD, or whose host libraries
+A cache entry that does not match its own facts, or whose host libraries
 changed, must never be used: a user would get a bundle with someone else's
 bytes in it. These tests damage entries on purpose and check they are dropped.
 """
@@ -127,7 +127,7 @@ def test_a_damaged_entry_is_dropped_not_used(store: BuildCache, tmp_path: Path, 
     assert again is not None and (again / "lib" / "pkg" / "__init__.py").read_text() == "VALUE = 1\n"
 
 
-@pytest.mark.parametrize("damage", ["extra file", "missing file", "missing RECORD", "bad entry.json"])
+@pytest.mark.parametrize("damage", ["extra file", "missing file", "missing facts", "bad entry.json"])
 def test_every_kind_of_damage_is_caught(store: BuildCache, tmp_path: Path, damage: str) -> None:
     store.put("wheel", "e" * 64, make_layer(tmp_path / "layer"))
     tree = store.get("wheel", "e" * 64)
@@ -136,8 +136,8 @@ def test_every_kind_of_damage_is_caught(store: BuildCache, tmp_path: Path, damag
         (tree / "lib" / "pkg" / "stray.py").write_text("import os\n")
     elif damage == "missing file":
         (tree / "bin" / "tool").unlink()
-    elif damage == "missing RECORD":
-        (tree.parent / "RECORD").unlink()
+    elif damage == "missing facts":
+        (tree.parent / "facts.json").unlink()
     else:
         (tree.parent / "entry.json").write_text("{not json")
     assert store.get("wheel", "e" * 64) is None

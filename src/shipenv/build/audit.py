@@ -10,9 +10,11 @@ with the reason.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from collections.abc import Iterable
+import stat
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -66,41 +68,84 @@ def classify(rel: PurePosixPath, full: Path, needle: str) -> AuditFinding:
 _CHUNK = 4 << 20
 
 
-def _search(path: Path, encoded: list[tuple[str, bytes]]) -> list[str]:
-    """Needles found in a file, read in fixed chunks (bounded memory whatever its size)."""
+def scan_file(path: Path, encoded: Sequence[tuple[str, bytes]], *, digest: bool = False) -> tuple[list[str], str | None, bytes]:
+    """Needles found in a file, read once in fixed chunks (bounded memory whatever its size).
+
+    With ``digest``, the same read also gives the file's sha256 (what a layer's
+    facts keep, :mod:`shipenv.build.layers`). Returns the needles found (in
+    ``encoded``'s order), the hex digest or None, and the file's first 4 bytes.
+    """
     found: set[str] = set()
     overlap = max((len(raw) for _, raw in encoded), default=1) - 1
     tail = b""
+    hasher = hashlib.sha256() if digest else None
+    head = b""
     with path.open("rb") as f:
-        while len(found) < len(encoded):
+        while hasher is not None or len(found) < len(encoded):
             chunk = f.read(_CHUNK)
             if not chunk:
                 break
-            data = tail + chunk
-            found.update(needle for needle, raw in encoded if needle not in found and raw in data)
-            tail = data[-overlap:] if overlap else b""
-    return [needle for needle, _ in encoded if needle in found]
+            if not head:
+                head = chunk[:4]
+            if hasher is not None:
+                hasher.update(chunk)
+            if len(found) < len(encoded):
+                data = tail + chunk
+                found.update(needle for needle, raw in encoded if needle not in found and raw in data)
+                tail = data[-overlap:] if overlap else b""
+    return [needle for needle, _ in encoded if needle in found], hasher.hexdigest() if hasher else None, head
 
 
-def audit(root: Path, search: Iterable[str]) -> list[AuditFinding]:
-    """Every occurrence of every needle in the tree, classified, sorted by path."""
-    encoded = [(n, n.encode()) for n in search]
+def _search(path: Path, encoded: Sequence[tuple[str, bytes]]) -> list[str]:
+    return scan_file(path, encoded)[0]
+
+
+def findings_for(rel: PurePosixPath, full: Path, hits: Iterable[str]) -> list[AuditFinding]:
+    """Every needle found in one file, classified (all of them: :func:`most_specific` picks later)."""
+    return [classify(rel, full, needle) for needle in hits]
+
+
+def most_specific(findings: Sequence[AuditFinding]) -> list[AuditFinding]:
+    """Of one file's findings, the most specific paths only: /a/b/c already says /a/b."""
+    hits = [f.needle for f in findings]
+    return [f for f in findings if not any(f.needle != o and o.startswith(f.needle) for o in hits)]
+
+
+def symlink_findings(rel: PurePosixPath, target: str, search: Iterable[str]) -> list[AuditFinding]:
+    """A symlink whose target names the build host runs (the loader or a script would follow it)."""
+    return [AuditFinding(rel, needle, "runs", "a symlink pointing at the build host") for needle in search if needle in target]
+
+
+#: What a layer already knows about a file of the tree: its findings for every needle it was
+#: searched for, or None when the file must be read (:class:`shipenv.build.layers.Ledger`).
+Known = Callable[[str, os.stat_result], "Sequence[AuditFinding] | None"]
+
+
+def audit(root: Path, search: Iterable[str], known: Known | None = None) -> list[AuditFinding]:
+    """Every occurrence of every needle in the tree, classified, sorted by path.
+
+    Files ``known`` vouches for are not read: their findings come from the
+    layer they were merged from, filtered to the needles searched here.
+    """
+    needles = list(search)
+    encoded = [(n, n.encode()) for n in needles]
+    wanted = set(needles)
     findings: list[AuditFinding] = []
-    for rel_text, full in manifest.walk(root):
-        if full.is_symlink():
-            target = os.readlink(full)
-            for needle, _ in encoded:
-                if needle in target:
-                    findings.append(AuditFinding(PurePosixPath(rel_text), needle, "runs", "a symlink pointing at the build host"))
+    for rel_text, name, st in manifest.walk_stat(root):
+        if stat.S_ISLNK(st.st_mode):
+            findings.extend(symlink_findings(PurePosixPath(rel_text), os.readlink(name), needles))
             continue
+        from_layer = known(rel_text, st) if known is not None else None
+        if from_layer is not None:
+            if from_layer:
+                findings.extend(most_specific([f for f in from_layer if f.needle in wanted]))
+            continue
+        rel, full = PurePosixPath(rel_text), Path(name)
         try:
             hits = _search(full, encoded)
         except OSError:
             continue
-        # Report the most specific path only: /a/b/c already says /a/b.
-        hits = [h for h in hits if not any(h != o and o.startswith(h) for o in hits)]
-        for needle in hits:
-            findings.append(classify(PurePosixPath(rel_text), full, needle))
+        findings.extend(most_specific(findings_for(rel, full, hits)))
     return findings
 
 

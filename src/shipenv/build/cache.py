@@ -9,9 +9,13 @@ Two kinds of layers are kept, each a directory tree in the bundle's own layout:
   and vendored libraries included). Keyed by the wheel's sha256, the
   interpreter layer's key, and the same options.
 
-An entry is written into a temporary directory and renamed into place, with a
-``RECORD`` of every file's digest; it is checked against that ``RECORD`` when
-used, and an entry that does not match is deleted and rebuilt, never used.
+An entry is written into a temporary directory and renamed into place, with
+the facts of its files (``facts.json``, :mod:`shipenv.build.layers`: every
+file's digest, mode, ELF facts and audit findings, and its inode, size and
+mtime). Before an entry is used its tree is checked against those facts
+without reading a byte of content (a file added, missing, replaced or edited
+in place changes what ``lstat`` says); an entry that does not match is deleted
+and rebuilt, never used.
 Host libraries an entry vendored are listed with their size and mtime: a host
 upgrade (``apt-get upgrade``) invalidates the entry.
 """
@@ -24,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from shipenv import __version__
+from shipenv.build import layers
 from shipenv.bundle import manifest
 
 log = logging.getLogger(__name__)
 
-_ENTRY_FORMAT = 1
+_ENTRY_FORMAT = 2
 
 
 def default_dir() -> Path:
@@ -68,15 +74,23 @@ def file_digest(path: Path) -> str:
     return manifest.hash_file(path)[0]
 
 
-def tree_fingerprint(root: Path) -> str:
-    """Digest of every file's path, size and mtime under ``root`` (cheap: no reads)."""
+def tree_fingerprint(root: Path, skip: tuple[str, ...] = ()) -> str:
+    """Digest of every file's path, size and mtime under ``root`` (cheap: no reads).
+
+    The top-level directories named in ``skip`` are left out (the base
+    interpreter's ``site-packages``, tens of thousands of files, is never copied).
+    """
     digest = hashlib.sha256()
-    for rel, full in manifest.walk(root):
-        try:
-            st = full.lstat()
-        except OSError:
-            continue
-        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        dirnames[:] = sorted(d for d in dirnames if rel_dir != "." or d not in skip)
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -100,6 +114,11 @@ class BuildCache:
 
     def get(self, kind: str, entry_key: str) -> Path | None:
         """The entry's tree if present and intact; a damaged entry is removed."""
+        hit = self.get_layer(kind, entry_key)
+        return hit.entry / "tree" if hit is not None and hit.entry is not None else None
+
+    def get_layer(self, kind: str, entry_key: str) -> layers.Layer | None:
+        """The entry as a layer (its facts, its directory) if present and intact; a damaged entry is removed."""
         entry = self._entry(kind, entry_key)
         tree = entry / "tree"
         if not tree.is_dir():
@@ -110,29 +129,33 @@ class BuildCache:
                 log.info("cache: %s %s is stale (a host library changed); rebuilding", kind, entry_key[:12])
                 self._drop(entry)
                 return None
-            expected = manifest.parse_record((entry / "RECORD").read_bytes())
-            actual = {e.path: e for e in manifest.scan(tree)}
-            expected.pop(manifest.RECORD.as_posix(), None)
-            if expected != actual:
-                raise ValueError("contents differ from RECORD")
-        except (OSError, ValueError, KeyError) as exc:
+            facts = layers.LayerFacts.parse((entry / "facts.json").read_bytes())
+            why = layers.check(tree, facts)
+            if why is not None:
+                raise ValueError(f"contents differ from its facts: {why}")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("cache: dropping damaged entry %s/%s (%s)", kind, entry_key[:12], exc)
             self._drop(entry)
             return None
         log.debug("cache: hit %s %s", kind, entry_key[:12])
-        return tree
+        return layers.Layer(f"{kind} {entry_key[:12]}", facts, entry)
 
-    def put(self, kind: str, entry_key: str, tree: Path, *, host_files: Iterable[Path] = ()) -> None:
-        """Store a copy of ``tree``; failures (a full disk) only cost the cache."""
+    def put(self, kind: str, entry_key: str, tree: Path, *, host_files: Iterable[Path] = (),
+            facts: layers.LayerFacts | None = None) -> Path | None:
+        """Store a copy of ``tree`` with its facts (computed here when not given); return the entry.
+
+        Failures (a full disk) only cost the cache: None is returned.
+        """
         entry = self._entry(kind, entry_key)
         if entry.exists():
-            return
+            return None
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{entry_key[:12]}.", dir=entry.parent))
             try:
                 shutil.copytree(tree, tmp / "tree", symlinks=True, copy_function=link_or_copy)
-                (tmp / "RECORD").write_bytes(manifest.render_record(manifest.scan(tmp / "tree")))
+                stored = layers.rebased(facts if facts is not None else layers.compute(tree, ()), tmp / "tree")
+                (tmp / "facts.json").write_bytes(stored.to_json())
                 meta = {"kind": kind, "shipenv": __version__, "host_files": host_files_state(host_files)}
                 (tmp / "entry.json").write_text(json.dumps(meta, indent=1))
                 os.replace(tmp, entry)
@@ -141,6 +164,8 @@ class BuildCache:
                     shutil.rmtree(tmp, ignore_errors=True)
         except OSError as exc:
             log.warning("cache: could not store %s entry (%s); continuing without it", kind, exc)
+            return None
+        return entry
 
     def _drop(self, entry: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)
@@ -171,20 +196,29 @@ def merge_tree(src: Path, dest: Path, *, move: bool = False) -> list[str]:
     """Put every file of ``src`` into ``dest`` (linked, copied, or moved when ``move``);
     return the paths that already existed there with other content."""
     clashes = []
-    for rel, full in manifest.walk(src):
-        target = dest / rel
-        if target.exists() or target.is_symlink():
-            if full.is_symlink() or target.is_symlink():
-                if not (full.is_symlink() and target.is_symlink() and os.readlink(full) == os.readlink(target)):
+    made: set[str] = set()
+    top = os.fspath(dest)
+    for rel, full, st in manifest.walk_stat(src):
+        target = os.path.join(top, rel)
+        parent = rel.rpartition("/")[0]
+        if parent not in made:
+            os.makedirs(os.path.join(top, parent), exist_ok=True)
+            made.add(parent)
+        try:
+            there = os.lstat(target)
+        except FileNotFoundError:
+            there = None
+        if there is not None:
+            if stat.S_ISLNK(st.st_mode) or stat.S_ISLNK(there.st_mode):
+                if not (stat.S_ISLNK(st.st_mode) and stat.S_ISLNK(there.st_mode) and os.readlink(full) == os.readlink(target)):
                     clashes.append(rel)
-            elif file_digest(full) != file_digest(target):
+            elif file_digest(Path(full)) != file_digest(Path(target)):
                 clashes.append(rel)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if full.is_symlink():
-            target.symlink_to(os.readlink(full))
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(full), target)
         elif move:
             os.replace(full, target)
         else:
-            link_or_copy(str(full), str(target))
+            link_or_copy(full, target)
     return clashes

@@ -52,6 +52,8 @@ _NESTED_TESTS = re.compile(
 #: Never copied: bytecode is rebuilt for the bundle, the base's own
 #: site-packages is not part of the interpreter (DESIGN.md).
 _ALWAYS_SKIP = ("site-packages", "dist-packages", "__pycache__")
+#: Directories of the base's stdlib that no layer copies (its installed packages, its bytecode).
+NOT_COPIED = _ALWAYS_SKIP
 
 
 def find_python(spec: str | None) -> Path:

@@ -102,6 +102,7 @@ def write_config(py: PythonInfo, root: Path, loader: str | None = None) -> None:
     """Write :data:`CONFIG`; the libc stage calls it again with ``loader`` for ``--libc bundled``."""
     path = root / CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # replaced, never edited: it may be a hard link into a cache entry
     path.write_text(config_text(py, loader))
     os.chmod(path, 0o644)
 

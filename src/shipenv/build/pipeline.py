@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from shipenv.build.install import Sources
 
 from shipenv import __version__, data, templates
-from shipenv.build import audit, bytecode, cache, interpreter, launchers, libc, output, policy, relocate, venv
+from shipenv.build import audit, bytecode, cache, interpreter, launchers, layers, libc, output, policy, relocate, venv
 from shipenv.build.runner import REAL, Runner
 from shipenv.bundle import elf, manifest, sbom, sshsig
 from shipenv.errors import InstallError, PolicyError, ShipenvError, UsageError, listing
@@ -69,6 +69,7 @@ class Build:
     store: cache.BuildCache | None
     say: Step
     runner: Runner
+    ledger: layers.Ledger  #: which files of the tree came from which layer (empty without a cache)
 
     @property
     def python(self) -> Path:
@@ -101,7 +102,9 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
         root = staging / target.tree_name
         root.mkdir()
         store = cache.open_cache(options.cache_dir, options.use_cache)
-        tree = _build_tree(Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say, runner), target)
+        ledger = layers.Ledger(audit.needles(py, sources, root), str(root))
+        b = Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say, runner, ledger)
+        tree = _build_tree(b, target)
         if target.fmt == "dir":
             output.place(root, target.artifact)
             return BuildResult(target.artifact, target.tree_name, tree.floor, None, tree.audit, tree.vendored, libc=tree.libc)
@@ -122,7 +125,7 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     launchers.write(launchers.entry_launchers(b.options.entries, b.py, scheme), b.root)
     bundled = libc.finish(b.root, b.libs, b.py, scheme, b.options.max_glibc)
     findings = _audit(b)
-    floor = None if bundled else _glibc_floor(b.root, b.options.max_glibc)
+    floor = None if bundled else _glibc_floor(b.root, b.options.max_glibc, b.ledger)
     vendored = sorted(p.name for p in (b.root / relocate.LIB_DIR).iterdir() if p.is_file() and elf.is_elf(p))
     b.say("Writing the manifest")
     templates.install_bundle_files(b.root)
@@ -134,7 +137,7 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     libdir = [str(b.py.libdir)] if b.py.libdir else []
     sbom.write(b.root, metadata.to_dict(), epoch=target.epoch, wheel_digests=wheel_digests,
                find_library=lambda soname: host_libs.find(soname, libdir))
-    manifest.write(b.root, metadata)
+    manifest.write(b.root, metadata, known=b.ledger.record)
     return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(b.py.machine) if bundled else None)
 
 
@@ -143,7 +146,7 @@ def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
     return cache.key(
         "interpreter",
         cache.file_digest(py.executable),
-        cache.tree_fingerprint(py.stdlib),
+        cache.tree_fingerprint(py.stdlib, skip=interpreter.NOT_COPIED),
         cache.tree_fingerprint(py.dynload) if py.dynload and not interpreter.is_within(py.dynload, py.stdlib) else None,
         sorted(options.keep_stdlib),
         sorted(options.system_libs),
@@ -158,10 +161,11 @@ def _interpreter_layer(b: Build) -> str:
     """Copy, relocate and byte-compile the base interpreter, or reuse it from the cache; return its key."""
     py = b.py
     layer_key = _interpreter_key(py, b.options)
-    hit = b.store.get("interpreter", layer_key) if b.store else None
-    if hit is not None:
+    hit = b.store.get_layer("interpreter", layer_key) if b.store else None
+    if hit is not None and hit.entry is not None:
         b.say(f"Reusing Python {py.version_str} from the cache")
-        cache.merge_tree(hit, b.root)
+        cache.merge_tree(hit.entry / "tree", b.root)
+        b.ledger.add(hit, b.root)
         return layer_key
     b.say(f"Copying Python {py.version_str} from {py.executable}")
     interpreter.apply_copy(interpreter.plan_copy(py, b.options.keep_stdlib), b.root)
@@ -171,7 +175,9 @@ def _interpreter_layer(b: Build) -> str:
     b.say("Byte-compiling the standard library")
     bytecode.byte_compile(b.python, [b.root], runner=b.runner)
     if b.store is not None:
-        b.store.put("interpreter", layer_key, b.root, host_files=[v.src for v in plan.vendor] + [py.executable])
+        facts = layers.compute(b.root, b.ledger.needles)
+        entry = b.store.put("interpreter", layer_key, b.root, host_files=[v.src for v in plan.vendor] + [py.executable], facts=facts)
+        b.ledger.add(layers.Layer("the interpreter", facts, entry), b.root)
     return layer_key
 
 
@@ -197,10 +203,11 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
         with bytecode.Compiler(b.python, runner=b.runner) as compiler:  # compiles each layer while the next installs
             for index, (wheel, source) in enumerate(wheels):
                 wheel_key = cache.key("wheel", layer_key, install.wheel_content_key(wheel), sorted(options.system_libs))
-                hit = b.store.get("wheel", wheel_key) if b.store else None
+                hit = b.store.get_layer("wheel", wheel_key) if b.store else None
                 distributions.append(install.wheel_distribution(wheel, source))
-                if hit is not None:
-                    _merge(hit, b.root, wheel.name)
+                if hit is not None and hit.entry is not None:
+                    _merge(hit.entry / "tree", b.root, wheel.name)
+                    b.ledger.add(hit, b.root)
                     continue
                 stage = work / f"stage-{index}"
                 install.install_wheel(wheel, stage, scheme, b.py, source)
@@ -212,9 +219,13 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
                 b.say(f"Byte-compiling {len(staged)} packages (finishing: it began with the first install)")
             compiler.finish()
         for stage, wheel_key, host_files, wheel_name in staged:
-            if b.store is not None:
-                b.store.put("wheel", wheel_key, stage, host_files=host_files)
+            if b.store is None:
+                _merge(stage, b.root, wheel_name, move=True)
+                continue
+            facts = layers.compute(stage, b.ledger.needles)
+            entry = b.store.put("wheel", wheel_key, stage, host_files=host_files, facts=facts)
             _merge(stage, b.root, wheel_name, move=True)
+            b.ledger.add(layers.Layer(wheel_name, facts, entry), b.root)
     return distributions
 
 
@@ -241,14 +252,17 @@ def _merge(layer: Path, root: Path, what: str, *, move: bool = False) -> None:
 def _audit(b: Build) -> list[AuditFinding]:
     """Every remaining build-host path, classified; one in a file that runs fails the build."""
     b.say("Auditing for build-host paths")
-    findings = audit.audit(b.root, audit.needles(b.py, b.sources, b.root))
+    findings = audit.audit(b.root, b.ledger.needles, known=b.ledger.findings)
     audit.verdict(findings)
     return findings
 
 
-def _glibc_floor(root: Path, max_glibc: tuple[int, int] | None) -> tuple[int, int] | None:
-    """The highest ``GLIBC_x.y`` any ELF in the tree needs; above ``--max-glibc`` it fails, naming the files."""
-    infos = {rel: elf.try_read(root / rel) for rel in relocate.iter_elves(root)}
+def _glibc_floor(root: Path, max_glibc: tuple[int, int] | None, ledger: layers.Ledger) -> tuple[int, int] | None:
+    """The highest ``GLIBC_x.y`` any ELF in the tree needs; above ``--max-glibc`` it fails, naming the files.
+
+    ELF facts come from the layers where they vouch for a file; only the rest is read.
+    """
+    infos = layers.glibc_infos(root, ledger)
     floor = elf.glibc_floor(i for i in infos.values() if i is not None)
     if max_glibc is not None and floor is not None and floor > max_glibc:
         over = sorted(

@@ -37,7 +37,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -67,11 +67,11 @@ class RecordEntry:
         return [self.path, f"sha256={self.sha256}", str(self.size)]
 
 
-def hash_file(path: Path) -> tuple[str, int]:
+def hash_file(path: Path | str) -> tuple[str, int]:
     """sha256 hex digest and size of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     size = 0
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
             size += len(chunk)
@@ -80,23 +80,66 @@ def hash_file(path: Path) -> tuple[str, int]:
 
 def walk(root: Path) -> Iterator[tuple[str, Path]]:
     """Every file and symlink under root as (relative posix path, path), sorted."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        base = Path(dirpath)
-        # Symlinks to directories are listed among dirnames but not followed: record them.
-        for name in sorted(filenames + [d for d in dirnames if (base / d).is_symlink()]):
-            full = base / name
-            yield full.relative_to(root).as_posix(), full
+    for rel, full, _st in walk_stat(root):
+        yield rel, Path(full)
 
 
-def scan(root: Path) -> list[RecordEntry]:
-    """RECORD entries for every file under ``root`` except RECORD itself."""
+def walk_stat(root: Path | str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """:func:`walk` with each entry's ``lstat``, paths as strings (no ``pathlib`` per file: trees have tens of thousands).
+
+    The order is :func:`walk`'s (``os.walk``'s, top-down): in each directory its
+    files and symlinks sorted by name, then its directories, sorted, each in
+    turn; a symlink to a directory is listed, never followed.
+    """
+    top = os.fspath(root)
+    yield from _walk_dir(top, "")
+
+
+def _walk_dir(directory: str, prefix: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    try:
+        with os.scandir(directory) as it:
+            entries = list(it)
+    except OSError:
+        return
+    files, dirs = [], []
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir and not entry.is_symlink():
+            dirs.append(entry.name)
+        else:
+            files.append(entry)
+    files.sort(key=lambda e: e.name)
+    for entry in files:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        yield prefix + entry.name, entry.path, st
+    for name in sorted(dirs):
+        yield from _walk_dir(os.path.join(directory, name), prefix + name + "/")
+
+
+#: A row already known for a file (from the layer it came from), given its ``lstat``; None to hash it.
+Known = Callable[[str, os.stat_result], "RecordEntry | None"]
+
+
+def scan(root: Path, known: Known | None = None) -> list[RecordEntry]:
+    """RECORD entries for every file under ``root`` except RECORD itself.
+
+    Files ``known`` has a row for are not read (:class:`shipenv.build.layers.Ledger`
+    vouches only for files unchanged since their layer was merged).
+    """
     entries = []
-    for rel, full in walk(root):
+    for rel, full, st in walk_stat(root):
         if rel == RECORD.as_posix():
             continue
-        st = full.lstat()
-        if stat.S_ISLNK(st.st_mode):
+        row = known(rel, st) if known is not None else None
+        if row is not None:
+            entries.append(row)
+        elif stat.S_ISLNK(st.st_mode):
             entries.append(RecordEntry(rel, symlink=os.readlink(full)))
         elif stat.S_ISREG(st.st_mode):
             digest, size = hash_file(full)
@@ -131,14 +174,14 @@ def parse_record(data: bytes) -> dict[str, RecordEntry]:
     return result
 
 
-def write(root: Path, manifest: Manifest) -> None:
-    """Write manifest.json and facts, then RECORD over every file (both included).
+def write(root: Path, manifest: Manifest, known: Known | None = None) -> None:
+    """Write manifest.json and facts, then RECORD over every file (both included; see :func:`scan` for ``known``).
 
     A name with a newline is refused: the bundle's own deploy.sh reads one name
     a line and could not deploy it (``shipenv deploy`` could, but a bundle must
     deploy with either).
     """
-    odd = [rel for rel, full in walk(root) if "\n" in rel or (full.is_symlink() and "\n" in os.readlink(full))]
+    odd = [rel for rel, full, st in walk_stat(root) if "\n" in rel or (stat.S_ISLNK(st.st_mode) and "\n" in os.readlink(full))]
     if odd:
         raise ManifestError(
             f"{len(odd)} file name(s) or link target(s) in {root.name} hold a newline, which the bundle's deploy.sh cannot deploy: "
@@ -148,7 +191,7 @@ def write(root: Path, manifest: Manifest) -> None:
     (root / META_DIR).mkdir(exist_ok=True)
     (root / MANIFEST).write_bytes(manifest.to_json())
     (root / FACTS).write_bytes(render_facts(manifest))
-    (root / RECORD).write_bytes(render_record(scan(root)))
+    (root / RECORD).write_bytes(render_record(scan(root, known)))
 
 
 def read(root: Path) -> Manifest:
