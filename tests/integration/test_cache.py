@@ -1,9 +1,15 @@
-"""Rebuilds reuse cached layers, and a damaged cache entry is rebuilt, never used."""
+"""Rebuilds reuse cached layers, and a damaged cache entry is rebuilt, never used.
+
+An archive of a cached build is assembled from the layers' stored fragments:
+it must be the very bytes a clean build gives, and every reader must take it.
+"""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
+from tests.chroots import run_in_root
 from tests.helpers import PACKAGES_DIR, pyenv_python, run_shipenv
 
 
@@ -39,3 +45,45 @@ def test_no_cache_writes_nothing(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     _build(tmp_path / "a", cache, "--no-cache")
     assert not cache.exists()
+
+
+def _archive(out: Path, cache: Path, fmt: str) -> tuple[str, Path]:
+    (out.parent / "req.txt").write_text("pyyaml\n")
+    proc = run_shipenv(
+        "build", "-v", "-r", out.parent / "req.txt", "--python", pyenv_python("3.12"), "--name", "c", "--version", "1",
+        "--format", fmt, "-o", out, "--cache-dir", cache,
+    )
+    path = out / f"c-1.{fmt}"
+    return proc.stderr, path
+
+
+def test_a_cached_build_gives_the_clean_builds_bytes_and_every_reader_takes_them(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    log1, clean = _archive(tmp_path / "clean", cache, "tar.gz")
+    log2, cached = _archive(tmp_path / "cached", cache, "tar.gz")
+    assert "Copying Python" in log1 and "Reusing Python" in log2
+    assert clean.read_bytes() == cached.read_bytes()
+    assert len(list(cache.rglob("fragments/*.frag"))) >= 2  # the interpreter's and pyyaml's, kept for the next build
+    _, zst1 = _archive(tmp_path / "zst1", cache, "tar.zst")  # the layers cached, their zstd fragments made now
+    _, zst2 = _archive(tmp_path / "zst2", cache, "tar.zst")  # ... and copied
+    assert zst1.read_bytes() == zst2.read_bytes()
+    # head, the interpreter, pyyaml, the rest, the directories and the end: one zstd frame each
+    assert "# Zstandard Frames: 5\n" in subprocess.run(["zstd", "-lv", str(zst2)], capture_output=True, text=True, check=True).stdout
+
+    # busybox tar (the static busybox root: no glibc) unpacks the gzip members with every mode right.
+    out = tmp_path / "busybox-out"
+    out.mkdir()
+    done = run_in_root("busybox", ["busybox", "tar", "-xzf", "/in/c-1.tar.gz", "-C", "/out"], binds={cached.parent: "/in", out: "/out"})
+    assert done.returncode == 0, done.stderr
+    assert (out / "c-1" / "bin" / "python3.12").stat().st_mode & 0o777 == 0o755
+    assert (out / "c-1" / "lib").stat().st_mode & 0o777 == 0o755
+    assert run_shipenv("verify", out / "c-1").stdout.startswith("OK: ")
+
+    # shipenv deploy, and deploy.sh on the same archive; both check every file against RECORD.
+    run_shipenv("deploy", cached, "--root", tmp_path / "srv", "--check", "bin/python -c 'import yaml'")
+    script = out / "c-1" / ".shipenv" / "deploy.sh"
+    sh = subprocess.run(["sh", str(script), "deploy", str(zst2), str(tmp_path / "srv-sh")], capture_output=True, text=True, check=False)
+    assert sh.returncode == 0, sh.stderr
+    for root in (tmp_path / "srv", tmp_path / "srv-sh"):
+        ran = subprocess.run([str(root / "current" / "bin" / "python"), "-c", "import yaml; print(yaml.__name__)"], capture_output=True, text=True, check=False)
+        assert ran.stdout == "yaml\n", ran.stderr

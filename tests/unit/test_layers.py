@@ -39,10 +39,32 @@ def merged(tmp_path: Path, needles: tuple[str, ...] = (NEEDLE,)) -> tuple[Path, 
     assert hit is not None and hit.entry is not None
     root = tmp_path / "root"
     root.mkdir()
-    assert cache.merge_tree(hit.entry / "tree", root) == []
+    clashes, placed = cache.merge_layer(hit, root)
+    assert clashes == []
+    # What the merge says it placed (no lstat for a hard link) is what lstat says.
+    assert placed == {rel: layers.signature(os.lstat(root / rel)) for rel in hit.facts.files}
     ledger = layers.Ledger((NEEDLE, str(root)), str(root))
-    ledger.add(hit, root)
+    ledger.add(hit, root, placed)
     return root, ledger
+
+
+def test_merge_layer_reports_clashes_and_skips_identical_files(tmp_path: Path) -> None:
+    root, _ledger = merged(tmp_path)
+    store = BuildCache(tmp_path / "cache")
+    other = tmp_path / "other"
+    (other / "lib" / "pkg").mkdir(parents=True)
+    (other / "lib" / "pkg" / "__init__.py").write_text("VALUE = 1\n")  # the same bytes: no clash
+    (other / "lib" / "pkg" / "notes.txt").write_text("other\n")  # other bytes: a clash
+    (other / "bin").mkdir()
+    (other / "bin" / "tool-link").symlink_to("elsewhere")
+    (other / "lib" / "new.py").write_text("NEW = 1\n")
+    store.put("wheel", "c" * 64, other)
+    hit = store.get_layer("wheel", "c" * 64)
+    assert hit is not None
+    clashes, placed = cache.merge_layer(hit, root)
+    assert clashes == ["bin/tool-link", "lib/pkg/notes.txt"]
+    assert sorted(placed) == ["lib/new.py"]
+    assert (root / "lib" / "pkg" / "notes.txt").read_text() == f"built in {NEEDLE}\n"
 
 
 def test_record_from_the_layer_is_the_record_of_the_bytes(tmp_path: Path) -> None:

@@ -222,3 +222,41 @@ def merge_tree(src: Path, dest: Path, *, move: bool = False) -> list[str]:
         else:
             link_or_copy(full, target)
     return clashes
+
+
+def merge_layer(layer: layers.Layer, dest: Path) -> tuple[list[str], dict[str, layers.Signature]]:
+    """:func:`merge_tree` for a cache entry just checked against its facts: driven by the facts, no walk.
+
+    Returns the clashes and the signature of every file placed (a hard link has
+    the entry file's inode, size and mtime, so it costs no ``lstat``).
+    """
+    assert layer.entry is not None
+    src, top = os.path.join(layer.entry, "tree"), os.fspath(dest)
+    dev = os.stat(top).st_dev
+    clashes: list[str] = []
+    placed: dict[str, layers.Signature] = {}
+    made: set[str] = {""}
+    for rel, f in layer.facts.files.items():
+        parent = rel.rpartition("/")[0]
+        if parent not in made:
+            os.makedirs(os.path.join(top, parent), exist_ok=True)
+            made.add(parent)
+        target, full = os.path.join(top, rel), os.path.join(src, rel)
+        try:
+            if f.symlink is not None:
+                os.symlink(f.symlink, target)
+                placed[rel] = layers.signature(os.lstat(target))
+            else:
+                os.link(full, target)
+                placed[rel] = (dev, f.ino, f.size, f.mtime_ns)
+        except FileExistsError:
+            there = os.lstat(target)
+            if f.symlink is not None or stat.S_ISLNK(there.st_mode):
+                if not (f.symlink is not None and stat.S_ISLNK(there.st_mode) and os.readlink(target) == f.symlink):
+                    clashes.append(rel)
+            elif f.sha256 != file_digest(Path(target)):
+                clashes.append(rel)
+        except OSError:  # another file system: a copy, with its own inode
+            shutil.copy2(full, target)
+            placed[rel] = layers.signature(os.lstat(target))
+    return sorted(clashes), placed

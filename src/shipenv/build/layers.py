@@ -177,11 +177,19 @@ class Ledger:
     _owner: dict[str, tuple[int, Signature]] = field(default_factory=dict)
     _audited: list[bool] = field(default_factory=list)
 
-    def add(self, layer: Layer, root: Path) -> None:
-        """Record the layer's files as they are in ``root`` right after it was merged there."""
+    def add(self, layer: Layer, root: Path, placed: Mapping[str, Signature] | None = None) -> None:
+        """Record the layer's files as they are in ``root`` right after it was merged there.
+
+        ``placed`` are the signatures the merge already knows (:func:`shipenv.build.cache.merge_layer`);
+        without it every file is looked at.
+        """
         index = len(self.layers)
         self.layers.append(layer)
         self._audited.append(set(self.needles) - {self.fresh} <= set(layer.facts.needles))
+        if placed is not None:
+            for rel, sig in placed.items():
+                self._owner.setdefault(rel, (index, sig))
+            return
         top = os.fspath(root)
         for rel in layer.facts.files:
             if rel in self._owner:  # the same bytes came from an earlier layer (merge checked)

@@ -111,7 +111,7 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
         if target.fmt in IMAGE_FORMATS:
             sha256, digest = _image(root, staging, target, options, say, progress)
             return BuildResult(target.artifact, target.tree_name, tree.floor, sha256, tree.audit, tree.vendored, digest, libc=tree.libc)
-        sha256, signature = _pack(root, staging, target, options, say, progress, signer)
+        sha256, signature = _pack(root, staging, target, options, say, progress, signer, b.ledger)
         return BuildResult(target.artifact, target.tree_name, tree.floor, sha256, tree.audit, tree.vendored,
                            libc=tree.libc, signature=signature, signer=signer.public_key.fingerprint if signer else None)
 
@@ -164,8 +164,7 @@ def _interpreter_layer(b: Build) -> str:
     hit = b.store.get_layer("interpreter", layer_key) if b.store else None
     if hit is not None and hit.entry is not None:
         b.say(f"Reusing Python {py.version_str} from the cache")
-        cache.merge_tree(hit.entry / "tree", b.root)
-        b.ledger.add(hit, b.root)
+        _merge_layer(b, hit, "the interpreter")
         return layer_key
     b.say(f"Copying Python {py.version_str} from {py.executable}")
     interpreter.apply_copy(interpreter.plan_copy(py, b.options.keep_stdlib), b.root)
@@ -206,8 +205,7 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
                 hit = b.store.get_layer("wheel", wheel_key) if b.store else None
                 distributions.append(install.wheel_distribution(wheel, source))
                 if hit is not None and hit.entry is not None:
-                    _merge(hit.entry / "tree", b.root, wheel.name)
-                    b.ledger.add(hit, b.root)
+                    _merge_layer(b, hit, wheel.name)
                     continue
                 stage = work / f"stage-{index}"
                 install.install_wheel(wheel, stage, scheme, b.py, source)
@@ -240,8 +238,18 @@ def _copy_venv(b: Build, scheme: Scheme) -> list[Distribution]:
     return copied
 
 
+def _merge_layer(b: Build, layer: layers.Layer, what: str) -> None:
+    """Link a cached layer's files into the tree and record them in the ledger."""
+    clashes, placed = cache.merge_layer(layer, b.root)
+    _refuse_clashes(clashes, what)
+    b.ledger.add(layer, b.root, placed)
+
+
 def _merge(layer: Path, root: Path, what: str, *, move: bool = False) -> None:
-    clashes = cache.merge_tree(layer, root, move=move)
+    _refuse_clashes(cache.merge_tree(layer, root, move=move), what)
+
+
+def _refuse_clashes(clashes: list[str], what: str) -> None:
     if clashes:
         raise InstallError(
             f"{what} would overwrite files that another package installed: {listing(clashes)}.",
@@ -314,17 +322,31 @@ def _platform_tag(floor: tuple[int, int] | None, machine: str) -> str:
 
 def _pack(
     root: Path, staging: Path, target: output.Target, options: BuildOptions, say: Step, progress: Progress | None,
-    signer: sshsig.Signer | None,
+    signer: sshsig.Signer | None, ledger: layers.Ledger,
 ) -> tuple[str, Path | None]:
-    """Write the archive, its ``.sha256``, its SBOM and (with a key) its ``.sig``; return the digest and the signature."""
-    from shipenv.bundle import archive
+    """Write the archive, its ``.sha256``, its SBOM and (with a key) its ``.sig``; return the digest and the signature.
+
+    With the cache, a ``.tar.zst`` or ``.tar.gz`` is assembled from one fragment per layer
+    (:mod:`shipenv.bundle.fragments`), each kept compressed in its layer's cache entry.
+    """
+    from shipenv.bundle import archive, fragments
 
     artifact = target.artifact
     say(f"Packing {artifact.name}")
-    packed = archive.write(
-        root, staging / artifact.name, target.fmt, level=options.compress_level, threads=options.threads,
-        mtime=target.epoch, arcname=target.tree_name, progress=progress,
-    )
+    if ledger.layers and target.fmt in fragments.FORMATS:
+        parts = []
+        for index, layer in enumerate(ledger.layers):
+            mine, _others = ledger.owned(index, root)
+            parts.append(fragments.Fragment(frozenset(mine), layer.entry / "fragments" if layer.entry is not None else None))
+        packed = fragments.write(
+            root, staging / artifact.name, target.fmt, level=options.compress_level, threads=options.threads,
+            mtime=target.epoch, arcname=target.tree_name, fragments=parts, progress=progress,
+        )
+    else:
+        packed = archive.write(
+            root, staging / artifact.name, target.fmt, level=options.compress_level, threads=options.threads,
+            mtime=target.epoch, arcname=target.tree_name, progress=progress,
+        )
     # Signed in the staging directory: a failure to sign leaves no unsigned archive behind.
     signature = None
     if signer is not None:

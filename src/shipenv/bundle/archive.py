@@ -64,7 +64,7 @@ DEFAULT_LEVELS = {"tar.zst": 3, "tar.gz": 5, "tar.xz": 6}
 LEVEL_RANGES = {"tar.zst": (1, 22), "tar.gz": (1, 9), "tar.xz": (0, 9)}
 
 _TAR_RECORD = 20 * tarfile.BLOCKSIZE  # what GNU tar pads archives to
-_FIRST = (".shipenv", ".shipenv/manifest.json", ".shipenv/RECORD")
+FIRST = (".shipenv", ".shipenv/manifest.json", ".shipenv/RECORD")
 _PROGRESS_EVERY = 0.1  # seconds between progress calls
 _CODEC_NAMES = {"tar.zst": "zstd", "tar.gz": "gzip", "tar.xz": "xz", "tar": "tar"}
 
@@ -146,10 +146,10 @@ def plan(root: Path, arcname: str, mtime: int) -> Iterator[Entry]:
     """
     top = os.fspath(root)
     yield Entry(arcname, "dir", 0o755, _clamp(os.lstat(top), mtime))
-    meta = os.path.join(top, _FIRST[0])
+    meta = os.path.join(top, FIRST[0])
     # Only a real .shipenv/ directory goes first: never a path through a symlink.
     real_meta = os.path.isdir(meta) and not os.path.islink(meta)
-    first = [rel for rel in _FIRST if real_meta and os.path.lexists(os.path.join(top, rel))]
+    first = [rel for rel in FIRST if real_meta and os.path.lexists(os.path.join(top, rel))]
     for rel in first:
         full = os.path.join(top, rel)
         yield _entry(f"{arcname}/{rel}", os.lstat(full), full, mtime)
@@ -200,7 +200,7 @@ def header(entry: Entry) -> bytes:
 # -- writing -------------------------------------------------------------------------------
 
 
-class _Sink:
+class FileSink:
     """The destination file; hashes and counts what is written, so the archive is never read back."""
 
     def __init__(self, f: BinaryIO, dest: Path) -> None:
@@ -222,7 +222,7 @@ class _Sink:
         return len(data)
 
 
-class _TarStream:
+class TarStream:
     """Tar blocks into the encoder in whole ``CHUNK``s: the compressor sees the same pieces whatever the files."""
 
     def __init__(self, out: Encoder, progress: Progress | None) -> None:
@@ -287,6 +287,11 @@ class _TarStream:
                 hint="Nothing else may write into the tree during a build; run the build again.",
             )
 
+    def end(self) -> None:
+        """Hand the encoder what is buffered: the end of one fragment (:mod:`shipenv.bundle.fragments`), not of the archive."""
+        if self._pos:
+            self._flush()
+
     def tick(self, final: bool = False) -> None:
         if self._progress is None:
             return
@@ -295,13 +300,20 @@ class _TarStream:
             self._last_tick = now
             self._progress(self.files, self.bytes)
 
-    def finish(self) -> None:
-        """End-of-archive: two zero blocks, then zeros up to a whole tar record, as GNU tar does."""
-        end = 2 * tarfile.BLOCKSIZE
-        self.write(bytes(end + (-(self.total + end) % _TAR_RECORD)))
-        if self._pos:
-            self._flush()
+    def finish(self, before: int = 0) -> None:
+        """End-of-archive: two zero blocks, then zeros up to a whole tar record, as GNU tar does.
+
+        ``before`` is the tar stream that earlier fragments already hold.
+        """
+        self.write(end_blocks(before + self.total))
+        self.end()
         self.tick(final=True)
+
+
+def end_blocks(total: int) -> bytes:
+    """What ends a tar stream of ``total`` bytes: two zero blocks, padded to a whole 10240-byte record."""
+    end = 2 * tarfile.BLOCKSIZE
+    return bytes(end + (-(total + end) % _TAR_RECORD))
 
 
 def write(
@@ -323,32 +335,16 @@ def write(
     error the partial ``dest`` is removed.
     """
     c = codec(fmt, level, threads)
-    if not root.is_dir():
-        raise ArchiveError(f"Cannot pack {root}: it is not a directory.")
-    try:
-        f = open(dest, "xb")
-    except FileExistsError:
-        raise ArchiveError(f"{dest} already exists.", hint="Remove it or choose another output.") from None
-    except OSError as exc:
-        raise ArchiveError(f"Cannot create {dest}: {exc.strerror or exc}.") from exc
+    entries = members(root, arcname, mtime)
+    f = create(dest)
     out: Encoder | None = None
     try:
         with f:
-            sink = _Sink(f, dest)
+            sink = FileSink(f, dest)
             out = _codecs.encoder(c.fmt, c.level, c.threads, sink)
-            tar = _TarStream(out, progress)
-            bad = []
-            for entry in plan(root, arcname, mtime):
-                rel = entry.name[len(arcname) + 1 :] or "."
-                if entry.kind == "other":
-                    bad.append(rel)
-                else:
-                    tar.add(entry, rel)
-            if bad:
-                raise ArchiveError(
-                    f"Cannot pack {listing(bad)}: only files, directories and symlinks go into a bundle.",
-                    hint="Remove sockets, FIFOs and device files from the tree.",
-                )
+            tar = TarStream(out, progress)
+            for entry in entries:
+                tar.add(entry, relative(entry, arcname))
             tar.finish()
             out.close()
             out = None
@@ -359,6 +355,35 @@ def write(
         with contextlib.suppress(OSError):
             dest.unlink()
         raise
+
+
+def members(root: Path, arcname: str, mtime: int) -> list[Entry]:
+    """:func:`plan` as a list, refusing a tree that is not a directory or holds anything but files, directories and symlinks."""
+    if not root.is_dir():
+        raise ArchiveError(f"Cannot pack {root}: it is not a directory.")
+    entries = list(plan(root, arcname, mtime))
+    bad = [relative(e, arcname) for e in entries if e.kind == "other"]
+    if bad:
+        raise ArchiveError(
+            f"Cannot pack {listing(bad)}: only files, directories and symlinks go into a bundle.",
+            hint="Remove sockets, FIFOs and device files from the tree.",
+        )
+    return entries
+
+
+def relative(entry: Entry, arcname: str) -> str:
+    """The entry's path inside the tree (``.`` for the top directory)."""
+    return entry.name[len(arcname) + 1 :] or "."
+
+
+def create(dest: Path) -> BinaryIO:
+    """Open ``dest`` for writing; it must not exist yet."""
+    try:
+        return open(dest, "xb")
+    except FileExistsError:
+        raise ArchiveError(f"{dest} already exists.", hint="Remove it or choose another output.") from None
+    except OSError as exc:
+        raise ArchiveError(f"Cannot create {dest}: {exc.strerror or exc}.") from exc
 
 
 # -- reading -------------------------------------------------------------------------------

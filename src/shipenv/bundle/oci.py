@@ -227,10 +227,10 @@ def write_layer(plan: LayerPlan, blobs: Path, *, level: int, threads: int, progr
     gz: codecs.Gzip | None = None
     try:
         with part.open("xb") as f:
-            sink = archive._Sink(f, part)
+            sink = archive.FileSink(f, part)
             gz = codecs.Gzip(sink, level, threads)
             raw = _Hashing(gz)
-            tar = archive._TarStream(raw, progress)
+            tar = archive.TarStream(raw, progress)
             for entry in plan.entries:
                 tar.add(entry, entry.name)
             tar.finish()
@@ -379,8 +379,8 @@ def _tar_layout(layout: Path, dest: Path, mtime: int) -> archive.Packed:
     """The layout as one uncompressed tar with the layout's own names: ``oci-layout``, ``index.json``, ``blobs/...``."""
     names = ["oci-layout", "index.json", "blobs", "blobs/sha256", *(f"blobs/sha256/{p.name}" for p in sorted((layout / "blobs" / "sha256").iterdir()))]
     with dest.open("xb") as f:
-        sink = archive._Sink(f, dest)
-        tar = archive._TarStream(codecs.Plain(sink), None)
+        sink = archive.FileSink(f, dest)
+        tar = archive.TarStream(codecs.Plain(sink), None)
         for name in names:
             full = layout / name
             if full.is_dir():

@@ -1,0 +1,133 @@
+"""Archives assembled from compressed fragments (shipenv.bundle.fragments).
+
+A rebuild copies the stored fragments of unchanged layers instead of
+compressing them again; the archive must come out byte for byte the same
+either way, stay readable by every reader, and keep the members deploy and
+inspect look for first.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from shipenv.bundle import archive, fragments
+
+EPOCH = 1577836800
+
+
+def make_tree(root: Path) -> Path:
+    for d in (".shipenv", "bin", "lib/a", "lib/b/sub"):
+        (root / d).mkdir(parents=True)
+    (root / ".shipenv" / "manifest.json").write_text("{}\n")
+    (root / ".shipenv" / "RECORD").write_text("rows\n")
+    (root / ".shipenv" / "facts").write_text("name=app\n")
+    (root / "bin" / "tool").write_text("#!/bin/sh\n")
+    (root / "bin" / "tool").chmod(0o755)
+    (root / "lib" / "a" / "one.py").write_bytes(os.urandom(3000) * 3)
+    (root / "lib" / "a" / "link").symlink_to("one.py")
+    (root / "lib" / "b" / "two.py").write_text("TWO = 2\n" * 500)
+    (root / "lib" / "b" / "sub" / "three.txt").write_text("three\n")
+    return root
+
+
+def pack(root: Path, dest: Path, store: Path | None, fmt: str = "tar.zst") -> archive.Packed:
+    parts = [
+        fragments.Fragment(frozenset({"lib/a/one.py", "lib/a/link"}), store / "a" if store else None),
+        fragments.Fragment(frozenset({"lib/b/two.py", "lib/b/sub/three.txt"}), store / "b" if store else None),
+    ]
+    return fragments.write(root, dest, fmt, level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=parts)
+
+
+def members(path: Path) -> list[tarfile.TarInfo]:
+    with archive.open_stream(path) as tar:
+        return list(tar)
+
+
+@pytest.mark.parametrize("fmt", ["tar.zst", "tar.gz"])
+def test_a_stored_fragment_gives_the_same_bytes_as_compressing_it(tmp_path: Path, fmt: str) -> None:
+    root = make_tree(tmp_path / "tree")
+    store = tmp_path / "store"
+    first = pack(root, tmp_path / f"one.{fmt}", store, fmt)
+    stored = sorted(store.rglob("*.frag"))
+    assert [p.parent.name for p in stored] == ["a", "b"]
+    second = pack(root, tmp_path / f"two.{fmt}", store, fmt)
+    assert second.sha256 == first.sha256 and (tmp_path / f"two.{fmt}").read_bytes() == (tmp_path / f"one.{fmt}").read_bytes()
+    assert pack(root, tmp_path / f"three.{fmt}", None, fmt).sha256 == first.sha256  # no store at all: the same again
+    data = (tmp_path / f"one.{fmt}").read_bytes()
+    for frag in stored:  # each layer's fragment is in the archive verbatim: a frame / a member of its own
+        assert frag.read_bytes() in data
+
+
+def test_members_in_fragment_order_with_the_head_first_and_directories_last(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tree")
+    pack(root, tmp_path / "a.tar.zst", tmp_path / "store")
+    names = [m.name for m in members(tmp_path / "a.tar.zst")]
+    assert names == [
+        "app-1.0", "app-1.0/.shipenv", "app-1.0/.shipenv/manifest.json", "app-1.0/.shipenv/RECORD", "app-1.0/.shipenv/facts",
+        "app-1.0/lib/a/link", "app-1.0/lib/a/one.py",  # fragment a
+        "app-1.0/lib/b/sub/three.txt", "app-1.0/lib/b/two.py",  # fragment b, in archive.plan's order
+        "app-1.0/bin/tool",  # the rest
+        "app-1.0/bin", "app-1.0/lib", "app-1.0/lib/a", "app-1.0/lib/b", "app-1.0/lib/b/sub",  # directories
+    ]  # fmt: skip
+    size = (tmp_path / "a.tar.zst").stat().st_size
+    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO((tmp_path / "a.tar.zst").read_bytes()), read_across_frames=True).read()
+    assert len(raw) % (20 * 512) == 0 and raw.endswith(bytes(1024)) and size < len(raw)
+
+
+@pytest.mark.parametrize(("fmt", "flag"), [("tar.zst", "--zstd"), ("tar.gz", "-z")])
+def test_gnu_tar_unpacks_every_file_with_its_mode_and_mtime(tmp_path: Path, fmt: str, flag: str) -> None:
+    root = make_tree(tmp_path / "tree")
+    path = tmp_path / f"a.{fmt}"
+    pack(root, path, tmp_path / "store", fmt)
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", flag, "-xf", str(path), "-C", str(out)], check=True)
+    top = out / "app-1.0"
+    for rel in ("lib/a/one.py", "lib/b/two.py", "lib/b/sub/three.txt", "bin/tool", ".shipenv/facts"):
+        assert (top / rel).read_bytes() == (root / rel).read_bytes(), rel
+    assert os.readlink(top / "lib" / "a" / "link") == "one.py"
+    assert (top / "bin" / "tool").stat().st_mode & 0o777 == 0o755
+    assert (top / "lib" / "b" / "two.py").stat().st_mode & 0o777 == 0o644
+    for d in (top, top / ".shipenv", top / "lib", top / "lib" / "b" / "sub"):
+        st = d.stat()
+        assert (st.st_mode & 0o777, int(st.st_mtime)) == (0o755, EPOCH), d
+
+
+def test_a_stored_fragment_that_changed_is_compressed_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_tree(tmp_path / "tree")
+    store = tmp_path / "store"
+    first = pack(root, tmp_path / "one.tar.zst", store)
+    frag = next((store / "a").glob("*.frag"))
+    frag.write_bytes(b"\x28\xb5\x2f\xfd garbage")
+    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragments"):
+        again = pack(root, tmp_path / "two.tar.zst", store)
+    assert "dropping stored fragment" in caplog.text
+    assert again.sha256 == first.sha256
+    assert pack(root, tmp_path / "three.tar.zst", store).sha256 == first.sha256  # and it was stored afresh
+
+
+def test_the_key_covers_names_modes_and_the_level(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tree")
+    store = tmp_path / "store"
+    pack(root, tmp_path / "one.tar.zst", store)
+    (root / "lib" / "a" / "one.py").chmod(0o755)  # another mode: another fragment
+    parts = [fragments.Fragment(frozenset({"lib/a/one.py", "lib/a/link"}), store / "a")]
+    fragments.write(root, tmp_path / "two.tar.zst", "tar.zst", level=5, threads=1, mtime=EPOCH, arcname="app-2.0", fragments=parts)
+    assert len(list((store / "a").glob("*.frag"))) == 2
+    assert [m.mode for m in members(tmp_path / "two.tar.zst") if m.name == "app-2.0/lib/a/one.py"] == [0o755]
+
+
+def test_other_formats_are_written_in_one_pass(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tree")
+    store = tmp_path / "store"
+    packed = pack(root, tmp_path / "a.tar.xz", store, fmt="tar.xz")
+    single = archive.write(root, tmp_path / "b.tar.xz", "tar.xz", level=None, threads=2, mtime=EPOCH, arcname="app-1.0")
+    assert packed.sha256 == single.sha256 and not store.exists()
