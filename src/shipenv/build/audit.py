@@ -121,17 +121,19 @@ def symlink_findings(rel: PurePosixPath, target: str, search: Iterable[str]) -> 
 Known = Callable[[str, os.stat_result], "Sequence[AuditFinding] | None"]
 
 
-def audit(root: Path, search: Iterable[str], known: Known | None = None) -> list[AuditFinding]:
+def audit(root: Path, search: Iterable[str], known: Known | None = None,
+          entries: Iterable[tuple[str, str, os.stat_result]] | None = None) -> list[AuditFinding]:
     """Every occurrence of every needle in the tree, classified, sorted by path.
 
     Files ``known`` vouches for are not read: their findings come from the
     layer they were merged from, filtered to the needles searched here.
+    ``entries`` is the tree's :func:`shipenv.bundle.manifest.walk_stat`, when the caller has it.
     """
     needles = list(search)
     encoded = [(n, n.encode()) for n in needles]
     wanted = set(needles)
     findings: list[AuditFinding] = []
-    for rel_text, name, st in manifest.walk_stat(root):
+    for rel_text, name, st in manifest.walk_stat(root) if entries is None else entries:
         if stat.S_ISLNK(st.st_mode):
             findings.extend(symlink_findings(PurePosixPath(rel_text), os.readlink(name), needles))
             continue

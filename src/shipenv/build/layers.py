@@ -238,10 +238,14 @@ class Ledger:
         return (False, None) if f is None else (True, f.elf)
 
 
-def glibc_infos(root: Path, ledger: Ledger | None) -> dict[str, ElfInfo | None]:
-    """The ELF facts of every regular ELF in the tree (None where pyelftools cannot read one), reading only what no layer vouches for."""
+def glibc_infos(root: Path, ledger: Ledger | None,
+                entries: Sequence[tuple[str, str, os.stat_result]] | None = None) -> dict[str, ElfInfo | None]:
+    """The ELF facts of every regular ELF in the tree (None where pyelftools cannot read one), reading only what no layer vouches for.
+
+    ``entries`` is the tree's :func:`shipenv.bundle.manifest.walk_stat`, when the caller has it.
+    """
     infos: dict[str, ElfInfo | None] = {}
-    for rel, name, st in manifest.walk_stat(root):
+    for rel, name, st in manifest.walk_stat(root) if entries is None else entries:
         if not stat.S_ISREG(st.st_mode):
             continue
         full = Path(name)

@@ -124,8 +124,9 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     distributions = _install_wheels(b, layer_key, scheme, wheel_digests) + _copy_venv(b, scheme)
     launchers.write(launchers.entry_launchers(b.options.entries, b.py, scheme), b.root)
     bundled = libc.finish(b.root, b.libs, b.py, scheme, b.options.max_glibc)
-    findings = _audit(b)
-    floor = None if bundled else _glibc_floor(b.root, b.options.max_glibc, b.ledger)
+    walked = list(manifest.walk_stat(b.root))  # the tree as the audit and the floor see it: one walk for both
+    findings = _audit(b, walked)
+    floor = None if bundled else _glibc_floor(b.root, b.options.max_glibc, b.ledger, walked)
     vendored = sorted(p.name for p in (b.root / relocate.LIB_DIR).iterdir() if p.is_file() and elf.is_elf(p))
     b.say("Writing the manifest")
     templates.install_bundle_files(b.root)
@@ -257,20 +258,21 @@ def _refuse_clashes(clashes: list[str], what: str) -> None:
         )
 
 
-def _audit(b: Build) -> list[AuditFinding]:
+def _audit(b: Build, walked: list[tuple[str, str, os.stat_result]]) -> list[AuditFinding]:
     """Every remaining build-host path, classified; one in a file that runs fails the build."""
     b.say("Auditing for build-host paths")
-    findings = audit.audit(b.root, b.ledger.needles, known=b.ledger.findings)
+    findings = audit.audit(b.root, b.ledger.needles, known=b.ledger.findings, entries=walked)
     audit.verdict(findings)
     return findings
 
 
-def _glibc_floor(root: Path, max_glibc: tuple[int, int] | None, ledger: layers.Ledger) -> tuple[int, int] | None:
+def _glibc_floor(root: Path, max_glibc: tuple[int, int] | None, ledger: layers.Ledger,
+                 walked: list[tuple[str, str, os.stat_result]]) -> tuple[int, int] | None:
     """The highest ``GLIBC_x.y`` any ELF in the tree needs; above ``--max-glibc`` it fails, naming the files.
 
     ELF facts come from the layers where they vouch for a file; only the rest is read.
     """
-    infos = layers.glibc_infos(root, ledger)
+    infos = layers.glibc_infos(root, ledger, walked)
     floor = elf.glibc_floor(i for i in infos.values() if i is not None)
     if max_glibc is not None and floor is not None and floor > max_glibc:
         over = sorted(

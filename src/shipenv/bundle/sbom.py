@@ -27,6 +27,7 @@ import email.parser
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Mapping
@@ -150,7 +151,9 @@ def _licenses(meta: email.message.Message) -> list[LicenseExpression | Disjuncti
 
 def _dist_infos(root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for meta in sorted((root / "lib").glob("**/*.dist-info/METADATA")):
+    metas = [Path(d, name, "METADATA") for d, dirs, _ in os.walk(root / "lib") for name in dirs
+             if name.endswith(".dist-info") and os.path.isfile(os.path.join(d, name, "METADATA"))]  # os.walk: pathlib's ** is slow on big trees
+    for meta in sorted(metas):
         name = meta.parent.name.removesuffix(".dist-info").rpartition("-")[0]
         found.setdefault(canonicalize_name(name), meta.parent)
     return found
