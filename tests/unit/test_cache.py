@@ -213,3 +213,24 @@ def test_merge_tree_can_move(tmp_path: Path) -> None:
     assert cache.merge_tree(src, dest, move=True) == []
     assert contents(dest) == expected
     assert not (src / "lib" / "pkg" / "data.bin").exists()
+
+
+def test_remember_computes_once_and_again_when_what_it_depends_on_changed(store: BuildCache, tmp_path: Path) -> None:
+    lib = tmp_path / "libz.so.1"
+    lib.write_bytes(b"old")
+    calls: list[int] = []
+
+    def ask() -> dict[str, str]:
+        calls.append(1)
+        return {"libz": "zlib1g"}
+
+    def parts() -> list[object]:
+        return [cache.host_files_state([lib])]
+
+    assert store.remember("origins", parts(), ask) == {"libz": "zlib1g"}
+    assert store.remember("origins", parts(), ask) == {"libz": "zlib1g"} and len(calls) == 1
+    lib.write_bytes(b"upgraded")  # another size: another key
+    assert store.remember("origins", parts(), ask) == {"libz": "zlib1g"} and len(calls) == 2
+    for kept in (store.root / "origins").glob("*.json"):
+        kept.write_text("{not json")
+    assert store.remember("origins", parts(), ask) == {"libz": "zlib1g"} and len(calls) == 3

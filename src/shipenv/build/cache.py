@@ -30,7 +30,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,28 @@ class BuildCache:
             log.warning("cache: could not store %s entry (%s); continuing without it", kind, exc)
             return None
         return entry
+
+    def remember(self, kind: str, parts: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()`` (JSON-able), kept under a key of ``parts``: for answers that cost a process to get.
+
+        ``parts`` must hold everything the answer depends on (for the package
+        manager's answer: the files asked about and its database, as
+        :func:`host_files_state` gives them).
+        """
+        entry = self.root / kind / f"{key(kind, parts)}.json"
+        try:
+            return json.loads(entry.read_text())
+        except (OSError, ValueError):
+            pass
+        found = compute()
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(found))
+            os.replace(tmp, entry)
+        except OSError as exc:
+            log.warning("cache: could not keep %s (%s)", kind, exc)
+        return found
 
     def _drop(self, entry: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)

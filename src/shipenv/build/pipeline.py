@@ -12,11 +12,13 @@ Every tree or layer is made relocatable through the one
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -137,9 +139,25 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     host_libs = policy.host_libraries(b.py.machine)
     libdir = [str(b.py.libdir)] if b.py.libdir else []
     sbom.write(b.root, metadata.to_dict(), epoch=target.epoch, wheel_digests=wheel_digests,
-               find_library=lambda soname: host_libs.find(soname, libdir))
+               find_library=lambda soname: host_libs.find(soname, libdir), origins=lambda paths: _origins(b, paths))
     manifest.write(b.root, metadata, known=b.ledger.record)
     return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(b.py.machine) if bundled else None)
+
+
+#: What dpkg answers from: a package installed, upgraded or removed changes it.
+_DPKG_STATE = (Path("/var/lib/dpkg/status"),)
+
+
+def _origins(b: Build, paths: list[Path]) -> dict[Path, sbom.PackageOrigin]:
+    """Which Debian package each vendored library came from (``dpkg -S``), kept in the cache while the files and dpkg's database stay as they were."""
+    if b.store is None:
+        return sbom.debian_origins(paths)
+    found = b.store.remember("origins", [cache.host_files_state(paths), cache.host_files_state(_DPKG_STATE)],
+                             lambda: {str(p): dataclasses.asdict(o) for p, o in sbom.debian_origins(paths).items()})
+    try:
+        return {Path(p): sbom.PackageOrigin(**o) for p, o in found.items()}
+    except (TypeError, AttributeError):  # not what remember() stored: ask dpkg again
+        return sbom.debian_origins(paths)
 
 
 def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
@@ -200,10 +218,15 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
         if wheels:
             b.say(f"Installing {len(wheels)} wheels")
         staged: list[tuple[Path, str, list[Path], str]] = []
-        with bytecode.Compiler(b.python, runner=b.runner) as compiler:  # compiles each layer while the next installs
-            for index, (wheel, source) in enumerate(wheels):
-                wheel_key = cache.key("wheel", layer_key, install.wheel_content_key(wheel), sorted(options.system_libs))
-                hit = b.store.get_layer("wheel", wheel_key) if b.store else None
+        keys = [cache.key("wheel", layer_key, install.wheel_content_key(w), sorted(options.system_libs)) for w, _ in wheels]
+        # Cache entries are checked, and the wheels hashed for the SBOM, on threads (file system
+        # latency, and hashlib releases the GIL); merging stays in order, which decides who owns a file.
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="shipenv-cache") as pool, \
+                bytecode.Compiler(b.python, runner=b.runner) as compiler:  # compiles each layer while the next installs
+            store_ = b.store
+            found = pool.map(lambda k: store_.get_layer("wheel", k) if store_ is not None else None, keys)
+            digests = pool.map(lambda w: manifest.hash_file(w[0])[0], wheels)
+            for index, ((wheel, source), wheel_key, hit) in enumerate(zip(wheels, keys, found)):
                 distributions.append(install.wheel_distribution(wheel, source))
                 if hit is not None and hit.entry is not None:
                     _merge_layer(b, hit, wheel.name)
@@ -213,7 +236,7 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
                 plan = relocate.relocate(stage, b.py, b.libs, provided=b.root / relocate.LIB_DIR)
                 compiler.add(stage)
                 staged.append((stage, wheel_key, [v.src for v in plan.vendor], wheel.name))
-            wheel_digests.update({d.name: manifest.hash_file(w)[0] for d, (w, _) in zip(distributions, wheels)})
+            wheel_digests.update({d.name: digest for d, digest in zip(distributions, digests)})
             if staged:
                 b.say(f"Byte-compiling {len(staged)} packages (finishing: it began with the first install)")
             compiler.finish()
