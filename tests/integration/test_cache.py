@@ -47,11 +47,11 @@ def test_no_cache_writes_nothing(tmp_path: Path) -> None:
     assert not cache.exists()
 
 
-def _archive(out: Path, cache: Path, fmt: str) -> tuple[str, Path]:
+def _archive(out: Path, cache: Path, fmt: str, *extra: str) -> tuple[str, Path]:
     (out.parent / "req.txt").write_text("pyyaml\n")
     proc = run_shipenv(
         "build", "-v", "-r", out.parent / "req.txt", "--python", pyenv_python("3.12"), "--name", "c", "--version", "1",
-        "--format", fmt, "-o", out, "--cache-dir", cache,
+        "--format", fmt, "-o", out, "--cache-dir", cache, *extra,
     )
     path = out / f"c-1.{fmt}"
     return proc.stderr, path
@@ -64,6 +64,8 @@ def test_a_cached_build_gives_the_clean_builds_bytes_and_every_reader_takes_them
     assert "Copying Python" in log1 and "Reusing Python" in log2
     assert clean.read_bytes() == cached.read_bytes()
     assert len(list(cache.rglob("fragments/*.frag"))) >= 2  # the interpreter's and pyyaml's, kept for the next build
+    _, uncached = _archive(tmp_path / "uncached", tmp_path / "unused", "tar.gz", "--no-cache")
+    assert uncached.read_bytes() == clean.read_bytes() and not (tmp_path / "unused").exists()
     _, zst1 = _archive(tmp_path / "zst1", cache, "tar.zst")  # the layers cached, their zstd fragments made now
     _, zst2 = _archive(tmp_path / "zst2", cache, "tar.zst")  # ... and copied
     assert zst1.read_bytes() == zst2.read_bytes()

@@ -71,7 +71,7 @@ class Build:
     store: cache.BuildCache | None
     say: Step
     runner: Runner
-    ledger: layers.Ledger  #: which files of the tree came from which layer (empty without a cache)
+    ledger: layers.Ledger  #: which files of the tree came from which layer
 
     @property
     def python(self) -> Path:
@@ -192,10 +192,11 @@ def _interpreter_layer(b: Build) -> str:
     launchers.write(launchers.python_launchers(py, _scheme(b), b.options.libc), b.root)
     b.say("Byte-compiling the standard library")
     bytecode.byte_compile(b.python, [b.root], runner=b.runner)
+    facts = layers.compute(b.root, b.ledger.needles)  # with or without a cache: the archive's fragments follow the layers
+    entry = None
     if b.store is not None:
-        facts = layers.compute(b.root, b.ledger.needles)
         entry = b.store.put("interpreter", layer_key, b.root, host_files=[v.src for v in plan.vendor] + [py.executable], facts=facts)
-        b.ledger.add(layers.Layer("the interpreter", facts, entry), b.root)
+    b.ledger.add(layers.Layer("the interpreter", facts, entry), b.root)
     return layer_key
 
 
@@ -241,11 +242,8 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
                 b.say(f"Byte-compiling {len(staged)} packages (finishing: it began with the first install)")
             compiler.finish()
         for stage, wheel_key, host_files, wheel_name in staged:
-            if b.store is None:
-                _merge(stage, b.root, wheel_name, move=True)
-                continue
             facts = layers.compute(stage, b.ledger.needles)
-            entry = b.store.put("wheel", wheel_key, stage, host_files=host_files, facts=facts)
+            entry = b.store.put("wheel", wheel_key, stage, host_files=host_files, facts=facts) if b.store is not None else None
             _merge(stage, b.root, wheel_name, move=True)
             b.ledger.add(layers.Layer(wheel_name, facts, entry), b.root)
     return distributions
@@ -351,8 +349,9 @@ def _pack(
 ) -> tuple[str, Path | None]:
     """Write the archive, its ``.sha256``, its SBOM and (with a key) its ``.sig``; return the digest and the signature.
 
-    With the cache, a ``.tar.zst`` or ``.tar.gz`` is assembled from one fragment per layer
-    (:mod:`shipenv.bundle.fragments`), each kept compressed in its layer's cache entry.
+    A ``.tar.zst`` or ``.tar.gz`` is assembled from one fragment per layer
+    (:mod:`shipenv.bundle.fragments`), each kept compressed in its layer's cache entry
+    when there is a cache: with or without one, the same inputs give the same bytes.
     """
     from shipenv.bundle import archive, fragments
 

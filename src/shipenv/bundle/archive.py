@@ -5,6 +5,17 @@ pass, file by file, through fixed-size buffers, so packing a multi-gigabyte
 environment needs a few tens of megabytes whatever its size. The archive's
 sha256 is computed on the bytes as they are written.
 
+``shipenv build`` writes its ``.tar.zst`` and ``.tar.gz`` through
+:mod:`shipenv.bundle.fragments` instead: the same members with the same
+metadata, compressed in independent pieces (one per cache layer, so a
+rebuild copies the unchanged ones), in another order: ``.shipenv/`` first
+(``manifest.json`` and ``RECORD`` still right after their directories), then
+each layer's files, then the rest, and **every other directory last**, after
+its files. Every reader makes a missing parent itself, and the directory's
+entry then sets its mode; GNU tar also sets its mtime, which no later file
+changes. :func:`write` (one pass, the order below) stays for ``tar.xz``,
+plain ``tar``, the OCI layers and trees packed without layers.
+
 The same tree and ``mtime`` always give the same bytes, on any machine and with
 any thread count (DESIGN.md, property 6), because nothing of the host reaches
 the archive:

@@ -31,10 +31,11 @@ first would leave GNU tar's directory mtimes at the time of extraction: the
 files of a directory are spread over several fragments.)
 
 The bytes do not depend on whether a fragment came from the store or was
-compressed now: a clean build and a fully cached one give the same archive.
-They differ from :func:`shipenv.bundle.archive.write`'s single pass (which
-``tar.xz``, plain ``tar``, ``--no-cache`` and ``--format dir`` keep), whose
-member order is the plain walk. A stored fragment is checked by its size,
+compressed now (or there is no store, ``--no-cache``): a clean build, a
+fully cached one and one without a cache give the same archive. They differ
+from :func:`shipenv.bundle.archive.write`'s single pass (which ``tar.xz``,
+plain ``tar`` and ``oci`` layers keep, and anything packed without layers),
+whose member order is the plain walk. A stored fragment is checked by its size,
 inode and mtime before it is copied, as cache entries are; one that does not
 match is compressed again and replaced.
 """
