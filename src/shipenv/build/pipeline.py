@@ -8,6 +8,8 @@ file system, and moved into place only when every stage has succeeded: a failed
 or interrupted build leaves nothing half-written where the artifact would go.
 Every tree or layer is made relocatable through the one
 :func:`shipenv.build.relocate.relocate` (plan as data, then apply).
+
+At just over 400 lines it holds every stage's function and nothing else.
 """
 
 from __future__ import annotations
