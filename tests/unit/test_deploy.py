@@ -14,12 +14,14 @@ import os
 import stat
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from shipenv.bundle import manifest
 from shipenv.bundle.manifest import RecordEntry
+from shipenv.deploy import extract as _extract
 from shipenv.deploy import lock as _lock
 from shipenv.deploy import releases as deploy
 from shipenv.errors import DeployError, HostError, ShipenvError, UsageError
@@ -532,3 +534,35 @@ def test_a_truncated_archive_changes_nothing(live: Path, root: Path, tmp_path: P
     with pytest.raises(ShipenvError):
         run(cut, root)
     assert snapshot(tmp_path) == before
+
+
+def test_shared_file_edited_with_its_size_and_mtime_kept_is_written_fresh(trees: Path, dist: Path, root: Path) -> None:
+    # Neither mtime nor size gives the edit away: the ctime does, and the old file is hashed.
+    run(bundle(trees, dist, "1.0"), root)
+    time.sleep(0.05)  # an edit after the deploy, not within the clock tick of its last rename
+    edited = root / "releases" / "app-1.0" / "lib" / "shared.txt"
+    before = edited.stat()
+    data = edited.read_bytes()
+    edited.write_bytes(data[::-1])
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = run(bundle(trees, dist, "2.0"), root)
+    fresh = root / "releases" / "app-2.0" / "lib" / "shared.txt"
+    assert fresh.stat().st_ino != edited.stat().st_ino
+    assert fresh.read_bytes() == data
+    assert result.linked_bytes > 0  # the untouched files are still linked
+    check_release(root / "releases" / "app-2.0")
+
+
+def test_untouched_shared_files_are_linked_without_being_read(trees: Path, dist: Path, root: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # The current release's files are as deployed (fstat says so): none is hashed again.
+    run(bundle(trees, dist, "1.0"), root)
+
+    def no_reading(fd: int, sha256: str) -> bool:
+        raise AssertionError("an untouched file of the current release was hashed again")
+
+    monkeypatch.setattr(_extract, "_same_bytes", no_reading)
+    shared = root / "releases" / "app-1.0" / "lib" / "shared.txt"
+    result = run(bundle(trees, dist, "2.0"), root)
+    assert (root / "releases" / "app-2.0" / "lib" / "shared.txt").stat().st_ino == shared.stat().st_ino
+    assert result.linked_bytes >= len(b"the same in every version\n" * 2000)

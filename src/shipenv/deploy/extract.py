@@ -15,13 +15,47 @@ What a deploy adds:
   less what is hard-linked from the current release, checked against the free
   space of the release's file system before the first byte is written
   (``releases.deploy`` turns a shortfall into one sentence).
+- Durability: no file is fsynced here; ``releases.deploy`` flushes the whole
+  release with one ``syncfs(2)`` of its file system before the rename that
+  puts it in place (then one ``fsync`` of ``releases/``).
 - Sharing: a file whose sha256, size and mode equal those of the same path
   in the current release is hard-linked from there instead of written.
   Deploying a new version of a large environment then writes only what
   changed. The archive's bytes for it are still read and checked, so a
   release verifies on its own and survives deleting the other one; the old
-  file is hashed too, and linked only through real directories of the
-  current release, never to a host file.
+  file is linked only through real directories of the current release,
+  never to a host file.
+
+Why the current release's file is not read again before it is linked
+(:meth:`_Sharer.unchanged`). When that release was deployed, every byte of
+the file was checked against the same RECORD digest it is compared with now.
+What could have changed it since, and what shows that nothing did, from
+``fstat`` alone:
+
+- Who can write it: the file must be a regular file on the same device,
+  owned by the user deploying now, with exactly the (masked, at most 0755)
+  mode the archive gives it: no group or other write bit, so only its owner
+  (the one who deploys, who could as well edit the new release afterwards)
+  and root can write to it.
+- Whether they did: writing to a file sets its mtime to the present, and
+  the archive's mtime (the build's fixed 2020-01-01 for what shipenv builds)
+  is in the past. Setting the mtime back (``utime``), like any write,
+  ``truncate``, ``chmod`` or new hard link, sets the file's ctime to the
+  present, and no one, not even root, can set a ctime back short of changing
+  the system clock. A deploy changes the top directory's mode after the last
+  file is written and then renames it into ``releases/``, which makes the
+  directory's ctime later than every file's. So a file with the archive's
+  size and mtime whose ctime is not later than its release's top
+  directory's has not been written since that release was put in place,
+  unless its owner or root reset its mtime on purpose and then changed the
+  top directory too (or did it within the same clock tick as the rename);
+  they can edit the new release as easily. A file that
+  fails any of this (edited, touched, or linked into a later release that was
+  then removed, which sets its ctime) is hashed as before, and written fresh
+  when its bytes differ.
+- What still catches the rest: ``shipenv verify`` of a release hashes every
+  file against RECORD, and a shared file is one inode, so an edit that
+  somehow kept size, mode and ctime shows in both releases at once.
 """
 
 from __future__ import annotations
@@ -91,6 +125,16 @@ class _Sharer:
         self.record = record
         self.dev = dev
         self._parents: dict[str, bool] = {}
+        try:
+            self.top_ctime: int | None = os.lstat(self.real).st_ctime_ns
+        except OSError:
+            self.top_ctime = None
+        self.uid = os.geteuid()
+
+    def unchanged(self, st: os.stat_result, member: Member) -> bool:
+        """Not touched since its release was deployed, judged from ``fstat`` alone (the module docstring says why)."""
+        return (self.top_ctime is not None and st.st_ctime_ns <= self.top_ctime and st.st_uid == self.uid
+                and int(st.st_mtime) == member.mtime)
 
     def __call__(self, member: Member, target: Path) -> bool:
         entry, rel = member.entry, member.rel
@@ -114,11 +158,7 @@ class _Sharer:
             if (not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != member.mode or st.st_dev != self.dev
                     or st.st_size != entry.size):
                 return False
-            digest = hashlib.sha256()
-            with os.fdopen(os.dup(fd), "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
-            if digest.hexdigest() != entry.sha256:
+            if not self.unchanged(st, member) and not _same_bytes(fd, entry.sha256):
                 return False  # edited in place since it was deployed: write a fresh copy
         finally:
             os.close(fd)
@@ -129,6 +169,14 @@ class _Sharer:
                 raise
             return False  # too many links, or protected_hardlinks: write it instead
         return True
+
+
+def _same_bytes(fd: int, sha256: str) -> bool:
+    digest = hashlib.sha256()
+    with os.fdopen(os.dup(fd), "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest() == sha256
 
 
 @contextlib.contextmanager
