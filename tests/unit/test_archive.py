@@ -17,6 +17,7 @@ import random
 import shutil
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -401,6 +402,25 @@ def test_truncated_archives_raise_one_sentence(tmp_path: Path, fmt: str) -> None
         message = str(info.value)
         assert "truncated" in message or "corrupt" in message, (cut, message)
         assert message.count(".") <= 3 and "\n" not in message
+
+
+def _decoding_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "shipenv-decode"]
+
+
+@pytest.mark.parametrize("fmt", COMPRESSED)
+def test_the_decoding_thread_stops_when_the_reader_does(tmp_path: Path, fmt: str) -> None:
+    # Read to the end, stopped after one member (as inspect does), and stopped by damage.
+    path = pack(make_tree(tmp_path, big=3_000_000), tmp_path / f"a.{fmt}", fmt).path
+    assert len(contents(path)) > 3
+    with archive.open_stream(path) as tar:
+        assert next(iter(tar)).name == "demo-1.0"
+        assert _decoding_threads()
+    bad = tmp_path / f"cut.{fmt}"
+    bad.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ArchiveError, match=r"is (corrupt|truncated)"):
+        contents(bad)
+    assert not _decoding_threads()
 
 
 @pytest.mark.parametrize("fmt", COMPRESSED)

@@ -430,6 +430,10 @@ def detect(path: Path) -> str:
 #: tarfile would read whatever a header declares into memory (1 GiB for a 36 KB
 #: archive), so the size is checked before a byte of it is read.
 HEADER_LIMIT = 256 << 10
+#: What tarfile's stream asks of the decoder at a time. Its ``_Stream`` joins and slices
+#: its buffer on every read, a 512-byte header included: with 1 MiB that was half of a
+#: deploy's time (a 13,000-file bundle: 5.5 s of CPU to read, 2.3 s with 16 KiB).
+_TAR_BUFSIZE = 16 << 10
 _EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 
 
@@ -475,12 +479,14 @@ def open_stream(path: Path) -> Iterator[tarfile.TarFile]:
     on exit too; a caller that stops early (``inspect``) does not pay for it.
     """
     fmt = detect(path)
-    with path.open("rb") as f:
+    with path.open("rb") as f, contextlib.ExitStack() as stack:
         if fmt == "tar":
             _check_plain_tar(f, path)
-        stream = io.BufferedReader(_codecs.decoder(fmt, f, path), CHUNK)
+        stream = io.BufferedReader(_codecs.read_ahead(fmt, f, path), CHUNK)
+        stack.callback(stream.close)  # stops the decoding thread before f closes
         try:
-            tar = _TarFile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
+            # Small: tarfile's stream copies its whole buffer on every read, headers included.
+            tar = _TarFile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFSIZE)
         except HeaderTooLarge as exc:
             raise _too_large(path, exc) from None
         except (tarfile.TarError, EOFError) as exc:

@@ -41,10 +41,13 @@ the stream is read to its end (``verify``, ``deploy``).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import lzma
 import os
+import queue
 import struct
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -355,6 +358,82 @@ class Inflater(io.RawIOBase):
             rest = self._f.read(CHUNK)
             if not rest:
                 return None
+
+
+class ReadAhead(io.RawIOBase):
+    """A decoder run in a thread of its own, at most ``depth`` chunks of :data:`CHUNK` ahead of the reader.
+
+    zstd, zlib and lzma release the GIL while they decode, so on two cores a
+    deploy decompresses while it parses, hashes and writes. Memory stays
+    bounded: the thread waits when ``depth`` chunks are queued. What the
+    decoder raises (a corrupt or cut-off archive) is raised to the reader at the
+    point of the stream where it happened. :meth:`close` stops the thread.
+    """
+
+    def __init__(self, raw: io.RawIOBase, depth: int = 4) -> None:
+        self._raw = raw
+        self._queue: queue.Queue[bytearray | BaseException | None] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._chunk = memoryview(b"")
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="shipenv-decode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                buf = bytearray(CHUNK)
+                n = self._raw.readinto(memoryview(buf))
+                if not n:
+                    self._put(None)
+                    return
+                del buf[n:]
+                self._put(buf)
+        except BaseException as exc:  # handed over: readinto raises it in the reading thread
+            self._put(exc)
+
+    def _put(self, item: bytearray | BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        if not self._chunk:
+            if self._done:
+                return 0
+            item = self._queue.get()
+            if item is None or isinstance(item, BaseException):
+                self._done = True
+                if item is None:
+                    return 0
+                raise item
+            self._chunk = memoryview(item)
+        n = min(len(buf), len(self._chunk))
+        buf[:n] = self._chunk[:n]
+        self._chunk = self._chunk[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop.set()
+            while self._thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    self._queue.get(timeout=0.1)
+            self._thread.join()
+            self._raw.close()
+        super().close()
+
+
+def read_ahead(fmt: str, f: BinaryIO, path: Path) -> io.RawIOBase:
+    """:func:`decoder`, decoding in a thread of its own (:class:`ReadAhead`) when ``fmt`` is compressed; close it."""
+    raw = decoder(fmt, f, path)
+    return raw if fmt == "tar" else ReadAhead(raw)
 
 
 def decoder(fmt: str, f: BinaryIO, path: Path) -> io.RawIOBase:
