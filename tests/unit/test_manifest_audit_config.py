@@ -40,14 +40,14 @@ def test_versions() -> None:
 
 
 def test_audit_separates_what_runs_from_metadata(tmp_path: Path) -> None:
-    host = "/root/.pyenv/versions/3.12.1"
+    host = "/opt/buildhost/.pyenv/versions/3.12.1"
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "tool").write_text(f"#!{host}/bin/python3.12\nprint(1)\n")
     (tmp_path / "lib/python3.12").mkdir(parents=True)
     (tmp_path / "lib/python3.12/_sysconfigdata__linux.py").write_text(f"build_time_vars = {{'prefix': '{host}'}}\n")
     (tmp_path / "x.pth").write_text(f"{host}/lib\n")
     (tmp_path / "clean.py").write_text("print('nothing here')\n")
-    findings = {f.path.as_posix(): f for f in audit.audit(tmp_path, [host, "/root/.pyenv"])}
+    findings = {f.path.as_posix(): f for f in audit.audit(tmp_path, [host, "/opt/buildhost/.pyenv"])}
     assert findings["bin/tool"].kind == "runs"
     assert findings["x.pth"].kind == "runs"
     assert findings["lib/python3.12/_sysconfigdata__linux.py"].kind == "metadata"

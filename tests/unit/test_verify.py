@@ -208,9 +208,9 @@ def test_verify_reports_every_problem_of_one_archive_in_one_message(bundle: Path
 
 
 def test_audit_rules() -> None:
-    info = ElfInfo("x86_64", 64, None, ("libc.so.6", "/opt/x/libz.so"), ("$ORIGIN/../lib",), ("/root/.pyenv/lib",), (), True)
-    assert verify.elf_findings("lib/a.so", info) == ["lib/a.so (RUNPATH /root/.pyenv/lib)", "lib/a.so (NEEDED /opt/x/libz.so)"]
-    assert verify.shebang_finding("bin/tool", 0o755, b"#!/root/.pyenv/versions/3.12.1/bin/python3.12\nimport x") == "bin/tool (#!/root/.pyenv/versions/3.12.1/bin/python3.12)"
+    info = ElfInfo("x86_64", 64, None, ("libc.so.6", "/opt/x/libz.so"), ("$ORIGIN/../lib",), ("/opt/buildhost/.pyenv/lib",), (), True)
+    assert verify.elf_findings("lib/a.so", info) == ["lib/a.so (RUNPATH /opt/buildhost/.pyenv/lib)", "lib/a.so (NEEDED /opt/x/libz.so)"]
+    assert verify.shebang_finding("bin/tool", 0o755, b"#!/opt/buildhost/.pyenv/versions/3.12.1/bin/python3.12\nimport x") == "bin/tool (#!/opt/buildhost/.pyenv/versions/3.12.1/bin/python3.12)"
     assert verify.shebang_finding("bin/tool", 0o755, b"#!/bin/sh\n") is None
     assert verify.shebang_finding("bin/tool", 0o755, b"#! /usr/bin/env python3\n") is None
     assert verify.shebang_finding("bin/tool", 0o644, b"#!/opt/python\n") is None  # not executable
@@ -226,7 +226,7 @@ def test_verify_finds_host_paths_that_would_run(tmp_path: Path, fmt: str) -> Non
     host_elf = pyenv_python("3.12").resolve().read_bytes()  # RUNPATH is pyenv's absolute lib/
     root = make_bundle(tmp_path / "src", {
         "bin/python3.12": host_elf,
-        "bin/tool": b"#!/root/.pyenv/versions/3.12.1/bin/python3.12\nprint(1)\n",
+        "bin/tool": b"#!/opt/buildhost/.pyenv/versions/3.12.1/bin/python3.12\nprint(1)\n",
     })
     os.chmod(root / "bin" / "tool", 0o755)
     os.symlink("/etc/ssl/certs", root / "lib" / "certs")
@@ -236,8 +236,8 @@ def test_verify_finds_host_paths_that_would_run(tmp_path: Path, fmt: str) -> Non
         verify.verify(path)
     message = str(info.value)
     assert "depends on paths outside itself" in message
-    assert "bin/python3.12 (RUNPATH /root/.pyenv/versions/3.12" in message
-    assert "bin/tool (#!/root/.pyenv/versions/3.12.1/bin/python3.12)" in message
+    assert f"bin/python3.12 (RUNPATH {pyenv_python('3.12').resolve().parents[1]}" in message
+    assert "bin/tool (#!/opt/buildhost/.pyenv/versions/3.12.1/bin/python3.12)" in message
     assert "lib/certs (-> /etc/ssl/certs)" in message
     assert "cgi.py" not in message and "does not match" not in message
 
