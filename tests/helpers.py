@@ -19,7 +19,8 @@ import stat
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,17 @@ def check_release(path: Path) -> int:
     on_disk = {rel for rel, _ in manifest.walk(path)}
     assert on_disk == set(record), on_disk ^ set(record)
     return len(record)
+
+
+@contextmanager
+def small_tmpfs(point: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"1m"``) mounted at ``point`` (made here) while the block runs; we run as root, as a deploy on a server does."""
+    point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], check=True)
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", str(point)], check=True)
 
 
 def snapshot(base: Path) -> dict[str, tuple[object, ...]]:

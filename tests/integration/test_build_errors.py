@@ -9,7 +9,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from tests.helpers import pyenv_python, run_shipenv
+from tests.helpers import pyenv_python, run_shipenv, small_tmpfs
 
 
 def _fails(out: Path, *args: str | Path) -> str:
@@ -110,15 +110,10 @@ def test_report_prints_the_whole_audit(tmp_path: Path) -> None:
 
 
 def test_full_disk(tmp_path: Path) -> None:
-    small = tmp_path / "small disk"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small disk", "16m") as small:
         msg = _fails(small / "out", "--python", pyenv_python("3.12"), "--name", "a", "--version", "1", "--format", "dir", "--no-cache")
         assert "is full" in msg
         assert not [p for p in (small / "out").iterdir()], "the partial build was left on the full disk"
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
 
 
 def test_killed_build_leaves_nothing_the_next_build_keeps(tmp_path: Path) -> None:

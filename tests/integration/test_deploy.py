@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ASK_VERSION, SHIPENV, BuildFn, check_release, make_tree, pack, real_bundle, run_shipenv
+from tests.helpers import ASK_VERSION, SHIPENV, BuildFn, check_release, make_tree, pack, real_bundle, run_shipenv, small_tmpfs
 
 
 @pytest.fixture(scope="module")
@@ -249,14 +249,9 @@ def test_two_deploys_at_once_with_wait_both_land_in_turn(tmp_path: Path) -> None
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 20 MB tmpfs to deploy onto (we run as root, as a deploy on a server does)."""
-    mount = tmp_path / "small disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], check=True)
-    try:
+    """A 20 MB tmpfs to deploy onto."""
+    with small_tmpfs(tmp_path / "small disk", "20m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_full_disk_is_one_sentence_and_changes_nothing(app_v1: Path, small_disk: Path, tmp_path: Path) -> None:

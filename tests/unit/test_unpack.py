@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from shipenv.bundle import reader as _reader
 from shipenv.bundle import unpack as _unpack
-from tests.helpers import check_release, make_tree, pack
+from tests.helpers import check_release, make_tree, pack, small_tmpfs
 
 
 def _writing_threads() -> list[threading.Thread]:
@@ -21,14 +20,9 @@ def _writing_threads() -> list[threading.Thread]:
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MB tmpfs (we run as root, as a deploy on a server does)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    """A 1 MB tmpfs."""
+    with small_tmpfs(tmp_path / "tiny", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_unpacks_a_bundle_that_verifies(tmp_path: Path) -> None:
