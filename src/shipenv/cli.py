@@ -459,11 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.command = None
     args = parser.parse_args(words)
     console = Console(sys.stderr, quiet=args.quiet, verbose=args.verbose)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # -v shows shipenv's own debug logs; libraries (cyclonedx logs every field it
+    # serialises, thousands of lines a build) still speak only to warn.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("shipenv").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     func: Callable[[argparse.Namespace, Console], int] = args.func
     try:
         return func(args, console)
