@@ -234,6 +234,22 @@ def _parser() -> _Parser:
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS")
     p.set_defaults(func=_cmd_prune)
 
+    c = sub.add_parser(
+        "cache", parents=[common], help="show or prune the build cache",
+        description="Show what the build cache holds (the default), or remove the least recently used entries: "
+        "--max-size keeps at most SIZE, --older-than removes what no build used for DAYS. "
+        "A removed entry is only rebuilt when a build needs it again.",
+        epilog="examples:\n  shipenv cache\n  shipenv cache --prune --max-size 10G\n"
+        "  shipenv cache --prune --older-than 30 --dry-run\n  shipenv cache --cache-dir ci-cache --prune --max-size 2GB",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("--cache-dir", type=Path, metavar="DIR", help="the cache (default: the one builds use, $XDG_CACHE_HOME/shipenv)")
+    c.add_argument("--prune", action="store_true", help="remove entries, least recently used first")
+    c.add_argument("--max-size", metavar="SIZE", help="with --prune: keep at most SIZE (500M, 10G, 4GiB)")
+    c.add_argument("--older-than", type=float, metavar="DAYS", help="with --prune: remove what no build used for DAYS days")
+    c.add_argument("--dry-run", action="store_true", help="with --prune: say what would go, remove nothing")
+    c.set_defaults(func=_cmd_cache)
+
     t = sub.add_parser(
         "trust", parents=[common], help="set or remove who may sign what is deployed into a root",
         description="Copy an OpenSSH allowed_signers file into ROOT: from then on, shipenv deploy and deploy.sh accept only archives "
@@ -420,6 +436,32 @@ def _cmd_prune(args: argparse.Namespace, console: Console) -> int:
 
     print(deploy.prune(args.root, keep=args.keep, wait=args.wait).message)
     return 0
+
+
+def _cmd_cache(args: argparse.Namespace, console: Console) -> int:
+    from shipenv.build import cache, cachedir
+
+    root = args.cache_dir or cache.default_dir()
+    if not args.prune:
+        if args.max_size is not None or args.older_than is not None or args.dry_run:
+            raise UsageError("--max-size, --older-than and --dry-run go with --prune.", hint="Add --prune to remove entries.")
+        held = cachedir.usage(root)
+        print(f"The build cache at {root} holds {_size(held.size)} in {len(held.entries):,} entries.")
+        for kind, (count, size) in held.by_kind().items():
+            print(f"  {kind:12} {count:6,} entries  {_size(size):>10}")
+        return 0
+    max_size = cachedir.parse_size(args.max_size) if args.max_size is not None else None
+    done = cachedir.prune(root, max_size=max_size, older_than=args.older_than, dry_run=args.dry_run)
+    verb = "Would remove" if done.dry_run else "Removed"
+    left = "would be left" if done.dry_run else "left"
+    print(f"{verb} {len(done.removed):,} entries ({_size(done.freed)}) from {root}; {_size(done.left)} {left}.")
+    return 0
+
+
+def _size(n: int) -> str:
+    if n >= 1e9:
+        return f"{n / 1e9:,.1f} GB"
+    return f"{n / 1e6:,.1f} MB" if n >= 1e6 else f"{n / 1e3:,.1f} kB"
 
 
 def _cmd_trust(args: argparse.Namespace, console: Console) -> int:

@@ -174,7 +174,7 @@ def test_an_output_below_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Pa
         (["prune", "--root", "/srv/app", "--keep"], "error: argument --keep: expected one argument.",
          "hint: See 'shipenv prune --help' for what it takes."),
         (["frobnicate"], "error: argument COMMAND: invalid choice: 'frobnicate' (choose from 'build', 'inspect', 'verify', 'deploy', "
-         "'rollback', 'releases', 'prune', 'trust', 'modulefile').", "hint: See 'shipenv --help' for what it takes."),
+         "'rollback', 'releases', 'prune', 'cache', 'trust', 'modulefile').", "hint: See 'shipenv --help' for what it takes."),
         ([], "error: the following arguments are required: COMMAND.", "hint: See 'shipenv --help' for what it takes."),
     ],
 )

@@ -137,6 +137,7 @@ class BuildCache:
             log.warning("cache: dropping damaged entry %s/%s (%s)", kind, entry_key[:12], exc)
             self._drop(entry)
             return None
+        _used(entry)
         log.debug("cache: hit %s %s", kind, entry_key[:12])
         return layers.Layer(f"{kind} {entry_key[:12]}", facts, entry)
 
@@ -176,7 +177,9 @@ class BuildCache:
         """
         entry = self.root / kind / f"{key(kind, parts)}.json"
         try:
-            return json.loads(entry.read_text())
+            found = json.loads(entry.read_text())
+            _used(entry)
+            return found
         except (OSError, ValueError):
             pass
         found = compute()
@@ -191,6 +194,14 @@ class BuildCache:
 
     def _drop(self, entry: Path) -> None:
         shutil.rmtree(entry, ignore_errors=True)
+
+
+def _used(entry: Path) -> None:
+    """Note that a build used ``entry`` now: ``shipenv cache prune`` removes the least recently used first."""
+    try:
+        os.utime(entry)
+    except OSError:
+        pass  # a read-only cache is still a cache
 
 
 def open_cache(cache_dir: Path | None, enabled: bool) -> BuildCache | None:

@@ -16,6 +16,7 @@ a project directory).
 from __future__ import annotations
 
 import configparser
+import contextlib
 import logging
 import os
 import re
@@ -147,7 +148,11 @@ def lookup(store: Path, pin: str, tags: list[Tag]) -> Path | None:
     if not m:
         return None  # a path or URL: always built by pip
     directory = store / canonicalize_name(m.group(1))
-    return _best(sorted(directory.glob("*.whl")) if directory.is_dir() else [], pin, tags)
+    found = _best(sorted(directory.glob("*.whl")) if directory.is_dir() else [], pin, tags)
+    if found is not None:
+        with contextlib.suppress(OSError):
+            os.utime(directory)  # used now: `shipenv cache --prune` removes the least recently used first
+    return found
 
 
 def lookup_wheelhouse(wheelhouses: list[Path], pin: str, tags: list[Tag]) -> Path | None:
