@@ -6,16 +6,21 @@ is run: what the loader does with the new search path is what users notice.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+from elftools.elf.gnuversions import GNUVerNeedSection
+from elftools.elf.sections import SymbolTableSection
 
 from shipenv.build import patch
 from shipenv.bundle import elf
-from tests.helpers import REPO
+from tests.helpers import REPO, pyenv_python
 
 ELF_DIR = REPO / "tests" / "elf"
 
@@ -120,3 +125,85 @@ def test_the_recording_patcher_writes_nothing(app_dir: Path) -> None:
     recorder.set_rpath(app, ("$ORIGIN",))
     assert recorder.calls == [(app, ("$ORIGIN",))]
     assert app.read_bytes() == original
+
+
+# -- the same bytes as the pyelftools implementation ------------------------------------------
+
+
+def _pyelftools_rewrite(f: io.BytesIO, entries: tuple[str, ...]) -> bool:
+    """patch._rewrite_in_place as it was before elfread (pyelftools' sections), on bytes in memory."""
+    new = (":".join(entries) or "$ORIGIN").encode()
+    elf_file = ELFFile(f)
+    dynamic = next((sec for sec in elf_file.iter_sections() if isinstance(sec, DynamicSection)), None)
+    if dynamic is None:
+        return False
+    tags = list(dynamic.iter_tags())
+    paths = [(i, t) for i, t in enumerate(tags) if t.entry.d_tag in ("DT_RPATH", "DT_RUNPATH")]
+    strtab = next((t.entry.d_val for t in tags if t.entry.d_tag == "DT_STRTAB"), None)
+    if len(paths) != 1 or strtab is None:
+        return False
+    index, tag = paths[0]
+    offsets = list(elf_file.address_offsets(strtab))
+    if not offsets:
+        return False
+    strtab_off = offsets[0]
+    old_off = tag.entry.d_val
+    f.seek(strtab_off + old_off)
+    raw = f.read(len(new) + 4096)
+    old_len = raw.find(b"\0")
+    if old_len < 0:
+        f.seek(strtab_off + old_off)
+        raw = f.read(1 << 20)
+        old_len = raw.find(b"\0")
+    if old_len < len(new):
+        return False
+    referenced = {t.entry.d_val for t in tags if t.entry.d_tag in ("DT_NEEDED", "DT_SONAME", "DT_RPATH", "DT_RUNPATH", "DT_AUXILIARY", "DT_FILTER")}
+    for section in elf_file.iter_sections():
+        if isinstance(section, SymbolTableSection) and section.name == ".dynsym":
+            referenced.update(sym.entry.st_name for sym in section.iter_symbols())
+    for section in elf_file.iter_sections():
+        if isinstance(section, GNUVerNeedSection):
+            for verneed, aux_iter in section.iter_versions():
+                referenced.add(verneed.entry.vn_file)
+                referenced.update(aux.entry.vna_name for aux in aux_iter)
+    if any(old_off < o <= old_off + old_len for o in referenced):
+        return False
+    entry_size = dynamic["sh_entsize"] or (16 if elf_file.elfclass == 64 else 8)
+    tag_bytes = elf_file.structs.Elf_sxword("d_tag").build(15)
+    f.seek(strtab_off + old_off)
+    f.write(new + b"\0" * (old_len - len(new)))
+    f.seek(dynamic["sh_offset"] + index * entry_size)
+    f.write(tag_bytes)
+    return True
+
+
+ENTRIES = [("$ORIGIN",), ("$ORIGIN/../lib", "$ORIGIN"), (), ("$ORIGIN/" + "x" * 64,)]
+
+
+def _same_edit(path: Path, entries: tuple[str, ...]) -> bool:
+    original = path.read_bytes()
+    old = io.BytesIO(original)
+    old_done = _pyelftools_rewrite(old, entries)
+    writes = patch.in_place_writes(path, entries)
+    new = bytearray(original)
+    for offset, data in writes or ():
+        new[offset:offset + len(data)] = data
+    assert (writes is not None, bytes(new)) == (old_done, old.getvalue()), (path, entries)
+    return old_done
+
+
+def test_the_committed_files_are_edited_as_the_pyelftools_implementation_edited_them() -> None:
+    done = [_same_edit(ELF_DIR / name, entries) for name in ("app", "app-merged", "libfoo.so.1", "libplain32.so") for entries in ENTRIES]
+    assert any(done) and not all(done)
+
+
+@pytest.mark.parametrize("xy", ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"])
+def test_real_libraries_are_edited_as_the_pyelftools_implementation_edited_them(xy: str) -> None:
+    """libpython (thousands of symbols), libpython3.so (a GNU hash that counts one of five), the interpreter, some extensions."""
+    python = pyenv_python(xy)
+    lib = python.parent.parent / "lib"
+    dynload = sorted((lib / f"python{xy}" / "lib-dynload").glob("*.so"))
+    files = [python, *sorted(lib.glob("libpython3*.so*")), *dynload[::8]]
+    done = [_same_edit(path, ENTRIES[i % len(ENTRIES)] if "libpython3." not in path.name else ENTRIES[0])
+            for i, path in enumerate(files) if elf.try_read(path) is not None]
+    assert any(done) and not all(done)
