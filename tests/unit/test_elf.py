@@ -110,6 +110,8 @@ def test_is_elf_is_false_for_symlinks_directories_and_missing_files(tmp_path: Pa
     assert not elf.is_elf(tmp_path / "link")
     assert not elf.is_elf(tmp_path)
     assert not elf.is_elf(tmp_path / "missing")
+    os.mkfifo(tmp_path / "fifo")
+    assert not elf.is_elf(tmp_path / "fifo")  # and the open did not wait for a writer
     assert elf.try_read(tmp_path / "missing") is None
 
 
