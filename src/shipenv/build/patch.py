@@ -39,11 +39,12 @@ def in_place_writes(path: Path, entries: tuple[str, ...]) -> Writes | None:
     the string and the entry's tag change, nothing else moves, and memory stays
     small whatever the file's size (lief holds the whole file). The edit is
     refused when another string the loader uses shares the old one's bytes (a
-    linker may merge string tails): a string tag, a ``DT_SYMTAB`` name (as
-    many as :meth:`~shipenv.bundle.elfread.Image.symbol_count` says the loader
-    reaches), a version need's file or name, a version definition's name.
-    Everything is read as the loader reads it (:mod:`shipenv.bundle.elfread`);
-    the file is only read here.
+    linker may merge string tails): a string tag, any ``DT_SYMTAB`` name, a
+    version need's file or name, a version definition's name; and when the
+    symbols cannot be counted (no ``SHT_DYNSYM`` header at ``DT_SYMTAB``, see
+    :meth:`~shipenv.bundle.elfread.Image.symbol_count`). Everything else is
+    read as the loader reads it (:mod:`shipenv.bundle.elfread`); the file is
+    only read here, so a refusal costs no copy.
     """
     # Removing the entry would mean rewriting the dynamic table; "$ORIGIN" (the
     # file's own directory) searches nothing outside the bundle and fits anywhere.

@@ -37,7 +37,7 @@ from typing import IO
 
 from elftools.common.exceptions import ELFError
 
-DT_NULL, DT_NEEDED, DT_HASH, DT_STRTAB, DT_SYMTAB, DT_STRSZ, DT_SONAME, DT_RPATH = 0, 1, 4, 5, 6, 10, 14, 15
+DT_NULL, DT_NEEDED, DT_STRTAB, DT_SYMTAB, DT_STRSZ, DT_SONAME, DT_RPATH = 0, 1, 5, 6, 10, 14, 15
 DT_RUNPATH = 29
 DT_CONFIG, DT_DEPAUDIT, DT_AUDIT = 0x6FFFFEFA, 0x6FFFFEFB, 0x6FFFFEFC
 DT_VERDEF, DT_VERDEFNUM, DT_VERNEED, DT_VERNEEDNUM = 0x6FFFFFFC, 0x6FFFFFFD, 0x6FFFFFFE, 0x6FFFFFFF
@@ -119,7 +119,6 @@ class Image:
         header = struct.Struct(self.order + ("HHIQQQIHHHHHH" if wide else "HHIIIIIHHHHHH"))
         (self.type, self.machine, _version, _entry, phoff, self.shoff, _flags, _ehsize, phentsize, self.phnum,
          self.shentsize, self.shnum, _shstrndx) = header.unpack(source.read(16, header.size))
-        self.word = 8 if wide else 4
         self.dyn = struct.Struct(self.order + ("qQ" if wide else "iI"))
         self.sym = struct.Struct(self.order + ("I20x" if wide else "I12x"))  # st_name, then what no check here needs
         self.loads: list[tuple[int, int, int]] = []  # (p_vaddr, p_filesz, p_offset)
