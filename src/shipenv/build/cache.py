@@ -105,6 +105,23 @@ def host_files_state(paths: Iterable[Path]) -> list[list[Any]]:
     return state
 
 
+def hosts_changed(recorded: list[list[Any]]) -> bool:
+    """Whether any host file :func:`host_files_state` recorded is no longer as it was (an entry made from it is stale)."""
+    return host_files_state(Path(p) for p, _s, _m in recorded) != recorded
+
+
+def recorded_host_files(entry: Path) -> list[Path]:
+    """The host files a layer entry was made from (its ``entry.json``), as :meth:`BuildCache.put` recorded them."""
+    meta = json.loads((entry / "entry.json").read_text())
+    return [Path(p) for p, _s, _m in meta.get("host_files", [])]
+
+
+def _signature(path: Path) -> list[int]:
+    """What a stored output file must still say to ``stat``: ``st_ctime`` changes with any write, chmod or utime."""
+    st = path.stat()
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
 @dataclass(frozen=True)
 class BuildCache:
     root: Path
@@ -125,7 +142,7 @@ class BuildCache:
             return None
         try:
             meta = json.loads((entry / "entry.json").read_text())
-            if host_files_state(Path(p) for p, _s, _m in meta.get("host_files", [])) != meta.get("host_files", []):
+            if hosts_changed(meta.get("host_files", [])):
                 log.info("cache: %s %s is stale (a host library changed); rebuilding", kind, entry_key[:12])
                 self._drop(entry)
                 return None
@@ -167,6 +184,66 @@ class BuildCache:
             log.warning("cache: could not store %s entry (%s); continuing without it", kind, exc)
             return None
         return entry
+
+    def get_output(self, entry_key: str) -> tuple[Path, Any] | None:
+        """A stored build output (its directory, and what :meth:`put_output` was given as ``about``) if still as stored.
+
+        Every file must be the one stored (size, inode, mtime and ctime: the
+        files are copies nothing else links to, so a write, ``chmod`` or
+        ``touch`` shows), and every host file it was made from unchanged. One
+        that is not is removed, and the build runs in full.
+        """
+        entry = self._entry("outputs", entry_key)
+        try:
+            meta = json.loads((entry / "output.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("cache: dropping damaged output %s (%s)", entry_key[:12], exc)
+            self._drop(entry)
+            return None
+        try:
+            if hosts_changed(meta["host_files"]):
+                log.info("cache: output %s is stale (a host file changed); building in full", entry_key[:12])
+                self._drop(entry)
+                return None
+            for name, signature in meta["files"].items():
+                if _signature(entry / name) != signature:
+                    raise ValueError(f"{name} changed since it was stored")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("cache: dropping damaged output %s (%s)", entry_key[:12], exc)
+            self._drop(entry)
+            return None
+        log.debug("cache: hit output %s", entry_key[:12])
+        return entry, meta["about"]
+
+    def put_output(self, entry_key: str, files: dict[str, Path], about: Any, host_files: Iterable[Path]) -> None:
+        """Keep copies of a build's ``files`` (name in the entry → file) with ``about`` (JSON-able) and the state of ``host_files``.
+
+        Copies, not links: the artifact a user holds may be edited or replaced,
+        the stored one never. Failures (a full disk) only cost the cache.
+        """
+        entry = self._entry("outputs", entry_key)
+        if entry.exists():
+            return
+        try:
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{entry_key[:12]}.", dir=entry.parent))
+            try:
+                for name, src in files.items():
+                    shutil.copyfile(src, tmp / name)  # sendfile: the bytes never come up to Python
+                meta = {"shipenv": __version__, "about": about, "host_files": host_files_state(host_files),
+                        "files": {name: _signature(tmp / name) for name in files}}
+                (tmp / "output.json").write_text(json.dumps(meta, indent=1))
+                os.replace(tmp, entry)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+        except OSError as exc:
+            log.warning("cache: could not store the build's output (%s); continuing without it", exc)
+
+    def drop_output(self, entry_key: str) -> None:
+        self._drop(self._entry("outputs", entry_key))
 
     def remember(self, kind: str, parts: Any, compute: Callable[[], Any]) -> Any:
         """``compute()`` (JSON-able), kept under a key of ``parts``: for answers that cost a process to get.

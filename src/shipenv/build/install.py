@@ -133,6 +133,7 @@ def collect_wheels(
     say: Say,
     store: Path | None = None,
     runner: Runner = REAL,
+    pins: list[str] | None = None,
 ) -> list[tuple[Path, str]]:
     """Every wheel to install, with where it came from: resolved, or a wheelhouse.
 
@@ -140,7 +141,8 @@ def collect_wheels(
     missing from a local wheelhouse (``--wheels``) and from ``store`` (shipenv's
     wheel cache) are fetched or built by pip, which does not start at all when
     nothing is missing; without uv, or if uv cannot resolve, pip does everything
-    and has the last word.
+    and has the last word. ``pins`` is uv's answer when the caller already has
+    it (:func:`resolve_pins`, run before the tree existed): uv is not run twice.
     """
     if options.wheels is not None and not options.requirements and options.project is None:
         return [(w, "wheelhouse") for w in select_wheels(options.wheels, py)]
@@ -148,17 +150,39 @@ def collect_wheels(
         return []
     say("Resolving and building wheels")
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    uv = resolver.find_uv()
-    if uv is not None:
-        pins = resolver.uv_compile(uv, python, options, runner)
-        if pins is not None:
-            return _wheels_for_pins(pins, python, options, py, wheel_dir, store, runner)
+    if pins is None:
+        pins = resolve_pins(options, python, runner)
+    if pins is not None:
+        return _wheels_for_pins(pins, python, options, py, wheel_dir, store, runner)
     return pip_wheel(python, options, wheel_dir, cache_root=store.parent if store else None, runner=runner)
 
 
-def _wheels_for_pins(
-    pins: list[str], python: Path, options: BuildOptions, py: PythonInfo, wheel_dir: Path, store: Path | None, runner: Runner
-) -> list[tuple[Path, str]]:
+def resolve_pins(options: BuildOptions, python: Path, runner: Runner = REAL) -> list[str] | None:
+    """uv's pinned resolution of the requirements for ``python``, or None (no uv, nothing to resolve, or uv could not: pip decides).
+
+    The base interpreter gives the same answer as its copy in the tree: the
+    markers and tags uv asks about are the interpreter's, not its location's.
+    """
+    if not (options.requirements or options.project is not None):
+        return None
+    uv = resolver.find_uv()
+    return resolver.uv_compile(uv, python, options, runner) if uv is not None else None
+
+
+def known_wheels(options: BuildOptions, py: PythonInfo, pins: list[str] | None, store: Path | None) -> list[tuple[Path, str]] | None:
+    """What :func:`collect_wheels` will return given ``pins``, when that is known without starting pip (else None)."""
+    if options.wheels is not None and not options.requirements and options.project is None:
+        return [(w, "wheelhouse") for w in select_wheels(options.wheels, py)]
+    if not (options.requirements or options.project is not None):
+        return []
+    if pins is None:
+        return None
+    found, missing = _lookup_pins(pins, options, py, store)
+    return None if missing else [(w, _source_of(w, options)) for w in found]
+
+
+def _lookup_pins(pins: list[str], options: BuildOptions, py: PythonInfo, store: Path | None) -> tuple[list[Path], list[str]]:
+    """The wheels of ``pins`` found without pip, and the pins pip must fetch or build."""
     found: list[Path] = []
     missing: list[str] = []
     tags = target_tags(py)
@@ -173,6 +197,13 @@ def _wheels_for_pins(
             found.append(wheel)
         else:
             missing.append(pin)
+    return found, missing
+
+
+def _wheels_for_pins(
+    pins: list[str], python: Path, options: BuildOptions, py: PythonInfo, wheel_dir: Path, store: Path | None, runner: Runner
+) -> list[tuple[Path, str]]:
+    found, missing = _lookup_pins(pins, options, py, store)
     log.debug("wheels for %d pin(s) found without pip; pip fetches or builds %d", len(found), len(missing))
     if missing:
         built = pip_wheel(python, options, wheel_dir, pins=missing, cache_root=store.parent if store else None, runner=runner)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import tempfile
 import time
@@ -27,11 +28,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from shipenv.build.install import Sources
+    from shipenv.bundle import sshsig
 
 from shipenv import __version__, data, templates
-from shipenv.build import audit, bytecode, cache, interpreter, launchers, layers, libc, output, policy, relocate, venv
+from shipenv.build import audit, bytecode, cache, interpreter, launchers, layers, libc, output, outputs, policy, relocate, venv
 from shipenv.build.runner import REAL, Runner
-from shipenv.bundle import elf, manifest, sbom, sshsig
+from shipenv.bundle import elf, manifest, sbom
 from shipenv.errors import InstallError, PolicyError, ShipenvError, UsageError, listing
 from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, Distribution, PythonInfo, Scheme
 
@@ -74,6 +76,7 @@ class Build:
     say: Step
     runner: Runner
     ledger: layers.Ledger  #: which files of the tree came from which layer
+    pins: list[str] | None = None  #: uv's resolution, made before the tree existed (:func:`outputs.plan`)
 
     @property
     def python(self) -> Path:
@@ -101,13 +104,26 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
     if options.sign_key is not None and (target.fmt == "dir" or target.fmt in IMAGE_FORMATS):
         made = "a directory" if target.fmt == "dir" else "a container image"
         raise UsageError(f"--sign-key signs an archive, and --format {target.fmt} makes {made}.", hint="Build a .tar.zst or .tar.gz to sign it.")
-    signer = sshsig.load_signer(options.sign_key) if options.sign_key is not None else None  # a bad key fails now
+    signer = None
+    if options.sign_key is not None:
+        from shipenv.bundle import sshsig
+
+        signer = sshsig.load_signer(options.sign_key)  # a bad key fails now
+    store = cache.open_cache(options.cache_dir, options.use_cache)
+    layer_key = functools.cache(lambda: _interpreter_key(py, options))
+    kept = outputs.plan(options, sources, py, target, store, layer_key, runner)
     with output.staging(target) as staging:
+        hit = outputs.lookup(store, kept.key) if store is not None and kept.key is not None else None
+        if hit is not None:
+            say(f"Reusing {target.artifact.name} from the cache (nothing it is made from changed)")
+            outputs.copy(hit.archive, staging / target.artifact.name)
+            signature = _publish(staging / target.artifact.name, hit.result.sha256 or "", hit.sbom, staging, target.artifact, say, signer)
+            return dataclasses.replace(hit.result, path=target.artifact, signature=signature,
+                                       signer=signer.public_key.fingerprint if signer else None)
         root = staging / target.tree_name
         root.mkdir()
-        store = cache.open_cache(options.cache_dir, options.use_cache)
         ledger = layers.Ledger(audit.needles(py, sources, root), str(root))
-        b = Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say, runner, ledger)
+        b = Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say, runner, ledger, kept.pins)
         tree = _build_tree(b, target)
         if target.fmt == "dir":
             output.place(root, target.artifact)
@@ -116,8 +132,12 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
             sha256, digest = _image(root, staging, target, options, say, progress)
             return BuildResult(target.artifact, target.tree_name, tree.floor, sha256, tree.audit, tree.vendored, digest, libc=tree.libc)
         sha256, signature = _pack(root, staging, target, options, say, progress, signer, b.ledger)
-        return BuildResult(target.artifact, target.tree_name, tree.floor, sha256, tree.audit, tree.vendored,
-                           libc=tree.libc, signature=signature, signer=signer.public_key.fingerprint if signer else None)
+        result = BuildResult(target.artifact, target.tree_name, tree.floor, sha256, tree.audit, tree.vendored,
+                             libc=tree.libc, signature=signature, signer=signer.public_key.fingerprint if signer else None)
+        key = outputs.key_after(kept, options, sources, py, target, store, layer_key) if store is not None else None
+        if store is not None and key is not None:
+            outputs.keep(store, key, result, root / sbom.SBOM, b.ledger.layers, b.ledger.fresh)
+        return result
 
 
 def _build_tree(b: Build, target: output.Target) -> TreeResult:
@@ -146,15 +166,11 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(b.py.machine) if bundled else None)
 
 
-#: What dpkg answers from: a package installed, upgraded or removed changes it.
-_DPKG_STATE = (Path("/var/lib/dpkg/status"),)
-
-
 def _origins(b: Build, paths: list[Path]) -> dict[Path, sbom.PackageOrigin]:
     """Which Debian package each vendored library came from (``dpkg -S``), kept in the cache while the files and dpkg's database stay as they were."""
     if b.store is None:
         return sbom.debian_origins(paths)
-    found = b.store.remember("origins", [cache.host_files_state(paths), cache.host_files_state(_DPKG_STATE)],
+    found = b.store.remember("origins", [cache.host_files_state(paths), cache.host_files_state(outputs.DPKG_STATE)],
                              lambda: {str(p): dataclasses.asdict(o) for p, o in sbom.debian_origins(paths).items()})
     try:
         return {Path(p): sbom.PackageOrigin(**o) for p, o in found.items()}
@@ -217,7 +233,8 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
     with tempfile.TemporaryDirectory(prefix="shipenv-stage-", dir=b.root.parent) as tmp:
         work = Path(tmp)
         store = b.store.root / "wheels" if b.store else None
-        wheels = install.collect_wheels(b.sources, options, b.py, b.python, work / "wheels", b.say, store=store, runner=b.runner)
+        wheels = install.collect_wheels(b.sources, options, b.py, b.python, work / "wheels", b.say, store=store, runner=b.runner,
+                                        pins=b.pins)
         if wheels:
             b.say(f"Installing {len(wheels)} wheels")
         staged: list[tuple[Path, str, list[Path], str]] = []
@@ -373,18 +390,29 @@ def _pack(
             root, staging / artifact.name, target.fmt, level=options.compress_level, threads=options.threads,
             mtime=target.epoch, arcname=target.tree_name, progress=progress,
         )
-    # Signed in the staging directory: a failure to sign leaves no unsigned archive behind.
+    return packed.sha256, _publish(packed.path, packed.sha256, root / sbom.SBOM, staging, artifact, say, signer)
+
+
+def _publish(built: Path, sha256: str, sbom_file: Path, staging: Path, artifact: Path, say: Step, signer: sshsig.Signer | None) -> Path | None:
+    """Move a finished archive from the staging directory into place with its ``.sha256``, its SBOM and (with a key) its ``.sig``.
+
+    Signed in the staging directory: a failure to sign leaves no unsigned archive behind.
+    Returns the signature's path.
+    """
     signature = None
     if signer is not None:
+        from shipenv.bundle import sshsig
+
         say(f"Signing {artifact.name} with {signer.public_key.fingerprint}")
-        (staging / f"{artifact.name}.sig").write_text(sshsig.sign_file(packed.path, signer))
+        (staging / f"{artifact.name}.sig").write_text(sshsig.sign_file(built, signer))
         signature = artifact.with_name(artifact.name + ".sig")
-    os.replace(packed.path, artifact)
-    artifact.with_name(artifact.name + ".sha256").write_text(f"{packed.sha256}  {artifact.name}\n")
-    artifact.with_name(artifact.name + ".cdx.json").write_bytes((root / sbom.SBOM).read_bytes())
+    os.replace(built, artifact)
+    artifact.with_name(artifact.name + ".sha256").write_text(f"{sha256}  {artifact.name}\n")
+    artifact.with_name(artifact.name + ".cdx.json").write_bytes(sbom_file.read_bytes())
     if signature is not None:
         os.replace(staging / f"{artifact.name}.sig", signature)
-    return packed.sha256, signature
+    return signature
+
 
 def _image(
     root: Path, staging: Path, target: output.Target, options: BuildOptions, say: Step, progress: Progress | None

@@ -121,7 +121,6 @@ class HostLibraries:
 @functools.cache
 def host_libraries(machine: str, runner: Runner = REAL) -> HostLibraries:
     """Read ``ldconfig -p`` once for the build host's libraries of ``machine``."""
-    multiarch = f"{machine}-linux-gnu"
     cache: dict[str, Path] = {}
     arch = _LDCONFIG_ARCH.get(machine, machine)
     for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", "ldconfig"):
@@ -135,5 +134,9 @@ def host_libraries(machine: str, runner: Runner = REAL) -> HostLibraries:
             if path and arch in flags and name not in cache:
                 cache[name] = Path(path)
         break
-    dirs = tuple(Path(d.format(multiarch=multiarch)) for d in _DEFAULT_DIRS)
-    return HostLibraries(cache, dirs)
+    return HostLibraries(cache, default_dirs(machine))
+
+
+def default_dirs(machine: str) -> tuple[Path, ...]:
+    """Where the loader looks after its cache, for ``machine``."""
+    return tuple(Path(d.format(multiarch=f"{machine}-linux-gnu")) for d in _DEFAULT_DIRS)

@@ -33,23 +33,20 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-try:
-    from cyclonedx.contrib.license.factories import LicenseFactory
-except ImportError:  # cyclonedx-python-lib before 11.x kept it here
-    from cyclonedx.factory.license import LicenseFactory  # type: ignore[assignment,no-redef,unused-ignore]
-from cyclonedx.model import ExternalReference, ExternalReferenceType, HashAlgorithm, HashType, Property, XsUri
-from cyclonedx.model.bom import Bom, BomMetaData
-from cyclonedx.model.component import Component, ComponentType
-from cyclonedx.model.license import DisjunctiveLicense, LicenseExpression
-from cyclonedx.output.json import JsonV1Dot6
-from packageurl import PackageURL
-from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from shipenv.bundle import elf
 from shipenv.bundle.manifest import META_DIR, hash_file
+
+if TYPE_CHECKING:
+    from cyclonedx.model import HashType
+    from cyclonedx.model.bom import Bom
+    from cyclonedx.model.license import DisjunctiveLicense, LicenseExpression
+
+# cyclonedx (0.3 s to import) is imported by the functions that render an SBOM, not by
+# every build that imports this module: a build reused from the cache writes none.
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +128,18 @@ def _python_build(root: Path, executable: str) -> tuple[str | None, str | None]:
 
 
 def _sha256(path: Path) -> HashType:
+    from cyclonedx.model import HashAlgorithm, HashType
+
     return HashType(alg=HashAlgorithm.SHA_256, content=hash_file(path)[0])
 
 
 def _licenses(meta: email.message.Message) -> list[LicenseExpression | DisjunctiveLicense]:
+    try:
+        from cyclonedx.contrib.license.factories import LicenseFactory
+    except ImportError:  # cyclonedx-python-lib before 11.x kept it here
+        from cyclonedx.factory.license import LicenseFactory  # type: ignore[assignment,no-redef,unused-ignore]
+    from cyclonedx.model.license import DisjunctiveLicense
+
     factory = LicenseFactory()
     expression = meta.get("License-Expression")
     if expression:
@@ -168,6 +173,12 @@ def build(root: Path, metadata: Mapping[str, Any], *, epoch: int, wheel_digests:
     build host (the same lookup the relocation used); ``origins`` asks the
     package manager who owns those files.
     """
+    from cyclonedx.model import ExternalReference, ExternalReferenceType, HashAlgorithm, HashType, Property, XsUri
+    from cyclonedx.model.bom import Bom, BomMetaData
+    from cyclonedx.model.component import Component, ComponentType
+    from packageurl import PackageURL
+    from packaging.requirements import InvalidRequirement, Requirement
+
     name, version = str(metadata["name"]), str(metadata["version"])
     py = metadata["python"]
     digests = {canonicalize_name(k): v for k, v in (wheel_digests or {}).items()}
@@ -264,6 +275,8 @@ def build(root: Path, metadata: Mapping[str, Any], *, epoch: int, wheel_digests:
 
 def _render(bom: Bom) -> bytes:
     """JSON with a serial number derived from the rest of the document."""
+    from cyclonedx.output.json import JsonV1Dot6
+
     bom.serial_number = _ZERO
     first = JsonV1Dot6(bom).output_as_string(indent=2)
     bom.serial_number = uuid.uuid5(uuid.NAMESPACE_URL, "shipenv-sbom:" + hashlib.sha256(first.encode()).hexdigest())
