@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from cyclonedx.model.bom import Bom
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
@@ -104,3 +106,32 @@ def test_write_puts_it_in_the_tree(tmp_path: Path) -> None:
     assert path == root / ".shipenv" / "sbom.cdx.json"
     assert sbom.read(root) == json.loads(path.read_text())
     assert sbom.read(tmp_path) is None
+
+
+def test_the_serial_number_is_the_one_a_second_rendering_gives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cyclonedx.output.json import JsonV1Dot6
+
+    once = build(make_tree(tmp_path / "a"))
+    rendered: list[bytes] = []
+    real = sbom._render
+
+    def twice(bom: Bom) -> bytes:
+        out = real(bom)  # leaves the serial number it wrote in the Bom
+        rendered.append((JsonV1Dot6(bom).output_as_string(indent=2) + "\n").encode())
+        return out
+
+    monkeypatch.setattr(sbom, "_render", twice)
+    assert build(make_tree(tmp_path / "b")) == once == rendered[0]
+
+
+def test_the_site_directorys_dist_info_wins_over_a_vendored_one(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "t")
+    # A package vendoring another distribution's metadata, sorting before the real one.
+    vendored = root / SITE / "aaa" / "_vendor" / "qux-0.0.dist-info"
+    vendored.mkdir(parents=True)
+    (vendored / "METADATA").write_text("Metadata-Version: 2.4\nName: qux\nVersion: 0.0\nLicense: vendored\n")
+    metadata = {**METADATA, "python": {**METADATA["python"], "site_packages": SITE}}  # type: ignore[dict-item]
+    doc = json.loads(sbom.build(root, metadata, epoch=1700000000, origins=lambda paths: {}))
+    qux = next(c for c in doc["components"] if c["bom-ref"] == "pkg:pypi/qux@0.1")
+    assert qux["licenses"] == [{"license": {"name": "Some custom licence text"}}]
+    assert {"name": "shipenv:dist-info", "value": f"{SITE}/qux-0.1.dist-info"} in qux["properties"]

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -145,15 +146,21 @@ def host_files(py: PythonInfo) -> list[Path]:
 
 
 def _digests(store: cache.BuildCache, wheels: list[Path]) -> list[str]:
-    """Each wheel's sha256, kept in the cache while the file's size, inode, mtime and ctime stay as they were."""
-    state = []
+    """Each wheel's sha256, kept in the cache while the file's size, inode, mtime and ctime stay as they were.
+
+    One entry per wheel: a requirement added costs hashing that one wheel.
+    """
+    digests = []
     for wheel in wheels:
         st = wheel.stat()
-        state.append([str(wheel), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns])
-    found = store.remember("wheel-digests", state, lambda: [manifest.hash_file(w)[0] for w in wheels])
-    if isinstance(found, list) and len(found) == len(wheels) and all(isinstance(d, str) for d in found):
-        return found
-    return [manifest.hash_file(w)[0] for w in wheels]  # not what remember() stored: hash again
+        state = [str(wheel), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+        found = store.remember("wheel-digest", state, functools.partial(_sha256, wheel))
+        digests.append(found if isinstance(found, str) and len(found) == 64 else _sha256(wheel))
+    return digests
+
+
+def _sha256(path: Path) -> str:
+    return manifest.hash_file(path)[0]
 
 
 def _libraries() -> list[str]:

@@ -161,7 +161,8 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     host_libs = policy.host_libraries(b.py.machine)
     libdir = [str(b.py.libdir)] if b.py.libdir else []
     sbom.write(b.root, metadata.to_dict(), epoch=target.epoch, wheel_digests=wheel_digests,
-               find_library=lambda soname: host_libs.find(soname, libdir), origins=lambda paths: _origins(b, paths))
+               find_library=lambda soname: host_libs.find(soname, libdir), origins=lambda paths: _origins(b, paths),
+               digest=lambda path: _vouched_digest(b, path), interpreter=lambda: _python_build(b, layer_key))
     manifest.write(b.root, metadata, known=b.ledger.record)
     return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(b.py.machine) if bundled else None)
 
@@ -176,6 +177,22 @@ def _origins(b: Build, paths: list[Path]) -> dict[Path, sbom.PackageOrigin]:
         return {Path(p): sbom.PackageOrigin(**o) for p, o in found.items()}
     except (TypeError, AttributeError):  # not what remember() stored: ask dpkg again
         return sbom.debian_origins(paths)
+
+
+def _vouched_digest(b: Build, path: Path) -> str | None:
+    """The sha256 a layer vouches for (the SBOM's libraries are layer files: no byte read), or None."""
+    entry = b.ledger.record(path.relative_to(b.root).as_posix(), os.lstat(path))
+    return entry.sha256 if entry is not None else None
+
+
+def _python_build(b: Build, layer_key: str) -> tuple[str | None, str | None]:
+    """What the copied interpreter says of its build, kept in the cache under the interpreter layer's key (no process then)."""
+    if b.store is None:
+        return sbom.python_build(b.root, f"bin/python{b.py.xy}")
+    found = b.store.remember("python-build", [layer_key], lambda: list(sbom.python_build(b.root, f"bin/python{b.py.xy}")))
+    if isinstance(found, list) and len(found) == 2 and all(v is None or isinstance(v, str) for v in found):
+        return found[0], found[1]
+    return sbom.python_build(b.root, f"bin/python{b.py.xy}")
 
 
 def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
