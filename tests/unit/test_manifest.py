@@ -122,3 +122,19 @@ def test_a_name_with_a_newline_is_refused_at_build_time(tmp_path: Path) -> None:
         manifest.write(tree, meta)
     assert not (tree / ".shipenv").exists()
 
+
+
+@pytest.mark.parametrize("meta_dir_before", [True, False])
+def test_record_is_what_a_fresh_walk_gives(tmp_path: Path, meta_dir_before: bool) -> None:
+    """write() walks the tree once and .shipenv/ again: RECORD lists every file in walk order, as scanning the finished tree does."""
+    tree = tmp_path / "app-1.0"
+    for rel in ("bin/python", "-odd/x", "#first/y", ".shipenv-later/z", "top.txt", "lib/a/b.py", ".aaa/c"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(rel)
+    if meta_dir_before:
+        (tree / ".shipenv" / "sub").mkdir(parents=True)
+        (tree / ".shipenv" / "deploy.sh").write_text("#!/bin/sh\n")
+        (tree / ".shipenv" / "sub" / "x").write_text("x")
+    meta = Manifest.from_dict({"name": "app", "version": "1.0", "platform": {"arch": "x86_64"}, "python": {"version": "3.12.1"}})
+    manifest.write(tree, meta)
+    assert (tree / manifest.RECORD).read_bytes() == manifest.render_record(manifest.scan(tree))

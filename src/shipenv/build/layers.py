@@ -248,13 +248,13 @@ def glibc_infos(root: Path, ledger: Ledger | None,
     for rel, name, st in manifest.walk_stat(root) if entries is None else entries:
         if not stat.S_ISREG(st.st_mode):
             continue
-        full = Path(name)
         if ledger is not None:
             vouched, info = ledger.elf_info(rel, st)
             if vouched:
                 if info is not None:
                     infos[rel] = info
                 continue
+        full = Path(name)  # only for what no layer vouches for: a Path per file of the tree costs more than the lookup
         if elf.is_elf(full):
             infos[rel] = elf.try_read(full)
     return infos

@@ -130,14 +130,15 @@ def _walk_dir(directory: str, prefix: str) -> Iterator[tuple[str, str, os.stat_r
 Known = Callable[[str, os.stat_result], "RecordEntry | None"]
 
 
-def scan(root: Path, known: Known | None = None) -> list[RecordEntry]:
+def scan(root: Path, known: Known | None = None, walked: Iterable[tuple[str, str, os.stat_result]] | None = None) -> list[RecordEntry]:
     """RECORD entries for every file under ``root`` except RECORD itself.
 
     Files ``known`` has a row for are not read (:class:`shipenv.build.layers.Ledger`
-    vouches only for files unchanged since their layer was merged).
+    vouches only for files unchanged since their layer was merged). ``walked`` is
+    the tree's :func:`walk_stat`, when the caller has it.
     """
     entries = []
-    for rel, full, st in walk_stat(root):
+    for rel, full, st in walk_stat(root) if walked is None else walked:
         if rel == RECORD.as_posix():
             continue
         row = known(rel, st) if known is not None else None
@@ -185,7 +186,8 @@ def write(root: Path, manifest: Manifest, known: Known | None = None) -> None:
     a line and could not deploy it (``shipenv deploy`` could, but a bundle must
     deploy with either).
     """
-    odd = [rel for rel, full, st in walk_stat(root) if "\n" in rel or (stat.S_ISLNK(st.st_mode) and "\n" in os.readlink(full))]
+    walked = list(walk_stat(root))  # one walk of the tree for the check and RECORD; only .shipenv/ is walked again
+    odd = [rel for rel, full, st in walked if "\n" in rel or (stat.S_ISLNK(st.st_mode) and "\n" in os.readlink(full))]
     if odd:
         raise ManifestError(
             f"{len(odd)} file name(s) or link target(s) in {root.name} hold a newline, which the bundle's deploy.sh cannot deploy: "
@@ -195,7 +197,16 @@ def write(root: Path, manifest: Manifest, known: Known | None = None) -> None:
     (root / META_DIR).mkdir(exist_ok=True)
     (root / MANIFEST).write_bytes(manifest.to_json())
     (root / FACTS).write_bytes(render_facts(manifest))
-    (root / RECORD).write_bytes(render_record(scan(root, known)))
+    (root / RECORD).write_bytes(render_record(scan(root, known, _with_meta_dir(root, walked))))
+
+
+def _with_meta_dir(root: Path, walked: list[tuple[str, str, os.stat_result]]) -> list[tuple[str, str, os.stat_result]]:
+    """``walked`` with ``.shipenv/`` as it is now, where :func:`walk_stat` puts it (after the top's files and the directories sorting before it)."""
+    top = META_DIR.as_posix()
+    rest = [e for e in walked if not e[0].startswith(top + "/")]
+    at = next((i for i, (rel, _f, _s) in enumerate(rest) if "/" in rel and rel.partition("/")[0] > top), len(rest))
+    fresh = [(f"{top}/{rel}", full, st) for rel, full, st in walk_stat(root / META_DIR)]
+    return rest[:at] + fresh + rest[at:]
 
 
 def read(root: Path) -> Manifest:
