@@ -131,3 +131,15 @@ def test_an_output_whose_report_names_the_staging_directory_is_not_kept(tmp_path
     sbom.write_text("{}")
     outputs.keep(store, "a" * 64, _result(tmp_path), sbom, [], fresh="/opt/buildhost")
     assert outputs.lookup(store, "a" * 64) is None
+
+
+def test_a_hit_marks_the_entry_used_and_stays_a_hit(tmp_path: Path) -> None:
+    """``shipenv cache --prune`` goes by the entry's mtime; touching it must not void the files' ctime check."""
+    store = cache.BuildCache(tmp_path / "cache")
+    sbom = tmp_path / "sbom.json"
+    sbom.write_text("{}")
+    outputs.keep(store, "a" * 64, _result(tmp_path), sbom, [], fresh="/tmp/staging")
+    (entry,) = (tmp_path / "cache" / "outputs").glob("*/*")
+    os.utime(entry, (1, 1))
+    assert outputs.lookup(store, "a" * 64) is not None and entry.stat().st_mtime > 1
+    assert outputs.lookup(store, "a" * 64) is not None

@@ -214,6 +214,7 @@ class BuildCache:
             log.warning("cache: dropping damaged output %s (%s)", entry_key[:12], exc)
             self._drop(entry)
             return None
+        _used(entry)  # the directory, not the files: their ctime is what the next hit checks
         log.debug("cache: hit output %s", entry_key[:12])
         return entry, meta["about"]
 
