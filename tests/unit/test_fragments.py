@@ -12,13 +12,12 @@ import io
 import logging
 import os
 import subprocess
-import tarfile
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from shipenv.bundle import archive, fragments
+from shipenv.bundle import archive, fragments, tarstream
 
 EPOCH = 1577836800
 
@@ -46,7 +45,7 @@ def pack(root: Path, dest: Path, store: Path | None, fmt: str = "tar.zst") -> ar
     return fragments.write(root, dest, fmt, level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=parts)
 
 
-def members(path: Path) -> list[tarfile.TarInfo]:
+def members(path: Path) -> list[tarstream.Header]:
     with archive.open_stream(path) as tar:
         return list(tar)
 

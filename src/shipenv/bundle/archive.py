@@ -43,16 +43,18 @@ archive at all) into one :class:`ArchiveError` sentence. It is the low-level
 stream only: every user reads a bundle through :mod:`shipenv.bundle.reader`,
 which holds the rules a member must keep.
 
-The module runs past the house's 400 lines because it is the tar format in both
-directions: the header rules the writer follows and the bounds the stream reader
-puts on the same headers are kept side by side, so they cannot drift apart.
+The tar headers of a stream are parsed by :mod:`shipenv.bundle.tarstream` (the
+bounds on extended headers, the refusal of sparse members, every damaged
+header as one sentence); this module picks the decoder and checks the ends of
+the stream. It runs past the house's 400 lines because it is the writer whole:
+the order, the normalized metadata and the framing that make an archive
+byte-reproducible are kept in one place, so they cannot drift apart.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import os
 import stat
@@ -65,7 +67,8 @@ from typing import BinaryIO, Literal
 
 from shipenv.bundle import codecs as _codecs
 from shipenv.bundle.codecs import CHUNK, Encoder
-from shipenv.errors import ArchiveError, RefusedArchive, UsageError, listing
+from shipenv.bundle.tarstream import TarReader
+from shipenv.errors import ArchiveError, UsageError, listing
 
 log = logging.getLogger(__name__)
 
@@ -429,104 +432,27 @@ def detect(path: Path) -> str:
     )
 
 
-#: The largest pax extended header or GNU long name/link a reader accepts. shipenv
-#: writes a few hundred bytes at most (a long path, a long link target); Python's
-#: tarfile would read whatever a header declares into memory (1 GiB for a 36 KB
-#: archive), so the size is checked before a byte of it is read.
-HEADER_LIMIT = 256 << 10
-#: What tarfile's stream asks of the decoder at a time. Its ``_Stream`` joins and slices
-#: its buffer on every read, a 512-byte header included: with 1 MiB that was half of a
-#: deploy's time (a 13,000-file bundle: 5.5 s of CPU to read, 2.3 s with 16 KiB).
-_TAR_BUFSIZE = 16 << 10
-_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
-
-
-class HeaderTooLarge(tarfile.HeaderError):
-    """Internal: an extended header larger than :data:`HEADER_LIMIT`, or a GNU sparse member."""
-
-    def __init__(self, name: str, size: int, sparse: bool = False) -> None:
-        super().__init__(name)
-        self.name, self.size, self.sparse = name, size, sparse
-
-
-class _BoundedInfo(tarfile.TarInfo):
-    """A member header whose extended headers are bounded before they are read."""
-
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _EXTENDED and self.size > HEADER_LIMIT:
-            raise HeaderTooLarge(self.name, self.size)
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise HeaderTooLarge(self.name, self.size, sparse=True)
-        return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
-
-
-class _TarFile(tarfile.TarFile):
-    """Remembers whether the reader got to the end-of-archive marker; bounds extended headers."""
-
-    ended = False
-    tarinfo = _BoundedInfo
-
-    def next(self) -> tarfile.TarInfo | None:
-        member = super().next()
-        if member is None:
-            self.ended = True
-        return member
-
-
 @contextlib.contextmanager
-def open_stream(path: Path) -> Iterator[tarfile.TarFile]:
-    """The archive as a streaming ``tarfile`` (``"r|"``): members in order, each read once.
+def open_stream(path: Path) -> Iterator[TarReader]:
+    """The archive's members in order, each read once (:class:`~shipenv.bundle.tarstream.TarReader`).
 
     Damaged data raises :class:`ArchiveError` with one sentence, never a
-    zstd/zlib/lzma/tarfile exception. When the caller reads every member,
-    the rest of the stream (padding, checksums, trailers) is read and checked
-    on exit too; a caller that stops early (``inspect``) does not pay for it.
+    zstd/zlib/lzma exception; a hostile header (one larger than any bundle
+    needs, a sparse member) :class:`RefusedArchive`. When the caller reads
+    every member, the rest of the stream (padding, checksums, trailers) is
+    read and checked on exit too; a caller that stops early (``inspect``)
+    does not pay for it.
     """
     fmt = detect(path)
     with path.open("rb") as f, contextlib.ExitStack() as stack:
         if fmt == "tar":
             _check_plain_tar(f, path)
-        stream = io.BufferedReader(_codecs.read_ahead(fmt, f, path), CHUNK)
-        stack.callback(stream.close)  # stops the decoding thread before f closes
-        try:
-            # Small: tarfile's stream copies its whole buffer on every read, headers included.
-            tar = _TarFile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFSIZE)
-        except HeaderTooLarge as exc:
-            raise _too_large(path, exc) from None
-        except (tarfile.TarError, EOFError) as exc:
-            raise _tar_error(path, fmt, exc, first=True) from exc
-        assert isinstance(tar, _TarFile)
-        with tar:
-            try:
-                yield tar
-            except HeaderTooLarge as exc:
-                raise _too_large(path, exc) from None
-            except (tarfile.ReadError, tarfile.HeaderError, tarfile.CompressionError, EOFError) as exc:
-                raise _tar_error(path, fmt, exc) from exc
-            if tar.ended:
-                while stream.read(CHUNK):
-                    pass
-
-
-def _too_large(path: Path, exc: HeaderTooLarge) -> RefusedArchive:
-    if exc.sparse:
-        why = f"entry {exc.name!r} is a sparse file, which shipenv build never writes"
-    else:
-        why = "an extended tar header is larger than any bundle needs"
-    log.info("%s: an extended header of %d bytes, above the limit of %d", path, exc.size, HEADER_LIMIT)
-    return RefusedArchive(
-        f"Refused {path.name}: {why}; nothing was deployed.",
-        hint="Copy the archive again (compare it with its .sha256) or rebuild it with shipenv build.",
-    )
-
-
-def _tar_error(path: Path, fmt: str, exc: BaseException, *, first: bool = False) -> ArchiveError:
-    text = str(exc)
-    if isinstance(exc, EOFError) or "unexpected end of data" in text:
-        return _codecs.truncated(path, _CODEC_NAMES[fmt])
-    if first:  # decompressed fine, but what came out is not tar
-        return _codecs.corrupt(path, f"the {_CODEC_NAMES[fmt]} stream does not hold a tar archive: {text}")
-    return _codecs.corrupt(path, text or type(exc).__name__)
+        raw = _codecs.read_ahead(fmt, f, path)
+        stack.callback(raw.close)  # stops the decoding thread before f closes
+        tar = TarReader(raw, path, _CODEC_NAMES[fmt])
+        yield tar
+        if tar.ended:
+            tar.drain()
 
 
 def _check_plain_tar(f: BinaryIO, path: Path) -> None:

@@ -40,8 +40,8 @@ The rules (each a sentence in :class:`~shipenv.errors.RefusedArchive`):
    target equal to RECORD's and not leaving the release, lexically or through
    other symlinks of the archive (checked at the end, against the archive's own
    symlinks, before the caller trusts the tree).
-7. A hard link only to a regular file earlier in the same archive (``tarfile``
-   writes those), with RECORD's digest for its own name.
+7. A hard link only to a regular file earlier in the same archive (Python's
+   ``tarfile`` writes those), with RECORD's digest for its own name.
 8. Everything RECORD lists is in the archive.
 
 Two modes. **strict** (deploy, ``verify --run``): the first problem raises
@@ -63,15 +63,15 @@ import hashlib
 import posixpath
 import re
 import stat
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 from shipenv.bundle import archive as archive_io
-from shipenv.bundle import manifest
+from shipenv.bundle import manifest, tarstream
 from shipenv.bundle.manifest import Manifest, RecordEntry
+from shipenv.bundle.tarstream import Header, MemberFile, TarReader
 from shipenv.errors import ArchiveError, ManifestError, RefusedArchive, ShipenvError, VerifyError, listing
 
 Kind = Literal["dir", "file", "symlink", "hardlink"]
@@ -84,7 +84,7 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _MANIFEST = manifest.MANIFEST.as_posix()
 _RECORD = manifest.RECORD.as_posix()
 _FACTS = manifest.FACTS.as_posix()
-_KINDS = {tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device", tarfile.FIFOTYPE: "a FIFO"}
+_KINDS = {tarstream.CHRTYPE: "a character device", tarstream.BLKTYPE: "a block device", tarstream.FIFOTYPE: "a FIFO"}
 _HINT = "Copy the archive again (compare it with its .sha256) or rebuild it with shipenv build."
 _MAX_HOPS = 40  # symlinks followed while resolving one path, as Linux does
 _CHUNK = 1 << 20
@@ -126,7 +126,7 @@ class Findings:
 class MemberStream:
     """The bytes of one file member, hashed as they are read; reads at most the member's size."""
 
-    def __init__(self, raw: IO[bytes] | None, data: bytes | None = None) -> None:
+    def __init__(self, raw: MemberFile | None, data: bytes | None = None) -> None:
         self._raw = raw
         self._data = data
         self._pos = 0
@@ -135,22 +135,31 @@ class MemberStream:
         self.ended = False
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (all that is left when ``n`` < 0), copied."""
+        if n >= 0:
+            return bytes(self.view(n))
+        parts = []
+        while piece := self.view(_CHUNK):
+            parts.append(piece)
+        return b"".join(parts)
+
+    def view(self, n: int) -> memoryview:
+        """Up to ``n`` (> 0) bytes without a copy (a view of the decoder's chunk); empty at the end."""
         if self._data is not None:
-            end = len(self._data) if n < 0 else self._pos + n
-            chunk = self._data[self._pos : end]
+            chunk = memoryview(self._data)[self._pos : self._pos + n]
             self._pos += len(chunk)
         else:
-            chunk = self._raw.read(n) if self._raw is not None else b""
+            chunk = self._raw.view(n) if self._raw is not None else memoryview(b"")
         if chunk:
             self.sha256.update(chunk)
             self.size += len(chunk)
-        elif n != 0:
+        else:
             self.ended = True
         return chunk
 
     def drain(self) -> None:
         while not self.ended:
-            self.read(_CHUNK)
+            self.view(_CHUNK)
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ class _Skip(Exception):
 class Reader:
     """One pass over a bundle archive: :attr:`head` at once, then :meth:`members`."""
 
-    def __init__(self, path: Path, tar: tarfile.TarFile, *, collect: bool = False,
+    def __init__(self, path: Path, tar: TarReader, *, collect: bool = False,
                  outcome: str = "nothing was deployed") -> None:
         self.path = path
         self.collect = collect
@@ -184,8 +193,8 @@ class Reader:
         self._tar = tar
         self._members = iter(tar)
         self._top = ""
-        self._early: list[tarfile.TarInfo] = []  # directories before manifest.json
-        self._head_files: dict[str, tuple[tarfile.TarInfo, bytes]] = {}
+        self._early: list[Header] = []  # directories before manifest.json
+        self._head_files: dict[str, tuple[Header, bytes]] = {}
         self._dirs: set[str] = {""}
         self._files: dict[str, str] = {}  # regular files seen → sha256 (for hard links)
         self._symlinks: dict[str, str] = {}
@@ -260,8 +269,7 @@ class Reader:
                 raise self._not_a_bundle(f"{member.name!r} appears twice")
             if member.size > HEAD_LIMIT:
                 raise self._not_a_bundle(f"{member.name!r} is implausibly large ({member.size:,} bytes)")
-            f = self._tar.extractfile(member)
-            self._head_files[rel] = (member, f.read() if f is not None else b"")
+            self._head_files[rel] = (member, self._tar.extractfile(member).read())
             if len(self._head_files) == 2:
                 break
         if len(self._head_files) < 2:
@@ -341,7 +349,7 @@ class Reader:
                 digest != entry.sha256 or stream.size != entry.size):
             self._differs(member.rel, f"the bytes of {member.name!r} differ from its RECORD entry")
 
-    def _check(self, info: tarfile.TarInfo, data: MemberStream | None = None) -> Member | None:
+    def _check(self, info: Header, data: MemberStream | None = None) -> Member | None:
         rel = self._rel(info.name)
         if rel is None:
             return None
@@ -351,7 +359,7 @@ class Reader:
             self._seen.add(rel)
             return None
 
-    def _checked(self, info: tarfile.TarInfo, rel: str, data: MemberStream | None) -> Member:
+    def _checked(self, info: Header, rel: str, data: MemberStream | None) -> Member:
         kind: Kind
         if info.isdir():
             kind = "dir"
@@ -397,7 +405,7 @@ class Reader:
         self._open = (member, data)
         return member
 
-    def _hardlink(self, info: tarfile.TarInfo, rel: str, mode: int) -> Member:
+    def _hardlink(self, info: Header, rel: str, mode: int) -> Member:
         parts = [p for p in info.linkname.split("/") if p not in ("", ".")]
         source = "/".join(parts[1:]) if parts and parts[0] == self._top and ".." not in parts else None
         if info.linkname.startswith("/") or source is None or not self._files.get(source):
