@@ -14,14 +14,25 @@ directory ends as the archive says, masked (0755 for what shipenv builds).
 Owners in the archive are ignored: files belong to whoever unpacks. OSErrors
 (a full disk, a name too long) propagate; the caller removes ``dest``.
 
-Files are written by a thread of their own (:class:`_Writer`): the reading
-thread parses, checks and hashes; the writer opens, writes, sets modes and
-times, and makes the archive's own hard links, in archive order, with at most
-16 chunks (16 MiB) queued. ``os.open`` and ``os.write`` release the GIL, so on
-two cores the two overlap. Directories and symlinks are made by the reading
-thread before anything below them is queued, so the writer never waits for
-them; the writer is drained, and its first error raised, before
-:func:`unpack` sets the directories' modes and returns.
+Files are written by two threads of their own (:class:`_Writers`): the
+reading thread parses, checks and hashes; the writers create files, write
+them, set modes and times, and make the archive's own hard links. Creating an
+inode is mostly kernel time (a quarter to half a millisecond on an ext4
+without a journal) that releases the GIL, so two writers on two cores halve
+it. A file goes to one writer whole: one queued op (``"file"``: open, every
+byte, fchmod, utime, close) for a file of up to :data:`SMALL` bytes, the views
+of the decoder's chunks it arrived in, never copied; a larger one as
+``"open"``, ``"data"``... ``"close"`` on the same writer, in order. Each
+writer holds at most :data:`_DEPTH` ops (a few tens of MiB in all). What the
+order promises:
+
+- a directory exists before anything in it: directories and symlinks are made
+  by the reading thread before anything below them is queued;
+- a hard link of the archive is made after its source is complete: it is
+  queued on the writer that writes the source, behind it;
+- the first OSError of either writer (a full disk) reaches the caller: the
+  reading thread raises it at its next op, or :func:`unpack` when it has
+  drained both writers, before it sets the directories' modes and returns.
 """
 
 from __future__ import annotations
@@ -41,15 +52,34 @@ Progress = Callable[[int, int], None]
 #: (member, where it goes) → True when the caller made it (a hard link to an identical file) instead.
 Link = Callable[[Member, Path], bool]
 
-_CHUNK = 1 << 20
+#: Files up to this size are queued as one op; larger ones in pieces of this size.
+SMALL = 1 << 20
 _DEPTH = 16
+_WRITERS = 2
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
-#: ("open", path, mode, mtime), ("data", bytes), ("close",), ("link", source, target), ("end",)
-_Op = tuple[str] | tuple[str, bytes] | tuple[str, str, str] | tuple[str, str, int, int]
+
+
+class _Op:
+    """One queued write: ``file`` (open, write ``pieces``, fchmod, utime, close), ``open``, ``data``, ``close``, ``link`` or ``end``."""
+
+    __slots__ = ("kind", "mode", "mtime", "path", "pieces", "target")
+
+    def __init__(self, kind: str, path: str = "", mode: int = 0, mtime: int = 0, pieces: list[memoryview] | None = None,
+                 target: str = "") -> None:
+        self.kind = kind
+        self.path = path
+        self.mode = mode
+        self.mtime = mtime
+        self.pieces = pieces or []
+        self.target = target
+
+
+_END = _Op("end")
 
 
 class _Writer:
-    """Runs the file system's writes of one unpack in order, in a thread of its own; the first OSError is kept."""
+    """Runs one queue of file system writes in order, in a thread of its own; the first OSError is kept."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[_Op] = queue.Queue(_DEPTH)
@@ -59,21 +89,16 @@ class _Writer:
         self._thread.start()
 
     def put(self, op: _Op) -> None:
-        if self.error is not None:
-            raise self.error
         self._queue.put(op)
 
-    def finish(self, *, check: bool = True) -> None:
-        """Wait for every queued write; raise the first that failed (unless ``check`` is false)."""
-        self._queue.put(("end",))
+    def join(self) -> None:
+        self._queue.put(_END)
         self._thread.join()
-        if check and self.error is not None:
-            raise self.error
 
     def _run(self) -> None:
         while True:
             op = self._queue.get()
-            if op[0] == "end":
+            if op is _END:
                 break
             if self.error is not None:
                 continue  # drain: the reading thread raises the error at its next put
@@ -86,26 +111,61 @@ class _Writer:
             self._fd = -1
 
     def _do(self, op: _Op) -> None:
-        kind = op[0]
-        if kind == "data":
-            assert len(op) == 2 and isinstance(op[1], bytes)
-            view = memoryview(op[1])
-            while view:
-                view = view[os.write(self._fd, view):]
+        kind = op.kind
+        if kind == "file":
+            fd = os.open(op.path, _FLAGS, 0o600)
+            try:
+                _write(fd, op.pieces)
+                os.fchmod(fd, op.mode)
+                os.utime(fd, (op.mtime, op.mtime))
+            finally:
+                os.close(fd)
+        elif kind == "data":
+            _write(self._fd, op.pieces)
         elif kind == "open":
-            assert len(op) == 4 and isinstance(op[1], str) and isinstance(op[2], int) and isinstance(op[3], int)
-            self._fd = os.open(op[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            self._mode, self._mtime = op[2], op[3]
+            self._fd = os.open(op.path, _FLAGS, 0o600)
         elif kind == "close":
             fd, self._fd = self._fd, -1
             try:
-                os.fchmod(fd, self._mode)
-                os.utime(fd, (self._mtime, self._mtime))
+                os.fchmod(fd, op.mode)
+                os.utime(fd, (op.mtime, op.mtime))
             finally:
                 os.close(fd)
         else:
-            assert len(op) == 3 and isinstance(op[1], str) and isinstance(op[2], str)
-            os.link(op[1], op[2], follow_symlinks=False)
+            os.link(op.path, op.target, follow_symlinks=False)
+
+
+def _write(fd: int, pieces: list[memoryview]) -> None:
+    for view in pieces:
+        while view:
+            view = view[os.write(fd, view):]
+
+
+class _Writers:
+    """The writing threads of one unpack; files alternate between them, a file's ops stay on one."""
+
+    def __init__(self) -> None:
+        self._all = [_Writer() for _ in range(_WRITERS)]
+        self._next = 0
+
+    def pick(self) -> _Writer:
+        self._next = (self._next + 1) % len(self._all)
+        return self._all[self._next]
+
+    def put(self, writer: _Writer, op: _Op) -> None:
+        """Queue ``op``; raise the first error a writer met (the reading thread stops there)."""
+        for w in self._all:
+            if w.error is not None:
+                raise w.error
+        writer.put(op)
+
+    def finish(self, *, check: bool = True) -> None:
+        """Wait for every queued write; raise the first that failed (unless ``check`` is false)."""
+        for w in self._all:
+            w.join()
+        for w in self._all:
+            if check and w.error is not None:
+                raise w.error
 
 
 @dataclass(frozen=True)
@@ -124,43 +184,48 @@ def unpack(reader: Reader, dest: Path, *, link: Link | None = None, progress: Pr
 class _Unpack:
     def __init__(self, dest: Path, link: Link | None, progress: Progress | None) -> None:
         self.dest = dest
+        self.root = os.fspath(dest)  # paths are joined as str: no Path object per member
         self.link = link
         self.progress = progress
         self.dirs: dict[str, int] = {"": 0o755}  # made by us → final mode
         self.files = self.written = self.linked_files = self.linked = 0
+        self._writer_of: dict[str, _Writer] = {}  # files queued → their writer, which a hard link to one follows
         self._last_report = 0.0
 
     def run(self, reader: Reader) -> Stats:
         os.mkdir(self.dest, 0o700)
-        self.writer = _Writer()
+        self.writers = _Writers()
         try:
             self._members(reader)
         except BaseException:
-            self.writer.finish(check=False)  # the reader's refusal, not what the writer met after it
+            self.writers.finish(check=False)  # the reader's refusal, not what a writer met after it
             raise
-        self.writer.finish()
+        self.writers.finish()
         for rel in sorted(self.dirs, key=lambda d: d.count("/") if d else -1, reverse=True):
-            os.chmod(self.dest / rel if rel else self.dest, self.dirs[rel])
+            os.chmod(f"{self.root}/{rel}" if rel else self.root, self.dirs[rel])
         if self.progress is not None:
             self.progress(self.files, self.written + self.linked)
         return Stats(self.files, self.written, self.linked_files, self.linked)
 
     def _members(self, reader: Reader) -> None:
+        root, dirs = self.root, self.dirs
         for member in reader.members():
+            rel = member.rel
             if member.kind == "dir":
-                if member.rel not in self.dirs:
-                    self._parents(member.rel)
-                    os.mkdir(self.dest / member.rel, 0o700)
-                self.dirs[member.rel] = member.mode
+                if rel not in dirs:
+                    self._parents(rel)
+                    os.mkdir(f"{root}/{rel}", 0o700)
+                dirs[rel] = member.mode
                 continue
-            self._parents(member.rel)
-            target = self.dest / member.rel
+            self._parents(rel)
+            target = f"{root}/{rel}"
             if member.kind == "file":
                 self._file(member, target)
             elif member.kind == "symlink":
                 os.symlink(member.target, target)
             else:
-                self.writer.put(("link", str(self.dest / member.target), str(target)))
+                writer = self._writer_of.get(member.target) or self.writers.pick()
+                self.writers.put(writer, _Op("link", f"{root}/{member.target}", target=target))
             self._done()
 
     def _parents(self, rel: str) -> None:
@@ -171,25 +236,35 @@ class _Unpack:
             missing.append(parent)
             parent = posixpath.dirname(parent)
         for d in reversed(missing):
-            os.mkdir(self.dest / d, 0o755)
+            os.mkdir(f"{self.root}/{d}", 0o755)
             self.dirs[d] = 0o755
 
-    def _file(self, member: Member, target: Path) -> None:
+    def _file(self, member: Member, target: str) -> None:
         src = member.stream
         assert src is not None
-        if self.link is not None and self.link(member, target):
+        if self.link is not None and self.link(member, Path(target)):
             self.linked += member.size
             self.linked_files += 1
             return  # the reader still reads and checks the archive's bytes
-        self.writer.put(("open", str(target), member.mode, member.mtime))
-        while chunk := src.read(_CHUNK):
-            self.written += len(chunk)
-            self.writer.put(("data", chunk))
-        self.writer.put(("close",))
+        writer = self.writers.pick()
+        self._writer_of[member.rel] = writer
+        if member.size <= SMALL:  # one op: the views of the chunks it arrived in (one, or two across a chunk's end)
+            pieces = []
+            while piece := src.view(SMALL):
+                pieces.append(piece)
+                self.written += len(piece)
+            self.writers.put(writer, _Op("file", target, member.mode, member.mtime, pieces))
+            return
+        self.writers.put(writer, _Op("open", target))
+        while piece := src.view(SMALL):
+            self.written += len(piece)
+            self.writers.put(writer, _Op("data", pieces=[piece]))
+        self.writers.put(writer, _Op("close", mode=member.mode, mtime=member.mtime))
 
     def _done(self) -> None:
         self.files += 1
-        now = time.monotonic()
-        if self.progress is not None and now - self._last_report > 0.1:
-            self._last_report = now
-            self.progress(self.files, self.written + self.linked)
+        if self.progress is not None:
+            now = time.monotonic()
+            if now - self._last_report > 0.1:
+                self._last_report = now
+                self.progress(self.files, self.written + self.linked)
