@@ -403,6 +403,9 @@ def _check_sum(buf: bytes) -> None:
 
 def _number(field: bytes) -> int:
     """An octal number (spaces and NULs around it) or GNU base-256 (first byte 0x80 positive, 0xff negative)."""
+    digits = field[:-1]
+    if field[-1] == 0 and digits.isdigit() and b"8" not in digits and b"9" not in digits:
+        return int(digits, 8)  # what every tar writes: zero-padded digits and a NUL (isdigit: no sign, no "_")
     first = field[0]
     if first == 0o200:
         return int.from_bytes(field[1:], "big")
