@@ -1,8 +1,11 @@
-"""The writer of a bundle to disk: its writing thread ends, and its errors reach the caller."""
+"""The writer of a bundle to disk: every file whole whichever thread wrote it, its writing threads end, and their errors reach the caller."""
 
 from __future__ import annotations
 
 import errno
+import os
+import stat
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,18 @@ import pytest
 
 from shipenv.bundle import reader as _reader
 from shipenv.bundle import unpack as _unpack
-from tests.helpers import check_release, make_tree, pack, small_tmpfs
+from tests.helpers import (
+    check_release,
+    entry,
+    file_member,
+    link_member,
+    make_tree,
+    members_of,
+    pack,
+    small_tmpfs,
+    with_record,
+    write_tar,
+)
 
 
 def _writing_threads() -> list[threading.Thread]:
@@ -40,4 +54,24 @@ def test_a_full_disk_while_writing_raises_enospc(tmp_path: Path, tiny_disk: Path
     with _reader.open_bundle(archive) as reader, pytest.raises(OSError) as info:
         _unpack.unpack(reader, tiny_disk / "out")
     assert info.value.errno == errno.ENOSPC
+    assert not _writing_threads()
+
+
+def test_files_big_and_small_and_hard_links_to_them_are_written_whole(tmp_path: Path) -> None:
+    # Files alternate between the two writers; a big one goes in pieces, a hard link waits for its source.
+    sizes = [0, 1, 511, 512, 1 << 20, (1 << 20) + 1, 3 << 20, 7, 4096, 100_000]
+    files = {f"lib/f{i}": os.urandom(size) for i, size in enumerate(sizes)}
+    extra = [file_member(f"app-1.0/{rel}", data, 0o755 if i % 2 else 0o644) for i, (rel, data) in enumerate(files.items())]
+    extra += [link_member(f"app-1.0/{rel}.link", f"app-1.0/{rel}", tarfile.LNKTYPE) for rel in files]
+    members = with_record(members_of(make_tree(tmp_path / "t", "1.0")) + extra,
+                          *(entry(rel, data) for rel, data in files.items()), *(entry(f"{rel}.link", data) for rel, data in files.items()))
+    archive = write_tar(tmp_path / "app-1.0.tar.gz", members)
+    with _reader.open_bundle(archive) as reader:
+        stats = _unpack.unpack(reader, tmp_path / "out")
+    check_release(tmp_path / "out")
+    for i, rel in enumerate(files):
+        st, link = os.stat(tmp_path / "out" / rel), os.stat(tmp_path / "out" / f"{rel}.link")
+        assert st.st_ino == link.st_ino and st.st_nlink == 2
+        assert stat.S_IMODE(st.st_mode) == (0o755 if i % 2 else 0o644) and st.st_mtime == 0
+    assert stats.written_bytes >= sum(sizes)
     assert not _writing_threads()

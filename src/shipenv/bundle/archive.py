@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import stat
 import tarfile
@@ -69,8 +68,6 @@ from shipenv.bundle import codecs as _codecs
 from shipenv.bundle.codecs import CHUNK, Encoder
 from shipenv.bundle.tarstream import TarReader
 from shipenv.errors import ArchiveError, UsageError, listing
-
-log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 Kind = Literal["dir", "file", "symlink", "other"]
