@@ -136,7 +136,9 @@ class MemberStream:
 
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (all that is left when ``n`` < 0), copied."""
-        if n >= 0:
+        if n == 0:
+            return b""
+        if n > 0:
             return bytes(self.view(n))
         parts = []
         while piece := self.view(_CHUNK):

@@ -239,7 +239,7 @@ class TarReader:
     def read(self, n: int) -> memoryview:
         """Up to ``n`` (> 0) bytes of the current member's data, as a view of the decoder's chunk; empty at its end."""
         left = self._left
-        if not left:
+        if not left or n <= 0:
             return _EMPTY
         piece = self._take(n if n < left else left)
         if not piece:
