@@ -354,6 +354,26 @@ def test_an_error_in_the_middle_removes_the_partial_archive(tree: Path, tmp_path
     assert calls and not dest.exists()
 
 
+@pytest.mark.parametrize("change", [b"grown", b""])
+@pytest.mark.parametrize("size", [10, _codecs.CHUNK - 600, 3 * _codecs.CHUNK])
+def test_a_file_that_changes_size_while_it_is_packed_is_an_error(tmp_path: Path, change: bytes, size: int) -> None:
+    """Grown or cut short between the walk and its read: one sentence naming it, never a tar stream that lies."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "f.bin").write_bytes(os.urandom(size))
+    entries = archive.members(root, "x-1", EPOCH)
+    with open(root / "f.bin", "r+b") as f:
+        if change:
+            f.seek(0, os.SEEK_END)
+            f.write(change)
+        else:
+            f.truncate(size - 5)
+    tar = archive.TarStream(_codecs.Plain(io.BytesIO()), None)
+    tar.add(entries[0], ".")
+    with pytest.raises(ArchiveError, match=r"^f\.bin changed size while it was being packed\.$"):
+        tar.add(entries[1], "f.bin")
+
+
 def test_progress_ends_with_the_totals(tree: Path, tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     pack(tree, tmp_path / "a.tar.zst", progress=lambda f, b: calls.append((f, b)))
