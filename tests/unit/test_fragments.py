@@ -11,13 +11,18 @@ from __future__ import annotations
 import io
 import logging
 import os
+import random
+import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from shipenv.bundle import archive, fragments, tarstream
+from shipenv.errors import ArchiveError
+from tests.helpers import small_tmpfs
 
 EPOCH = 1577836800
 
@@ -130,3 +135,96 @@ def test_other_formats_are_written_in_one_pass(tmp_path: Path) -> None:
     packed = pack(root, tmp_path / "a.tar.xz", store, fmt="tar.xz")
     single = archive.write(root, tmp_path / "b.tar.xz", "tar.xz", level=None, threads=2, mtime=EPOCH, arcname="app-1.0")
     assert packed.sha256 == single.sha256 and not store.exists()
+
+
+# -- fragments compressed in parallel ---------------------------------------------------------
+
+
+def big_tree(base: Path, pieces: int = 150) -> tuple[Path, list[fragments.Fragment], list[fragments.Fragment]]:
+    """make_tree with fragment a over zstd's 8 MiB job size (several jobs, every worker busy), and the two fragments with and without a store."""
+    root = make_tree(base / "tree")
+    rng = random.Random(5)
+    chunk = rng.randbytes(64 << 10)
+    (root / "lib" / "a" / "big.bin").write_bytes(b"".join(chunk[rng.randrange(4096) :] for _ in range(pieces)) + rng.randbytes(512 << 10))
+    (root / "lib" / "b" / "mid.bin").write_bytes(rng.randbytes(3 << 20))
+    paths = [frozenset({"lib/a/one.py", "lib/a/link", "lib/a/big.bin"}), frozenset({"lib/b/two.py", "lib/b/sub/three.txt", "lib/b/mid.bin"})]
+    store = base / "store"
+    return root, [fragments.Fragment(p) for p in paths], [fragments.Fragment(p, store / n) for p, n in zip(paths, "ab")]
+
+
+def threads_alive() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("shipenv-pack")]
+
+
+@pytest.mark.parametrize("fmt", ["tar.zst", "tar.gz"])
+def test_the_bytes_do_not_depend_on_the_thread_count_or_what_the_store_holds(tmp_path: Path, fmt: str) -> None:
+    root, bare, kept = big_tree(tmp_path, 150 if fmt == "tar.zst" else 30)  # gzip's blocks are 1 MiB
+    store = tmp_path / "store"
+
+    def sha(threads: int, parts: list[fragments.Fragment]) -> str:
+        dest = tmp_path / f"out.{fmt}"
+        packed = fragments.write(root, dest, fmt, level=None, threads=threads, mtime=EPOCH, arcname="app-1.0", fragments=parts)
+        dest.unlink()
+        return packed.sha256
+
+    seen = {}
+    for threads in (1, 2, 8):
+        seen[f"no store, {threads} threads"] = sha(threads, bare)
+        shutil.rmtree(store, ignore_errors=True)
+        seen[f"empty store, {threads} threads"] = sha(threads, kept)
+        seen[f"full store, {threads} threads"] = sha(threads, kept)
+        for frag in (store / "b").glob("*.frag"):
+            frag.unlink()
+        seen[f"half the store, {threads} threads"] = sha(threads, kept)
+    assert len(set(seen.values())) == 1, seen
+    assert not threads_alive()
+
+
+def test_a_store_that_cannot_be_written_costs_the_store_not_the_archive(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, bare, kept = big_tree(tmp_path)
+    expected = fragments.write(root, tmp_path / "a.tar.zst", "tar.zst", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=bare)
+    (tmp_path / "a-file").write_text("not a directory")
+    with small_tmpfs(tmp_path / "tiny", "256k") as tiny, caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragments"):
+        # a's fragment fills the tiny store in the middle of its frame; b's store cannot even be made
+        parts = [fragments.Fragment(kept[0].paths, tiny / "a"), fragments.Fragment(kept[1].paths, tmp_path / "a-file" / "b")]
+        packed = fragments.write(root, tmp_path / "b.tar.zst", "tar.zst", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=parts)
+        assert not list(tiny.rglob("*.frag")) and not list(tiny.rglob(".*.*"))  # nothing half-kept
+    assert packed.sha256 == expected.sha256
+    assert caplog.text.count("cannot keep a fragment") == 2
+
+
+def test_a_full_output_directory_is_one_sentence_and_leaves_nothing(tmp_path: Path) -> None:
+    root, bare, _kept = big_tree(tmp_path)
+    with small_tmpfs(tmp_path / "tiny", "1m") as tiny:
+        with pytest.raises(ArchiveError, match=r"^Cannot write .*: No space left on device\.$"):
+            fragments.write(root, tiny / "a.tar.zst", "tar.zst", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=bare)
+        assert os.listdir(tiny) == []
+    assert not threads_alive()
+
+
+def test_a_fragment_that_fails_in_its_thread_is_the_archives_error(tmp_path: Path) -> None:
+    """A file of fragment b grows after the walk: the error reaches the writer as one sentence and every thread ends."""
+    root, _bare, kept = big_tree(tmp_path)
+    entries = archive.members(root, "app-1.0", EPOCH)
+    with open(root / "lib" / "b" / "mid.bin", "ab") as f:
+        f.write(b"more")
+    segments = fragments.split(entries, "app-1.0", kept)
+    c = archive.codec("tar.zst", None, 2)
+    parts = fragments.compressed(segments, c, "app-1.0", tmp_path, fragments._Progress(None))
+    with pytest.raises(ArchiveError, match=r"^lib/b/mid\.bin changed size while it was being packed\.$"):
+        for part in parts:
+            part.file.close()
+    parts.close()
+    assert not threads_alive()
+    assert len(list((tmp_path / "store" / "a").glob("*.frag"))) == 1  # a was done: kept for the next build
+    assert os.listdir(tmp_path / "store" / "b") == []  # b's half-written file removed
+
+
+def test_progress_over_fragments_only_grows_and_ends_with_the_totals(tmp_path: Path) -> None:
+    root, _bare, kept = big_tree(tmp_path)
+    calls: list[tuple[int, int]] = []
+    fragments.write(root, tmp_path / "a.tar.zst", "tar.zst", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=kept,
+                    progress=lambda f, b: calls.append((f, b)))
+    files = [e for e in archive.members(root, "app-1.0", EPOCH) if e.kind != "dir"]
+    assert calls[-1] == (len(files), sum(e.size for e in files))
+    assert calls == sorted(calls)

@@ -32,7 +32,8 @@ the archive:
   makes them; Linux ignores it); mtimes are clamped to ``mtime``
   (``SOURCE_DATE_EPOCH``); hard links are stored as plain files, symlinks as
   symlinks; the tar format is always PAX (POSIX.1-2001, read by GNU tar,
-  bsdtar and busybox), whose extended headers Python writes without host data;
+  bsdtar and busybox), its headers the bytes Python's ``tarfile`` writes
+  (:mod:`shipenv.bundle.ustar` builds them faster), without host data;
 - the compressors give the same bytes whatever the number of threads
   (zstd in its multi-threaded mode, gzip in fixed blocks; see
   :mod:`shipenv.bundle.codecs`), and the gzip header holds no name and mtime 0.
