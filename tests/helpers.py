@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from shipenv import templates
-from shipenv.bundle import manifest
+from shipenv.bundle import codecs, frames, manifest
 from shipenv.bundle.manifest import RecordEntry
 from shipenv.deploy import releases as deploy
 
@@ -175,6 +175,26 @@ def with_record(members: list[Member], *extra: RecordEntry, drop: tuple[str, ...
 
 def digest(data: bytes) -> RecordEntry:
     return RecordEntry("", hashlib.sha256(data).hexdigest(), len(data))
+
+
+def index_of(path: Path) -> frames.Index:
+    """The checked frame index of a ``.tar.zst`` (it must have one)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found = frames.read_index(fd, path, codecs.check_zstd_frames(fd, path))
+    finally:
+        os.close(fd)
+    assert found is not None, path
+    return found
+
+
+def rewrite_index(path: Path, dest: Path, change: Callable[[list[frames.Frame]], list[frames.Frame]]) -> Path:
+    """``path`` with its frame index replaced by ``change(frames)``: an index that lies about the frames it lists."""
+    data = path.read_bytes()
+    length = int.from_bytes(data[-frames.FOOTER : -len(frames.MAGIC)], "little")
+    body = data[: len(data) - frames.FOOTER - length - 8]
+    dest.write_bytes(body + frames.encode(change(list(index_of(path).frames))))
+    return dest
 
 
 def entry(path: str, data: bytes) -> RecordEntry:

@@ -78,7 +78,14 @@ def test_a_cached_build_gives_the_clean_builds_bytes_and_every_reader_takes_them
     _, zst2 = _archive(tmp_path / "zst2", cache, "tar.zst")  # ... and copied
     assert zst1.read_bytes() == zst2.read_bytes()
     # head, the interpreter, pyyaml, the rest, the directories and the end: one zstd frame each
-    assert "# Zstandard Frames: 5\n" in subprocess.run(["zstd", "-lv", str(zst2)], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(["zstd", "-lv", str(zst2)], capture_output=True, text=True, check=True).stdout
+    assert "# Zstandard Frames: 5\n" in listing and "# Skippable Frames: 1\n" in listing  # ... and the frame index
+    subprocess.run(["zstd", "-tq", str(zst2)], check=True)
+    gnu = tmp_path / "gnu-out"
+    gnu.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(zst2), "-C", str(gnu)], check=True)  # GNU tar passes over the index
+    assert run_shipenv("verify", gnu / "c-1").stdout.startswith("OK: ")
+    assert run_shipenv("verify", zst2).stdout.startswith("OK: ")  # python-zstandard's reader, every member
 
     # busybox tar (the static busybox root: no glibc) unpacks the gzip members with every mode right.
     out = tmp_path / "busybox-out"

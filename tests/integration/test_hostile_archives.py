@@ -11,11 +11,14 @@ byte) is refused too, exit status 3, with the reader's sentence. After a refusal
 nothing outside the release may have changed: a listing with hashes of the
 whole root and of a sentinel directory beside it is compared before and after
 (for deploy.sh: of the overlay's whole upper layer, which is every byte the run
-could have changed in the server's file system).
+could have changed in the server's file system). Rows about a ``.tar.zst``'s
+frame index (``shipenv_only``) run against ``shipenv deploy`` alone: deploy.sh
+never reads the index.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+from shipenv.bundle import fragments, frames
 from shipenv.bundle.manifest import RecordEntry
 from tests.chroots import OverlayRoot, root_path
 from tests.helpers import (
@@ -40,6 +44,7 @@ from tests.helpers import (
     make_tree,
     members_of,
     pack,
+    rewrite_index,
     run_shipenv,
     with_record,
     write_tar,
@@ -60,6 +65,7 @@ class Row:
     filename: str = "app-2.0.tar.gz"  #: the archive's name (the sniffing row names a gzip .tar.zst)
     modes: tuple[tuple[str, int], ...] = ()  #: a deployed row: (path in the release, the mode it must have)
     damaged: bool = False  #: the sentences begin the whole error line (ARCHIVE: the archive's path), not "Refused ...: "
+    shipenv_only: str = ""  #: why deploy.sh does not run this row (a .tar.zst's frame index, which only shipenv deploy reads)
 
 
 def _escape(members: list[Member], tmp: Path) -> list[Member]:
@@ -241,6 +247,45 @@ ROWS += [
 ]
 
 
+def _indexed(tmp: Path, change: Callable[[list[frames.Frame]], list[frames.Frame]]) -> bytes:
+    """app-2.0 as ``shipenv build`` packs a .tar.zst (bin/app-link and lib/shared.txt, the same as in app-1.0, a layer
+    of their own), its frame index rewritten by ``change``."""
+    tree = make_tree(tmp / "t2", "2.0")
+    layer = fragments.Fragment(frozenset({"bin/app-link", "lib/shared.txt"}))
+    made = fragments.write(tree, tmp / "made.tar.zst", "tar.zst", level=None, threads=1, mtime=1577836800, arcname="app-2.0",
+                           fragments=[layer])
+    return rewrite_index(made.path, tmp / "lied.tar.zst", change).read_bytes()
+
+
+def _omitted(fs: list[frames.Frame]) -> list[frames.Frame]:
+    fs[1] = dataclasses.replace(fs[1], members=tuple(m for m in fs[1].members if m.path != "lib/shared.txt"))
+    return fs
+
+
+def _claimed(fs: list[frames.Frame]) -> list[frames.Frame]:
+    """The layer's frame also claims deploy.sh (the same in app-1.0), which the head holds, and the head is always decoded."""
+    extra = next(m for m in fs[0].members if m.path == ".shipenv/deploy.sh")
+    fs[0] = dataclasses.replace(fs[0], members=tuple(m for m in fs[0].members if m.path != extra.path))
+    fs[1] = dataclasses.replace(fs[1], members=(*fs[1].members, extra))
+    return fs
+
+
+def _overlapping(fs: list[frames.Frame]) -> list[frames.Frame]:
+    fs[2] = dataclasses.replace(fs[2], offset=fs[2].offset - 1, length=fs[2].length + 1)
+    return fs
+
+
+_INDEX = "only shipenv deploy reads a .tar.zst's frame index, and the Debian minbase root has no zstd"
+ROWS += [
+    Row("index-omits-a-path-of-a-skipped-frame", None, "RECORD lists 1 file(s) the archive lacks: lib/shared.txt",
+        raw=lambda t: _indexed(t, _omitted), filename="app-2.0.tar.zst", shipenv_only=_INDEX),
+    Row("index-claims-a-path-of-a-decoded-frame", None, "'app-2.0/.shipenv/deploy.sh' appears twice",
+        raw=lambda t: _indexed(t, _claimed), filename="app-2.0.tar.zst", shipenv_only=_INDEX),
+    Row("index-frames-overlap", None, "ARCHIVE is corrupt (its frame index lists frame 2 at byte", damaged=True,
+        raw=lambda t: _indexed(t, _overlapping), filename="app-2.0.tar.zst", shipenv_only=_INDEX),
+]
+
+
 def snapshot(*dirs: Path) -> dict[str, tuple[object, ...]]:
     """Every path under ``dirs`` with its type, mode, and content hash or link target."""
     found: dict[str, tuple[object, ...]] = {}
@@ -275,11 +320,15 @@ def sh_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int
     v1 = pack(make_tree(base / "t1", "1.0"), base / "dist")
     binds: dict[Path, str] = {v1: "/in/app-1.0.tar.gz", Path(__file__).resolve().parents[2] / "templates" / "deploy.sh": "/in/deploy.sh"}
     for i, row in enumerate(ROWS):
+        if row.shipenv_only:
+            continue
         (base / f"row{i}").mkdir()
         binds[_archive(row, base / f"row{i}")] = f"/in/row{i}/{row.filename}"
     results: dict[str, tuple[int, str, bool, dict[str, int]]] = {}
     with OverlayRoot("bookworm") as server:
         for i, row in enumerate(ROWS):
+            if row.shipenv_only:
+                continue
             root = f"/srv/row{i}"
             done = server.run(["sh", "-c", f"mkdir -p /srv/outside{i} && echo keep > /srv/outside{i}/sentinel && "
                                            f"sh /in/deploy.sh deploy /in/app-1.0.tar.gz {root}"], binds=binds)
@@ -305,7 +354,7 @@ def test_both_deploys_give_the_rows_verdict(row: Row, sh_verdicts: dict[str, tup
     archive = _archive(row, tmp_path / "row")
     before = snapshot(root, outside)
     done = run_shipenv("deploy", archive, "--root", root, check=False)
-    sh_code, sh_last, sh_untouched, sh_modes = sh_verdicts[row.name]
+    sh_code, sh_last, sh_untouched, sh_modes = sh_verdicts.get(row.name, (0, "", True, {}))
     sh_refusal = f"error: Refused {row.filename}: {row.sh_sentence or row.sentence}; nothing was deployed."
     if row.sentence == DEPLOYED:
         assert done.returncode == 0 and done.stdout.startswith("Deployed app-2.0 and switched"), done.stderr
@@ -325,12 +374,16 @@ def test_both_deploys_give_the_rows_verdict(row: Row, sh_verdicts: dict[str, tup
     if row.damaged:  # 3 as well: a download that was cut or damaged is a refused archive
         line = next((x for x in done.stderr.splitlines() if x.startswith("error: ")), done.stderr)
         assert done.returncode == 3 and line.startswith("error: " + row.sentence.replace("ARCHIVE", str(archive))), done.stderr
+        if row.shipenv_only:
+            return
         sh_path = f"/in/row{ROWS.index(row)}/{row.filename}"
         assert sh_code == 3 and sh_last.startswith("error: " + (row.sh_sentence or row.sentence).replace("ARCHIVE", sh_path)), sh_last
         assert sh_untouched, "deploy.sh changed something in the server's file system"
         return
     refusal = f"error: Refused {row.filename}: {row.sentence}; nothing was deployed."
     assert done.returncode == 3 and refusal in done.stderr.splitlines(), done.stderr  # 3: a refused archive
+    if row.shipenv_only:
+        return
     assert (sh_code, sh_last) == (3, sh_refusal)
     assert sh_untouched, "deploy.sh changed something in the server's file system"
 

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
 
 from shipenv.bundle import codecs as _codecs
+from shipenv.bundle import frames as _frames
 from shipenv.bundle import ustar
 from shipenv.bundle.codecs import CHUNK, Encoder
 from shipenv.bundle.tarstream import TarReader
@@ -454,7 +455,7 @@ def detect(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def open_stream(path: Path) -> Iterator[TarReader]:
+def open_stream(path: Path, gate: _frames.Gate | None = None) -> Iterator[TarReader]:
     """The archive's members in order, each read once (:class:`~shipenv.bundle.tarstream.TarReader`).
 
     Damaged data raises :class:`ArchiveError` with one sentence, never a
@@ -462,13 +463,15 @@ def open_stream(path: Path) -> Iterator[TarReader]:
     needs, a sparse member) :class:`RefusedArchive`. When the caller reads
     every member, the rest of the stream (padding, checksums, trailers) is
     read and checked on exit too; a caller that stops early (``inspect``)
-    does not pay for it.
+    does not pay for it. A ``.tar.zst``'s frame index is checked first; with
+    ``gate``, the frames its user decides to skip are never decoded
+    (:mod:`shipenv.bundle.frames`).
     """
     fmt = detect(path)
     with path.open("rb") as f, contextlib.ExitStack() as stack:
         if fmt == "tar":
             _check_plain_tar(f, path)
-        raw = _codecs.read_ahead(fmt, f, path)
+        raw = _frames.read_ahead(fmt, f, path, gate)
         stack.callback(raw.close)  # stops the decoding thread before f closes
         tar = TarReader(raw, path, _CODEC_NAMES[fmt])
         yield tar

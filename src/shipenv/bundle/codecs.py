@@ -53,6 +53,7 @@ import queue
 import struct
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, BinaryIO, Protocol, cast
@@ -231,11 +232,17 @@ def corrupt(path: Path, detail: object) -> ArchiveError:
     return ArchiveError(f"{path} is corrupt ({detail}).", hint=_RETRY)
 
 
-def check_zstd_frames(fd: int, path: Path) -> None:
-    """Walk every zstd frame and block header up to the end of the file; raise if it stops short."""
+def check_zstd_frames(fd: int, path: Path) -> list[int]:
+    """Walk every zstd frame and block header up to the end of the file; raise if it stops short.
+
+    Returns where each frame (skippable ones included) starts: a frame index
+    (:mod:`shipenv.bundle.frames`) may point only there.
+    """
     size = os.fstat(fd).st_size
     pos = 0
+    starts: list[int] = []
     while pos < size:
+        starts.append(pos)
         magic = os.pread(fd, 4, pos)
         if len(magic) < 4:
             raise truncated(path, "zstd")
@@ -270,6 +277,7 @@ def check_zstd_frames(fd: int, path: Path) -> None:
             pos += 4  # content checksum
     if pos > size:
         raise truncated(path, "zstd")
+    return starts
 
 
 def check_xz_footer(fd: int, path: Path) -> None:
@@ -281,8 +289,9 @@ def check_xz_footer(fd: int, path: Path) -> None:
 
 
 class ZstdReader(io.RawIOBase):
-    def __init__(self, f: BinaryIO, path: Path) -> None:
-        check_zstd_frames(f.fileno(), path)
+    def __init__(self, f: BinaryIO, path: Path, *, checked: bool = False) -> None:
+        if not checked:
+            check_zstd_frames(f.fileno(), path)
         self._reader = zstandard.ZstdDecompressor().stream_reader(f, read_size=CHUNK, read_across_frames=True, closefd=False)
         self._path = path
 
@@ -372,10 +381,18 @@ class ReadAhead(io.RawIOBase):
     bounded: the thread waits when ``depth`` chunks are queued. What the
     decoder raises (a corrupt or cut-off archive) is raised to the reader at the
     point of the stream where it happened. :meth:`close` stops the thread.
+
+    A decoder that may wait for its reader (:class:`shipenv.bundle.frames.FrameReader`,
+    at its gate) gives ``starved``, called whenever the reader has waited a
+    tenth of a second for a chunk, and ``closing``, called before the thread
+    is stopped: both let it go on, so neither side waits for the other.
     """
 
-    def __init__(self, raw: io.RawIOBase, depth: int = 4) -> None:
+    def __init__(self, raw: io.RawIOBase, depth: int = 4, *, starved: Callable[[], None] | None = None,
+                 closing: Callable[[], None] | None = None) -> None:
         self._raw = raw
+        self._starved = starved
+        self._closing = closing
         self._queue: queue.Queue[bytearray | BaseException | None] = queue.Queue(depth)
         self._stop = threading.Event()
         self._chunk = memoryview(b"")
@@ -411,7 +428,7 @@ class ReadAhead(io.RawIOBase):
         if not self._chunk:
             if self._done:
                 return 0
-            item = self._queue.get()
+            item = self._get()
             if item is None or isinstance(item, BaseException):
                 self._done = True
                 if item is None:
@@ -423,8 +440,19 @@ class ReadAhead(io.RawIOBase):
         self._chunk = self._chunk[n:]
         return n
 
+    def _get(self) -> bytearray | BaseException | None:
+        if self._starved is None:
+            return self._queue.get()
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                self._starved()
+
     def close(self) -> None:
         if not self.closed:
+            if self._closing is not None:
+                self._closing()
             self._stop.set()
             while self._thread.is_alive():
                 with contextlib.suppress(queue.Empty):

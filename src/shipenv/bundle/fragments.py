@@ -30,6 +30,15 @@ for GNU tar, its mtime, which no later file changes again. (Directories
 first would leave GNU tar's directory mtimes at the time of extraction: the
 files of a directory are spread over several fragments.)
 
+A ``.tar.zst`` then ends with an index of its frames (where each one is,
+in the file and in the tar stream, and the members it holds), in a zstd
+skippable frame that every reader passes over: :mod:`shipenv.bundle.frames`
+has its layout. ``shipenv deploy`` uses it to leave unchanged layers
+compressed. A ``.tar.gz`` has no index: gzip's only places for data a
+reader skips are a member's FEXTRA field (at most 64 KiB, less than the
+index of a real bundle) and its FCOMMENT (text without NUL bytes), and
+``.tar.zst`` is the default format; a ``.tar.gz`` deploy decodes every member.
+
 The bytes do not depend on whether a fragment came from the store or was
 compressed now (or there is no store, ``--no-cache``): a clean build, a
 fully cached one and one without a cache give the same archive. They differ
@@ -71,6 +80,7 @@ from zlib_ng import zlib_ng
 
 from shipenv.bundle import archive
 from shipenv.bundle import codecs as _codecs
+from shipenv.bundle import frames as _frames
 from shipenv.bundle.archive import Entry, FileSink, Packed, Progress, TarStream
 from shipenv.bundle.codecs import CHUNK, Encoder
 from shipenv.errors import ArchiveError
@@ -82,6 +92,7 @@ _STORE_FORMAT = 1
 #: Fragments compressed at once (:func:`compressed`): each has a zstd context of its own, 40-55 MB.
 PARALLEL = 2
 _SHOW_EVERY = 0.1  #: seconds between progress calls while a fragment is compressed
+_KIND = {"dir": "d", "file": "f", "symlink": "l"}
 _LIBRARIES = {"tar.zst": f"zstandard {zstandard.__version__} zstd {zstandard.ZSTD_VERSION}", "tar.gz": f"zlib-ng {zlib_ng.ZLIBNG_VERSION}"}
 
 
@@ -170,16 +181,29 @@ def write(
         with f:
             sink = FileSink(f, dest)
             counter = _Progress(progress)
+            index: list[_frames.Frame] = []
+            tar = 0
             with contextlib.closing(compressed(segments, c, arcname, dest.parent, counter)) as parts:
                 for part in parts:
+                    start = sink.size
                     with part.file:
                         _copy(part, sink)
                     counter.add(part.counts)
+                    index.append(_listed(part.entries, arcname, start, sink.size - start, tar, part.counts.tar))
+                    tar += part.counts.tar
+            if c.fmt == "tar.zst":
+                sink.write(_frames.encode(index))
         return Packed(dest, sink.sha256.hexdigest(), sink.size)
     except BaseException:
         with contextlib.suppress(OSError):
             dest.unlink()
         raise
+
+
+def _listed(entries: list[Entry], arcname: str, offset: int, length: int, tar: int, tar_length: int) -> _frames.Frame:
+    """One frame's row of the index: where it is and what it holds."""
+    members = tuple(_frames.Listed(archive.relative(e, arcname), _KIND[e.kind], e.mode, e.mtime) for e in entries)
+    return _frames.Frame(offset, length, tar, tar_length, members)
 
 
 def split(entries: list[Entry], arcname: str, fragments: Sequence[Fragment]) -> list[tuple[list[Entry], Path | None]]:

@@ -44,6 +44,12 @@ The rules (each a sentence in :class:`~shipenv.errors.RefusedArchive`):
    ``tarfile`` writes those), with RECORD's digest for its own name.
 8. Everything RECORD lists is in the archive.
 
+A deploy may skip whole zstd frames (:meth:`Reader.skip`, after the head):
+each member the archive's frame index lists for them is checked here by its
+RECORD row under the same rules (2, 4, 5, 6; 8 over streamed and skipped
+members together), and yielded as ``shared``, for the caller to hard-link
+from the current release (:mod:`shipenv.deploy.extract` says why that is safe).
+
 Two modes. **strict** (deploy, ``verify --run``): the first problem raises
 :class:`~shipenv.errors.RefusedArchive` (exit status 3), as do a truncated or
 corrupt archive and a file that is no archive. **collect** (``verify``,
@@ -63,12 +69,13 @@ import hashlib
 import posixpath
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from shipenv.bundle import archive as archive_io
+from shipenv.bundle import frames as _frames
 from shipenv.bundle import manifest, tarstream
 from shipenv.bundle.manifest import Manifest, RecordEntry
 from shipenv.bundle.tarstream import Header, MemberFile, TarReader
@@ -176,7 +183,8 @@ class Member:
     size: int = 0
     target: str = ""  #: a symlink's target; a hard link's source, relative to the top
     entry: RecordEntry | None = None  #: its RECORD entry (None only in collect mode, for an extra)
-    stream: MemberStream | None = None  #: a file's bytes
+    stream: MemberStream | None = None  #: a file's bytes (None for a shared file: see :meth:`Reader.skip`)
+    shared: bool = False  #: in a skipped frame: the caller must hard-link it from the current release
 
 
 class _Skip(Exception):
@@ -187,8 +195,11 @@ class Reader:
     """One pass over a bundle archive: :attr:`head` at once, then :meth:`members`."""
 
     def __init__(self, path: Path, tar: TarReader, *, collect: bool = False,
-                 outcome: str = "nothing was deployed") -> None:
+                 outcome: str = "nothing was deployed", gate: _frames.Gate | None = None) -> None:
         self.path = path
+        self._gate = gate
+        self._shared: list[Member] = []
+        self.skipped_frames = 0
         self.collect = collect
         self.outcome = outcome
         self.findings = Findings()
@@ -312,6 +323,65 @@ class Reader:
             self._refuse(f"its {_FACTS} does not say what its {_MANIFEST} says")
         return Head(self._top, parsed, record, hashlib.sha256(record_bytes).hexdigest())
 
+    # -- skipped frames ----------------------------------------------------------------------------
+
+    @property
+    def index(self) -> _frames.Index | None:
+        """The archive's frame index, when the decoder can skip frames (:func:`open_bundle` with ``skipping``)."""
+        return self._gate.index if self._gate is not None else None
+
+    def skip(self, frames: Iterable[int]) -> int:
+        """Leave these frames of :attr:`index` undecoded; their members come out of :meth:`members` as ``shared``.
+
+        Call it before :meth:`members`, or never (then nothing is skipped).
+        The index is not trusted: each member it lists for a skipped frame
+        is checked here as if the archive held it, by its RECORD row (kind,
+        size, digest, symlink target) and every rule of the module
+        docstring; a path the index lists that the frame does not hold ends
+        as "appears twice" when the frame that does hold it is read, and one
+        the frame holds that the index leaves out ends as "RECORD lists ...
+        the archive lacks". A shared file is the caller's to link from a
+        file it has proven to have RECORD's bytes. Returns how many frames
+        are skipped: fewer than asked when the decoder had to go on first.
+        """
+        assert not self.collect
+        index = self.index
+        if self._gate is None or index is None:
+            return 0
+        skipped = self._gate.decide(frozenset(i for i in frames if 0 < i < len(index.frames)))
+        for i in sorted(skipped):
+            for listed in index.frames[i].members:
+                self._shared.append(self._vouched(listed))
+        self.skipped_frames = len(skipped)
+        return self.skipped_frames
+
+    def _vouched(self, listed: _frames.Listed) -> Member:
+        """A member of a skipped frame, from its RECORD row, under the same rules as one read from the stream."""
+        rel = listed.path
+        name = self._name(rel)
+        entry = self.head.record.get(rel)
+        if (listed.kind == "d" or entry is None or (listed.kind == "l") != (entry.symlink is not None)
+                or (entry.symlink is None and entry.sha256 is None)):
+            raise self.refusal(f"its frame index lists {name!r} in a frame it skips, but RECORD does not list it as that")
+        self._claim(rel)
+        self._seen.add(rel)
+        if listed.mode & (stat.S_ISUID | stat.S_ISGID):
+            self._refuse(f"{name!r} has the setuid or setgid bit set (mode {listed.mode:o})")
+        mode = listed.mode & MODE_MASK
+        if entry.symlink is not None:
+            self._symlink(rel, entry.symlink, entry)
+            return Member(name, rel, "symlink", mode, listed.mtime, target=entry.symlink, entry=entry, shared=True)
+        self._files[rel] = entry.sha256 or ""
+        return Member(name, rel, "file", mode, listed.mtime, size=entry.size or 0, entry=entry, shared=True)
+
+    def _symlink(self, rel: str, target: str, entry: RecordEntry | None) -> None:
+        self._symlinks[rel] = target
+        if entry is not None and entry.symlink != target:
+            self._differs(rel, f"the symlink {self._name(rel)!r} -> {target!r} differs from its RECORD entry")
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+        if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+            self._refuse(f"the symlink {self._name(rel)!r} points outside the release (to {target!r})")
+
     # -- every member ----------------------------------------------------------------------------
 
     def members(self) -> Iterator[Member]:
@@ -330,6 +400,9 @@ class Reader:
             if member is not None:
                 yield member
                 self._close()
+        if self._gate is not None:
+            self._gate.release()  # skip() came first, or nothing is skipped
+        yield from self._shared
         for info in self._members:
             member = self._check(info)
             if member is not None:
@@ -389,12 +462,7 @@ class Reader:
         self._seen.add(rel)
         entry = self._entry(rel)
         if kind == "symlink":
-            self._symlinks[rel] = info.linkname
-            if entry is not None and entry.symlink != info.linkname:
-                self._differs(rel, f"the symlink {self._name(rel)!r} -> {info.linkname!r} differs from its RECORD entry")
-            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), info.linkname))
-            if info.linkname.startswith("/") or resolved == ".." or resolved.startswith("../"):
-                self._refuse(f"the symlink {self._name(rel)!r} points outside the release (to {info.linkname!r})")
+            self._symlink(rel, info.linkname, entry)
             return Member(info.name, rel, kind, mode, int(info.mtime), target=info.linkname, entry=entry)
         if entry is not None and entry.symlink is not None:
             self._differs(rel, f"{self._name(rel)!r} is a file but RECORD lists it as a symlink")
@@ -493,15 +561,20 @@ class Reader:
 
 
 @contextlib.contextmanager
-def open_bundle(path: Path, *, collect: bool = False, outcome: str = "nothing was deployed") -> Iterator[Reader]:
+def open_bundle(path: Path, *, collect: bool = False, outcome: str = "nothing was deployed",
+                skipping: bool = False) -> Iterator[Reader]:
     """Open ``path`` and read its head; :meth:`Reader.members` reads the rest.
+
+    With ``skipping`` (deploy), a ``.tar.zst`` with a frame index waits after
+    its head for :meth:`Reader.skip`.
 
     In strict mode an archive that is cut short, corrupt or not an archive is
     refused too (:class:`RefusedArchive`, exit status 3), with the same sentence.
     """
     try:
-        with archive_io.open_stream(path) as tar:
-            yield Reader(path, tar, collect=collect, outcome=outcome)
+        gate = _frames.Gate() if skipping and not collect else None
+        with archive_io.open_stream(path, gate) as tar:
+            yield Reader(path, tar, collect=collect, outcome=outcome, gate=gate)
     except RefusedArchive:
         raise
     except ArchiveError as exc:

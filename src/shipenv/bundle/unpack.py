@@ -6,6 +6,8 @@ links to the current release through :data:`Link`) and ``verify --run``
 (:mod:`shipenv.bundle.verify`), and ``bundle`` may not import ``deploy``. Both
 then unpack under the same rules, in strict mode: nothing is written that the
 reader has not checked first (path, type, size against RECORD, masked mode).
+A ``shared`` member (its frame was never decompressed: :meth:`Reader.skip`)
+must be made by :data:`Link`; a shared symlink is made from its RECORD target.
 
 Files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` in directories this
 module made itself, so nothing is written outside ``dest``; directories are
@@ -47,10 +49,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipenv.bundle.reader import Member, Reader
+from shipenv.errors import ArchiveError
 
 Progress = Callable[[int, int], None]
-#: (member, where it goes) → True when the caller made it (a hard link to an identical file) instead.
-Link = Callable[[Member, Path], bool]
+#: (member, the path it goes to) → True when the caller made it (a hard link to an identical file) instead.
+Link = Callable[[Member, str], bool]
 
 #: Files up to this size are queued as one op; larger ones in pieces of this size.
 SMALL = 1 << 20
@@ -172,8 +175,10 @@ class _Writers:
 class Stats:
     files: int
     written_bytes: int
-    linked_files: int
+    linked_files: int  #: shared files included
     linked_bytes: int
+    shared_files: int = 0  #: files and symlinks of skipped frames, never decompressed (Reader.skip)
+    skipped_frames: int = 0
 
 
 def unpack(reader: Reader, dest: Path, *, link: Link | None = None, progress: Progress | None = None) -> Stats:
@@ -188,7 +193,7 @@ class _Unpack:
         self.link = link
         self.progress = progress
         self.dirs: dict[str, int] = {"": 0o755}  # made by us → final mode
-        self.files = self.written = self.linked_files = self.linked = 0
+        self.files = self.written = self.linked_files = self.linked = self.shared = 0
         self._writer_of: dict[str, _Writer] = {}  # files queued → their writer, which a hard link to one follows
         self._last_report = 0.0
 
@@ -205,7 +210,7 @@ class _Unpack:
             os.chmod(f"{self.root}/{rel}" if rel else self.root, self.dirs[rel])
         if self.progress is not None:
             self.progress(self.files, self.written + self.linked)
-        return Stats(self.files, self.written, self.linked_files, self.linked)
+        return Stats(self.files, self.written, self.linked_files, self.linked, self.shared, reader.skipped_frames)
 
     def _members(self, reader: Reader) -> None:
         root, dirs = self.root, self.dirs
@@ -223,6 +228,7 @@ class _Unpack:
                 self._file(member, target)
             elif member.kind == "symlink":
                 os.symlink(member.target, target)
+                self.shared += member.shared
             else:
                 writer = self._writer_of.get(member.target) or self.writers.pick()
                 self.writers.put(writer, _Op("link", f"{root}/{member.target}", target=target))
@@ -240,12 +246,14 @@ class _Unpack:
             self.dirs[d] = 0o755
 
     def _file(self, member: Member, target: str) -> None:
-        src = member.stream
-        assert src is not None
-        if self.link is not None and self.link(member, Path(target)):
+        if self.link is not None and self.link(member, target):
             self.linked += member.size
             self.linked_files += 1
-            return  # the reader still reads and checks the archive's bytes
+            self.shared += member.shared
+            return  # the reader still reads and checks the archive's bytes (unless its frame was skipped)
+        src = member.stream
+        if member.shared or src is None:  # Link proves and links a shared file or raises; this is a bug's net
+            raise ArchiveError(f"{member.name} is in a frame that was not unpacked, and it could not be linked.")
         writer = self.writers.pick()
         self._writer_of[member.rel] = writer
         if member.size <= SMALL:  # one op: the views of the chunks it arrived in (one, or two across a chunk's end)

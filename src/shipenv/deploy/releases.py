@@ -218,6 +218,8 @@ class DeployResult:
     linked_bytes: int = 0
     pruned: tuple[str, ...] = ()
     message: str = ""
+    shared_files: int = 0  #: hard-linked (or, symlinks, made from RECORD) without decompressing their frames
+    skipped_frames: int = 0
 
 
 def _record_of(release: Path) -> tuple[str | None, dict[str, RecordEntry]]:
@@ -335,5 +337,8 @@ def _deploy_locked(root: Root, archive: Path, previous: str | None, check: str |
     if stats is None:
         return DeployResult(name, final, previous, True, message=f"{name} was already unpacked with the same content; {switched}.")
     shared = f", {_mb(stats.linked_bytes)} hard-linked from {previous}" if previous else ""
+    if stats.shared_files:
+        shared += f"; {stats.shared_files:,} files hard-linked without unpacking"
     message = f"Deployed {name} and {switched} ({stats.files:,} files: {_mb(stats.written_bytes)} written{shared})."
-    return DeployResult(name, final, previous, True, stats.files, stats.written_bytes, stats.linked_bytes, (), message)
+    return DeployResult(name, final, previous, True, stats.files, stats.written_bytes, stats.linked_bytes, (), message,
+                        stats.shared_files, stats.skipped_frames)
