@@ -77,6 +77,49 @@ def _wheel_needing_missing_library(tmp: Path) -> Path:
     return house
 
 
+def _pure_wheel(house: Path, name: str, files: dict[str, bytes]) -> Path:
+    """A py3-none-any wheel of ``name`` 1.0 holding ``files`` (and its dist-info, with a RECORD)."""
+    house.mkdir(exist_ok=True)
+    wheel = house / f"{name}-1.0-py3-none-any.whl"
+    info = f"{name}-1.0.dist-info"
+    files = {**files, f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n".encode(),
+             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{path},sha256={digest},{len(data)}")
+        record.append(f"{info}/RECORD,,")
+        zf.writestr(f"{info}/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+def test_two_wheels_that_ship_the_same_file_fail_in_one_sentence(tmp_path: Path) -> None:
+    # Installed on threads, merged in order: the later wheel is named, with the file, whatever ran first.
+    house = tmp_path / "house"
+    for name in ("alpha", "gamma", "delta"):
+        _pure_wheel(house, name, {f"{name}/__init__.py": b"", "shared/util.py": b"SAME = 1\n"})  # the same bytes: no clash
+    _pure_wheel(house, "beta", {"beta/__init__.py": b"", "shared/util.py": b"OTHER = 2\n", "shared/more.py": b""})
+    for extra in ((), ("--no-cache",)):
+        out = tmp_path / f"out{len(extra)}"
+        msg = _fails(out, "--wheels", house, "--python", pyenv_python("3.12"), "--name", "a", "--version", "1", "--format", "dir",
+                     "--cache-dir", tmp_path / "cache", *extra)
+        assert "beta-1.0-py3-none-any.whl would overwrite files that another package installed" in msg, msg
+        assert "shared/util.py" in msg and "more.py" not in msg
+        assert not (out / "a-1").exists()
+
+
+def test_a_corrupt_wheel_among_good_ones_fails_in_one_sentence(tmp_path: Path) -> None:
+    house = tmp_path / "house"
+    for name in ("alpha", "beta", "delta"):
+        _pure_wheel(house, name, {f"{name}/__init__.py": b"X = 1\n" * 1000})
+    (house / "gamma-1.0-py3-none-any.whl").write_bytes(b"PK\x03\x04 this is not a zip file" * 100)
+    msg = _fails(tmp_path / "out", "--wheels", house, "--python", pyenv_python("3.12"), "--name", "a", "--version", "1",
+                 "--format", "dir", "--no-cache")
+    assert "Cannot install gamma-1.0-py3-none-any.whl" in msg, msg
+
+
 def test_missing_system_library(tmp_path: Path) -> None:
     house = _wheel_needing_missing_library(tmp_path)
     msg = _fails(tmp_path / "out", "--wheels", house, "--python", pyenv_python("3.12"), "--name", "a", "--version", "1", "--format", "dir")

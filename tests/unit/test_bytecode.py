@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from shipenv.build import bytecode
-from shipenv.build.runner import REAL, Completed, Stream
+from shipenv.build.runner import REAL, Completed, OnLine, Stream
 from shipenv.errors import RelocateError
 
 PYTHON = Path(sys.executable)
@@ -64,7 +64,7 @@ def test_a_build_that_compiles_nothing_starts_no_process(tmp_path: Path) -> None
         def run(self, argv: Sequence[str], **_kw: object) -> Completed:
             raise AssertionError(f"ran {argv}")
 
-        def start(self, argv: Sequence[str], *, env_extra: Mapping[str, str | None] | None = None) -> Stream:
+        def start(self, argv: Sequence[str], *, env_extra: Mapping[str, str | None] | None = None, on_line: OnLine | None = None) -> Stream:
             raise AssertionError(f"started {argv}")
 
     with bytecode.Compiler(PYTHON, runner=NoProcess()) as compiler:
@@ -104,22 +104,47 @@ def test_a_missing_interpreter_is_one_sentence(tmp_path: Path) -> None:
         compiler.add(tmp_path)
 
 
-def test_an_error_while_installing_stops_the_compiler(tmp_path: Path) -> None:
+def test_an_error_while_installing_stops_the_compiler_and_its_workers(tmp_path: Path) -> None:
+    import time
+
     started: list[Stream] = []
 
     class Recording:
         def run(self, argv: Sequence[str], **kw: object) -> Completed:
             raise AssertionError("not used")
 
-        def start(self, argv: Sequence[str], *, env_extra: Mapping[str, str | None] | None = None) -> Stream:
-            started.append(REAL.start(argv, env_extra=env_extra))  # type: ignore[attr-defined]
+        def start(self, argv: Sequence[str], *, env_extra: Mapping[str, str | None] | None = None, on_line: OnLine | None = None) -> Stream:
+            started.append(REAL.start(argv, env_extra=env_extra, on_line=on_line))  # type: ignore[attr-defined]
             return started[-1]
 
+    def children(pid: int) -> list[int]:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    workers: list[int] = []
     with pytest.raises(KeyError), bytecode.Compiler(PYTHON, runner=Recording()) as compiler:
-        compiler.add(tree(tmp_path / "r", 1))
+        compiler.add(tree(tmp_path / "r", 2000))  # long enough to be still compiling when the install fails
+        pid = started[0]._proc.pid  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while not workers and time.monotonic() < deadline:
+            workers = children(pid)
+            time.sleep(0.02)
         raise KeyError("an install failed")
     (stream,) = started
     assert stream._proc.returncode is not None  # type: ignore[attr-defined]  # killed and reaped
+    assert workers, "compile.py started no pool"
+    # ... and so are its pool workers: they would wait forever for work from a parent that is gone.
+    deadline = time.monotonic() + 10
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    alive = list(workers)
+    while alive and time.monotonic() < deadline:
+        alive = [w for w in alive if running(w)]
+        time.sleep(0.05)
+    assert alive == [], "compile.py's workers outlived it"
 
 
 def test_compile_py_parses_as_the_oldest_supported_python() -> None:
@@ -127,3 +152,69 @@ def test_compile_py_parses_as_the_oldest_supported_python() -> None:
     spec = importlib.util.find_spec("shipenv.data")
     assert spec is not None and spec.origin is not None
     ast.parse((Path(spec.origin).parent / "compile.py").read_text(), "compile.py", feature_version=(3, 8))
+
+
+def test_a_root_can_be_waited_for_while_later_ones_compile(tmp_path: Path) -> None:
+    first, second = tree(tmp_path / "a", 2), tree(tmp_path / "b", 2)
+    with bytecode.Compiler(PYTHON) as compiler:
+        compiler.add(first)
+        compiler.wait(first)  # compile.py said "=0": every pyc of the first root is written
+        assert len(pycs(first)) == 3
+        compiler.add(second)
+        compiler.wait(second)
+        compiler.wait(first)  # again: at once
+        compiler.finish()
+    assert len(pycs(second)) == 3
+
+
+def test_a_runner_that_cannot_stream_runs_what_it_has_when_one_is_waited_for(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    class Batch:
+        def run(self, argv: Sequence[str], **_kw: object) -> Completed:
+            calls.append(list(argv))
+            return Completed(0, "", "")
+
+    with bytecode.Compiler(PYTHON, runner=Batch()) as compiler:
+        compiler.add(tmp_path / "one")
+        compiler.add(tmp_path / "two")
+        compiler.wait(tmp_path / "one")
+        compiler.add(tmp_path / "three")
+        compiler.wait(tmp_path / "two")  # already run with "one"
+        compiler.finish()
+    first, second = calls
+    assert first[-2:] == [str(tmp_path / "one"), str(tmp_path / "two")]
+    assert second[-1] == str(tmp_path / "three") and str(tmp_path / "two") not in second
+
+
+def test_waiting_for_a_compiler_that_dies_is_the_same_sentence(tmp_path: Path) -> None:
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'Fatal Python error: init_fs_encoding' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    root = tree(tmp_path / "r", 1)
+    with pytest.raises(RelocateError, match=r"^Byte-compiling the bundle failed \(Fatal Python error: init_fs_encoding\)\.$"), \
+            bytecode.Compiler(broken) as compiler:
+        compiler.add(root)
+        compiler.wait(root)
+
+
+def test_a_thread_waiting_when_the_build_fails_is_woken(tmp_path: Path) -> None:
+    import threading
+
+    root = tree(tmp_path / "r", 400)  # long enough to be still compiling when the build fails
+    errors: list[BaseException] = []
+
+    def waiter(compiler: bytecode.Compiler) -> None:
+        try:
+            compiler.wait(root)
+        except RelocateError as exc:
+            errors.append(exc)
+
+    with pytest.raises(KeyError), bytecode.Compiler(PYTHON) as compiler:
+        compiler.add(root)
+        thread = threading.Thread(target=waiter, args=(compiler,))
+        thread.start()
+        raise KeyError("an install failed")
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert len(errors) <= 1  # woken: with an error, or compiled just before it was stopped

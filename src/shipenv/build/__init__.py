@@ -10,6 +10,7 @@ Stages, in the order :mod:`~shipenv.build.pipeline` runs them::
     bytecode                  byte-compile with the bundle's own interpreter
     audit                     remaining build-host paths, classified
     cache                     content-addressed layers of all the above
+    layering                  layers made on threads, compiled as they come, merged in order
     output                    where the artifact goes, and the staging directory beside it
     dryrun                    build --dry-run: the same plan as data, nothing written
     runner                    the one process runner (pip, uv, the probe, the byte-compiler)

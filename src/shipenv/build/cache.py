@@ -22,6 +22,7 @@ upgrade (``apt-get upgrade``) invalidates the entry.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -159,10 +160,15 @@ class BuildCache:
         return layers.Layer(f"{kind} {entry_key[:12]}", facts, entry)
 
     def put(self, kind: str, entry_key: str, tree: Path, *, host_files: Iterable[Path] = (),
-            facts: layers.LayerFacts | None = None) -> Path | None:
-        """Store a copy of ``tree`` with its facts (computed here when not given); return the entry.
+            facts: layers.LayerFacts | None = None, move: bool = False) -> Path | None:
+        """Store ``tree`` with its facts (computed here when not given); return the entry.
 
-        Failures (a full disk) only cost the cache: None is returned.
+        With ``move`` (a fresh layer's stage, and its ``facts``) the tree itself
+        becomes the entry's tree: one rename, no directory made again, and the
+        files keep the inodes and mtimes its facts hold. ``tree`` is then gone,
+        unless the cache is on another file system: then, as without ``move``,
+        a copy is stored (hard links where it can) and ``tree`` stays.
+        Failures (a full disk) only cost the cache: None is returned, and ``tree`` is where it was.
         """
         entry = self._entry(kind, entry_key)
         if entry.exists():
@@ -170,13 +176,28 @@ class BuildCache:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{entry_key[:12]}.", dir=entry.parent))
+            moved = False
             try:
-                shutil.copytree(tree, tmp / "tree", symlinks=True, copy_function=link_or_copy)
-                stored = layers.rebased(facts if facts is not None else layers.compute(tree, ()), tmp / "tree")
-                (tmp / "facts.json").write_bytes(stored.to_json())
                 meta = {"kind": kind, "shipenv": __version__, "host_files": host_files_state(host_files)}
                 (tmp / "entry.json").write_text(json.dumps(meta, indent=1))
-                os.replace(tmp, entry)
+                if move and facts is not None:
+                    (tmp / "facts.json").write_bytes(facts.to_json())  # a rename keeps every inode and mtime
+                    try:
+                        os.rename(tree, tmp / "tree")
+                        moved = True
+                    except OSError as exc:
+                        if exc.errno != errno.EXDEV:
+                            raise
+                if not moved:
+                    shutil.copytree(tree, tmp / "tree", symlinks=True, copy_function=link_or_copy)
+                    stored = layers.rebased(facts if facts is not None else layers.compute(tree, ()), tmp / "tree")
+                    (tmp / "facts.json").write_bytes(stored.to_json())
+                try:
+                    os.replace(tmp, entry)
+                except OSError:
+                    if moved:  # the stage goes back where the build expects it
+                        os.rename(tmp / "tree", tree)
+                    raise
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -303,40 +324,84 @@ def link_or_copy(src: str, dest: str) -> None:
         shutil.copy2(src, dest)
 
 
-def merge_tree(src: Path, dest: Path, *, move: bool = False) -> list[str]:
-    """Put every file of ``src`` into ``dest`` (linked, copied, or moved when ``move``);
-    return the paths that already existed there with other content."""
-    clashes = []
-    made: set[str] = set()
-    top = os.fspath(dest)
-    for rel, full, st in manifest.walk_stat(src):
-        target = os.path.join(top, rel)
-        parent = rel.rpartition("/")[0]
-        if parent not in made:
-            os.makedirs(os.path.join(top, parent), exist_ok=True)
-            made.add(parent)
-        try:
-            there = os.lstat(target)
-        except FileNotFoundError:
-            there = None
-        if there is not None:
-            if stat.S_ISLNK(st.st_mode) or stat.S_ISLNK(there.st_mode):
-                if not (stat.S_ISLNK(st.st_mode) and stat.S_ISLNK(there.st_mode) and os.readlink(full) == os.readlink(target)):
+def move_layer(tree: Path, facts: layers.LayerFacts, dest: Path) -> tuple[list[str], dict[str, layers.Signature]]:
+    """Move a fresh layer's files into ``dest`` (``--no-cache``); return the clashes and what was placed.
+
+    A directory ``dest`` does not have yet is moved whole, with one rename
+    (making a directory is the dearest thing a build does to a disk), when
+    it holds exactly the directories its files imply: an empty directory
+    the layer's facts do not know would come along and change the archive,
+    which a cached build (linking file by file, :func:`merge_layer`) would
+    not have. A directory's link count says how many subdirectories it has,
+    so that check costs one ``lstat`` per directory. Files and symlinks keep
+    their inodes and mtimes, so what was placed is known from the facts.
+    The clash rule is :func:`merge_layer`'s: a file already there with other
+    bytes (or a directory of the layer where ``dest`` has a file) is a clash,
+    and nothing is overwritten.
+    """
+    src, top = os.fspath(tree), os.fspath(dest)
+    dev = os.stat(top).st_dev
+    dirs = {""}
+    for rel in facts.files:
+        d = rel.rpartition("/")[0]
+        while d not in dirs:
+            dirs.add(d)
+            d = d.rpartition("/")[0]
+    files: dict[str, list[str]] = {d: [] for d in dirs}
+    subdirs: dict[str, list[str]] = {d: [] for d in dirs}
+    for d in sorted(dirs - {""}):
+        up, _, name = d.rpartition("/")
+        subdirs[up].append(name)
+    for rel in facts.files:
+        files[rel.rpartition("/")[0]].append(rel)
+    clashes: list[str] = []
+    placed: dict[str, layers.Signature] = {}
+
+    def below(d: str) -> Iterable[str]:
+        yield from files[d]
+        for name in subdirs[d]:
+            yield from below(f"{d}/{name}" if d else name)
+
+    def exact(d: str) -> bool:
+        st = os.lstat(os.path.join(src, d))
+        return st.st_nlink == 2 + len(subdirs[d]) and all(exact(f"{d}/{name}") for name in subdirs[d])
+
+    def merge(d: str) -> None:
+        for rel in files[d]:
+            f = facts.files[rel]
+            target = os.path.join(top, rel)
+            try:
+                there = os.lstat(target)
+            except FileNotFoundError:
+                os.rename(os.path.join(src, rel), target)
+                placed[rel] = (dev, f.ino, f.size, f.mtime_ns)
+                continue
+            if f.symlink is not None or stat.S_ISLNK(there.st_mode):
+                if not (f.symlink is not None and stat.S_ISLNK(there.st_mode) and os.readlink(target) == f.symlink):
                     clashes.append(rel)
-            elif file_digest(Path(full)) != file_digest(Path(target)):
+            elif f.sha256 != file_digest(Path(target)):
                 clashes.append(rel)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(full), target)
-        elif move:
-            os.replace(full, target)
-        else:
-            link_or_copy(full, target)
-    return clashes
+        for name in subdirs[d]:
+            sub = f"{d}/{name}" if d else name
+            target = os.path.join(top, sub)
+            if not os.path.lexists(target):
+                if exact(sub):
+                    os.rename(os.path.join(src, sub), target)
+                    placed.update((rel, (dev, facts.files[rel].ino, facts.files[rel].size, facts.files[rel].mtime_ns))
+                                  for rel in below(sub))
+                    continue
+                os.mkdir(target)
+            elif not os.path.isdir(target):
+                clashes.append(sub)
+                continue
+            merge(sub)
+
+    merge("")
+    return sorted(clashes), placed
 
 
 def merge_layer(layer: layers.Layer, dest: Path) -> tuple[list[str], dict[str, layers.Signature]]:
-    """:func:`merge_tree` for a cache entry just checked against its facts: driven by the facts, no walk.
+    """Link a cache entry's files (just checked against its facts) into ``dest``: driven by the facts, no walk.
 
     Returns the clashes and the signature of every file placed (a hard link has
     the entry file's inode, size and mtime, so it costs no ``lstat``).
@@ -350,7 +415,11 @@ def merge_layer(layer: layers.Layer, dest: Path) -> tuple[list[str], dict[str, l
     for rel, f in layer.facts.files.items():
         parent = rel.rpartition("/")[0]
         if parent not in made:
-            os.makedirs(os.path.join(top, parent), exist_ok=True)
+            try:
+                os.makedirs(os.path.join(top, parent), exist_ok=True)
+            except (FileExistsError, NotADirectoryError):  # a file of the tree where the layer has a directory
+                clashes.append(rel)
+                continue
             made.add(parent)
         target, full = os.path.join(top, rel), os.path.join(src, rel)
         try:

@@ -23,13 +23,15 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from installer import install as installer_install
 from installer.destinations import SchemeDictionaryDestination
 from installer.exceptions import InstallerError
-from installer.records import RecordEntry
+from installer.records import Hash, RecordEntry
 from installer.sources import WheelFile
 from installer.utils import Scheme as InstallerScheme
+from installer.utils import copyfileobj_with_hashing, make_file_executable
 from packaging.tags import Tag, compatible_tags, cpython_tags, platform_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
@@ -134,6 +136,7 @@ def collect_wheels(
     store: Path | None = None,
     runner: Runner = REAL,
     pins: list[str] | None = None,
+    before_pip: Callable[[], None] | None = None,
 ) -> list[tuple[Path, str]]:
     """Every wheel to install, with where it came from: resolved, or a wheelhouse.
 
@@ -143,6 +146,9 @@ def collect_wheels(
     nothing is missing; without uv, or if uv cannot resolve, pip does everything
     and has the last word. ``pins`` is uv's answer when the caller already has
     it (:func:`resolve_pins`, run before the tree existed): uv is not run twice.
+    ``before_pip`` is called before pip starts: pip runs in the bundled
+    interpreter and writes bytecode for what it imports, so the build lets the
+    standard library's own byte-compilation finish first.
     """
     if options.wheels is not None and not options.requirements and options.project is None:
         return [(w, "wheelhouse") for w in select_wheels(options.wheels, py)]
@@ -153,7 +159,9 @@ def collect_wheels(
     if pins is None:
         pins = resolve_pins(options, python, runner)
     if pins is not None:
-        return _wheels_for_pins(pins, python, options, py, wheel_dir, store, runner)
+        return _wheels_for_pins(pins, python, options, py, wheel_dir, store, runner, before_pip)
+    if before_pip is not None:
+        before_pip()
     return pip_wheel(python, options, wheel_dir, cache_root=store.parent if store else None, runner=runner)
 
 
@@ -201,11 +209,14 @@ def _lookup_pins(pins: list[str], options: BuildOptions, py: PythonInfo, store: 
 
 
 def _wheels_for_pins(
-    pins: list[str], python: Path, options: BuildOptions, py: PythonInfo, wheel_dir: Path, store: Path | None, runner: Runner
+    pins: list[str], python: Path, options: BuildOptions, py: PythonInfo, wheel_dir: Path, store: Path | None, runner: Runner,
+    before_pip: Callable[[], None] | None = None,
 ) -> list[tuple[Path, str]]:
     found, missing = _lookup_pins(pins, options, py, store)
     log.debug("wheels for %d pin(s) found without pip; pip fetches or builds %d", len(found), len(missing))
     if missing:
+        if before_pip is not None:
+            before_pip()
         built = pip_wheel(python, options, wheel_dir, pins=missing, cache_root=store.parent if store else None, runner=runner)
         for wheel, _source in built:
             if store is not None and resolver.is_index_pin_wheel(wheel, missing):
@@ -399,11 +410,35 @@ def select_wheels(directory: Path, py: PythonInfo) -> list[Path]:
 
 
 class _Destination(SchemeDictionaryDestination):
-    """installer's scheme destination, writing shipenv launchers instead of absolute-shebang scripts."""
+    """installer's scheme destination, writing shipenv launchers instead of absolute-shebang scripts.
+
+    Its :meth:`write_to_fs` is installer's without ``pathlib`` (a dozen path
+    objects per file, for wheels of thousands of files, cost more than the
+    writing) and with each directory made once, with installer's checks: no
+    file outside its scheme's directory, and none overwritten (``O_EXCL``, so
+    a clash names the file).
+    """
 
     def __init__(self, scheme_dict: dict[str, str], py: PythonInfo) -> None:
         super().__init__(scheme_dict, interpreter="/bin/false", script_kind="posix")
         self.py = py
+        self._bases = {scheme: os.path.abspath(path) for scheme, path in scheme_dict.items()}
+        self._made: set[str] = set()
+
+    def write_to_fs(self, scheme: InstallerScheme, path: str, stream: BinaryIO, is_executable: bool) -> RecordEntry:
+        base = self._bases[scheme]
+        target = os.path.abspath(os.path.join(base, path))
+        if not target.startswith(base + os.sep):
+            raise ValueError(f"Attempting to write {path} outside of the target directory")
+        parent = os.path.dirname(target)
+        if parent not in self._made:
+            os.makedirs(parent, exist_ok=True)
+            self._made.add(parent)
+        with open(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), "wb") as f:
+            digest, size = copyfileobj_with_hashing(stream, f, self.hash_algorithm)
+        if is_executable:
+            make_file_executable(Path(target))
+        return RecordEntry(path, Hash(self.hash_algorithm, digest), size)
 
     def write_script(self, name: str, module: str, attr: str, section: str) -> RecordEntry:
         text = launchers.script_file(self.py, name, module, attr)

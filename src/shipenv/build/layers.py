@@ -109,16 +109,17 @@ def compute(tree: Path, needles: Sequence[str]) -> LayerFacts:
     encoded = [(n, n.encode()) for n in needles]
     files: dict[str, FileFacts] = {}
     for rel, name, st in manifest.walk_stat(tree):
-        path, full = PurePosixPath(rel), Path(name)
         if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(full)
+            target = os.readlink(name)
             files[rel] = FileFacts("symlink", st.st_size, st.st_ino, st.st_mtime_ns, symlink=target,
-                                   hits=tuple(audit.symlink_findings(path, target, needles)))
+                                   hits=tuple(audit.symlink_findings(PurePosixPath(rel), target, needles)))
         elif stat.S_ISREG(st.st_mode):
+            full = Path(name)
             hits, digest, head = audit.scan_file(full, encoded, digest=True)
             info = elf.try_read(full) if head == b"\x7fELF" else None
+            found = tuple(audit.findings_for(PurePosixPath(rel), full, hits)) if hits else ()  # no path object per file otherwise
             files[rel] = FileFacts("file", st.st_size, st.st_ino, st.st_mtime_ns, bool(st.st_mode & 0o111), digest,
-                                   elf=info, hits=tuple(audit.findings_for(path, full, hits)))
+                                   elf=info, hits=found)
     return LayerFacts(files, tuple(needles))
 
 

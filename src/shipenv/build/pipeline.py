@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,10 +31,24 @@ if TYPE_CHECKING:
     from shipenv.bundle import sshsig
 
 from shipenv import __version__, data, templates
-from shipenv.build import audit, bytecode, cache, interpreter, launchers, layers, libc, output, outputs, policy, relocate, venv
+from shipenv.build import (
+    audit,
+    bytecode,
+    cache,
+    interpreter,
+    launchers,
+    layering,
+    layers,
+    libc,
+    output,
+    outputs,
+    policy,
+    relocate,
+    venv,
+)
 from shipenv.build.runner import REAL, Runner
 from shipenv.bundle import elf, manifest, sbom
-from shipenv.errors import InstallError, PolicyError, ShipenvError, UsageError, listing
+from shipenv.errors import PolicyError, ShipenvError, UsageError, listing
 from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, Distribution, PythonInfo, Scheme
 
 Step = Callable[[str], None]
@@ -141,11 +155,22 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
 
 
 def _build_tree(b: Build, target: output.Target) -> TreeResult:
-    """Every stage that writes the tree, in order."""
-    layer_key = _interpreter_layer(b)
-    scheme = _scheme(b)
+    """Every stage that writes the tree, in order.
+
+    The layers overlap: one compile.py process (:class:`bytecode.Compiler`)
+    byte-compiles the standard library while the wheels are resolved and
+    installed, and each wheel's layer as soon as it is installed; the wheels
+    install on a few threads (:mod:`shipenv.build.layering`), and each layer's
+    facts are read as soon as it is compiled. Only the merge into the tree is in order.
+    """
     wheel_digests: dict[str, str] = {}  # for the SBOM
-    distributions = _install_wheels(b, layer_key, scheme, wheel_digests) + _copy_venv(b, scheme)
+    # Left in this order: the threads end (the compiler stopped first, on an error) before their stages are removed.
+    with tempfile.TemporaryDirectory(prefix="shipenv-stage-", dir=b.root.parent) as work, \
+            bytecode.Compiler(b.python, runner=b.runner) as compiler, layering.Workers(compiler) as workers:
+        layer_key, scheme, interpreter_layer = _interpreter_layer(b, workers)
+        distributions = _install_wheels(b, layer_key, scheme, wheel_digests, workers, interpreter_layer, Path(work))
+        compiler.finish()
+    distributions += _copy_venv(b, scheme)
     launchers.write(launchers.entry_launchers(b.options.entries, b.py, scheme), b.root)
     bundled = libc.finish(b.root, b.libs, b.py, scheme, b.options.max_glibc)
     walked = list(manifest.walk_stat(b.root))  # the tree as the audit and the floor see it: one walk for both
@@ -211,28 +236,41 @@ def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
     )
 
 
-def _interpreter_layer(b: Build) -> str:
-    """Copy, relocate and byte-compile the base interpreter, or reuse it from the cache; return its key."""
+def _interpreter_layer(b: Build, workers: layering.Workers) -> tuple[str, Scheme, Future[layers.Layer] | None]:
+    """Copy and relocate the base interpreter, or reuse it from the cache; return its key, the scheme, and the layer to come.
+
+    A fresh interpreter is copied straight into the tree (nothing is there
+    yet to merge with) and its standard library is byte-compiled while the
+    wheels are resolved and installed: only the relocated interpreter is
+    needed for that (the scheme probe and uv run it with ``-B``; pip, which
+    would write bytecode into the standard library, first waits for it).
+    Its facts are read and its cache entry stored on a worker once it is
+    compiled; the returned future gives that layer, which joins the ledger
+    before any wheel is merged (it is the first layer, and owns its files).
+    """
     py = b.py
     layer_key = _interpreter_key(py, b.options)
     hit = b.store.get_layer("interpreter", layer_key) if b.store else None
     if hit is not None and hit.entry is not None:
         b.say(f"Reusing Python {py.version_str} from the cache")
-        _merge_layer(b, hit, "the interpreter")
-        return layer_key
+        layering.merge_cached(hit, b.root, b.ledger, "the interpreter")
+        return layer_key, _scheme(b), None
     b.say(f"Copying Python {py.version_str} from {py.executable}")
     interpreter.apply_copy(interpreter.plan_copy(py, b.options.keep_stdlib), b.root)
     b.say("Making the interpreter relocatable")
     plan = relocate.relocate(b.root, py, b.libs)
-    launchers.write(launchers.python_launchers(py, _scheme(b), b.options.libc), b.root)
+    scheme = _scheme(b)
+    launchers.write(launchers.python_launchers(py, scheme, b.options.libc), b.root)
     b.say("Byte-compiling the standard library")
-    bytecode.byte_compile(b.python, [b.root], runner=b.runner)
-    facts = layers.compute(b.root, b.ledger.needles)  # with or without a cache: the archive's fragments follow the layers
-    entry = None
-    if b.store is not None:
-        entry = b.store.put("interpreter", layer_key, b.root, host_files=[v.src for v in plan.vendor] + [py.executable], facts=facts)
-    b.ledger.add(layers.Layer("the interpreter", facts, entry), b.root)
-    return layer_key
+    workers.compiler.add(b.root)
+    host_files = [v.src for v in plan.vendor] + [py.executable]
+
+    def finish() -> layers.Layer:
+        facts = layering.read(workers.compiler, b.root, b.ledger.needles)  # with or without a cache: the archive's fragments follow the layers
+        entry = b.store.put("interpreter", layer_key, b.root, host_files=host_files, facts=facts) if b.store is not None else None
+        return layers.Layer("the interpreter", facts, entry)
+
+    return layer_key, scheme, workers.layers.submit(finish)
 
 
 def _scheme(b: Build) -> Scheme:
@@ -241,47 +279,55 @@ def _scheme(b: Build) -> Scheme:
     return install.tree_scheme(b.python, b.root, b.runner)
 
 
-def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dict[str, str]) -> list[Distribution]:
-    """Install, relocate and byte-compile each wheel in a layer of its own (or reuse it), then merge."""
+def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dict[str, str], workers: layering.Workers,
+                    interpreter_layer: Future[layers.Layer] | None, work: Path) -> list[Distribution]:
+    """Install, relocate and byte-compile each wheel in a layer of its own (or reuse it), then merge, in order.
+
+    Every wheel is relocated against ``lib/`` as the interpreter left it
+    (``provided``): no layer is merged before the last wheel is relocated, so
+    what a layer vendors never depends on which other layers came first, or
+    how the threads ran. The merge is in requirement order, which decides who
+    owns a file (and so which fragment of the archive it goes into).
+    """
     from shipenv.build import install
 
     options = b.options
     distributions = []
-    with tempfile.TemporaryDirectory(prefix="shipenv-stage-", dir=b.root.parent) as tmp:
-        work = Path(tmp)
-        store = b.store.root / "wheels" if b.store else None
-        wheels = install.collect_wheels(b.sources, options, b.py, b.python, work / "wheels", b.say, store=store, runner=b.runner,
-                                        pins=b.pins)
-        if wheels:
-            b.say(f"Installing {len(wheels)} wheels")
-        staged: list[tuple[Path, str, list[Path], str]] = []
-        keys = [cache.key("wheel", layer_key, install.wheel_content_key(w), sorted(options.system_libs)) for w, _ in wheels]
-        # Cache entries are checked, and the wheels hashed for the SBOM, on threads (file system
-        # latency, and hashlib releases the GIL); merging stays in order, which decides who owns a file.
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="shipenv-cache") as pool, \
-                bytecode.Compiler(b.python, runner=b.runner) as compiler:  # compiles each layer while the next installs
-            store_ = b.store
-            found = pool.map(lambda k: store_.get_layer("wheel", k) if store_ is not None else None, keys)
-            digests = pool.map(lambda w: manifest.hash_file(w[0])[0], wheels)
-            for index, ((wheel, source), wheel_key, hit) in enumerate(zip(wheels, keys, found)):
-                distributions.append(install.wheel_distribution(wheel, source))
-                if hit is not None and hit.entry is not None:
-                    _merge_layer(b, hit, wheel.name)
-                    continue
-                stage = work / f"stage-{index}"
-                install.install_wheel(wheel, stage, scheme, b.py, source)
-                plan = relocate.relocate(stage, b.py, b.libs, provided=b.root / relocate.LIB_DIR)
-                compiler.add(stage)
-                staged.append((stage, wheel_key, [v.src for v in plan.vendor], wheel.name))
-            wheel_digests.update({d.name: digest for d, digest in zip(distributions, digests)})
-            if staged:
-                b.say(f"Byte-compiling {len(staged)} packages (finishing: it began with the first install)")
-            compiler.finish()
-        for stage, wheel_key, host_files, wheel_name in staged:
-            facts = layers.compute(stage, b.ledger.needles)
-            entry = b.store.put("wheel", wheel_key, stage, host_files=host_files, facts=facts) if b.store is not None else None
-            _merge(stage, b.root, wheel_name, move=True)
-            b.ledger.add(layers.Layer(wheel_name, facts, entry), b.root)
+    compiler = workers.compiler
+    store = b.store.root / "wheels" if b.store else None
+    before_pip = (lambda: compiler.wait(b.root)) if interpreter_layer is not None else None
+    wheels = install.collect_wheels(b.sources, options, b.py, b.python, work / "wheels", b.say, store=store, runner=b.runner,
+                                    pins=b.pins, before_pip=before_pip)
+    if wheels:
+        b.say(f"Installing {len(wheels)} wheels")
+    keys = [cache.key("wheel", layer_key, install.wheel_content_key(w), sorted(options.system_libs)) for w, _ in wheels]
+    order: list[tuple[str, layers.Layer | layering.Fresh]] = []
+    # Cache entries are checked, and the wheels hashed for the SBOM, on threads (file system
+    # latency, and hashlib releases the GIL).
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="shipenv-cache") as pool:
+        store_ = b.store
+        found = pool.map(lambda k: store_.get_layer("wheel", k) if store_ is not None else None, keys)
+        digests = pool.map(lambda w: manifest.hash_file(w[0])[0], wheels)
+        for index, ((wheel, source), wheel_key, hit) in enumerate(zip(wheels, keys, found)):
+            distributions.append(install.wheel_distribution(wheel, source))
+            if hit is not None and hit.entry is not None:
+                order.append((wheel.name, hit))
+                continue
+            order.append((wheel.name, layering.start(workers, wheel.name, wheel_key, wheel, work / f"stage-{index}", scheme, b.py,
+                                                     b.libs, b.root / relocate.LIB_DIR, source)))
+        fresh = [layer for _name, layer in order if isinstance(layer, layering.Fresh)]
+        for layer in fresh:
+            layer.compiled(workers, b.ledger.needles)
+        wheel_digests.update({d.name: digest for d, digest in zip(distributions, digests)})
+    if fresh:
+        b.say(f"Byte-compiling {len(fresh)} packages (finishing: it began with the first install)")
+    if interpreter_layer is not None:
+        b.ledger.add(interpreter_layer.result(), b.root)
+    for name, made in order:
+        if isinstance(made, layers.Layer):
+            layering.merge_cached(made, b.root, b.ledger, name)
+        else:
+            layering.merge_fresh(made, b.store, b.root, b.ledger)
     return distributions
 
 
@@ -294,25 +340,6 @@ def _copy_venv(b: Build, scheme: Scheme) -> list[Distribution]:
     relocate.relocate(b.root, b.py, b.libs)
     bytecode.byte_compile(b.python, [b.root / scheme.purelib], relative_to=b.root, runner=b.runner)
     return copied
-
-
-def _merge_layer(b: Build, layer: layers.Layer, what: str) -> None:
-    """Link a cached layer's files into the tree and record them in the ledger."""
-    clashes, placed = cache.merge_layer(layer, b.root)
-    _refuse_clashes(clashes, what)
-    b.ledger.add(layer, b.root, placed)
-
-
-def _merge(layer: Path, root: Path, what: str, *, move: bool = False) -> None:
-    _refuse_clashes(cache.merge_tree(layer, root, move=move), what)
-
-
-def _refuse_clashes(clashes: list[str], what: str) -> None:
-    if clashes:
-        raise InstallError(
-            f"{what} would overwrite files that another package installed: {listing(clashes)}.",
-            hint="Two requirements ship the same files; drop one of them.",
-        )
 
 
 def _audit(b: Build, walked: list[tuple[str, str, os.stat_result]]) -> list[AuditFinding]:

@@ -8,13 +8,17 @@
 # stay valid whatever the files' mtimes become. One process pool serves all
 # roots: a build compiles the stdlib and each wheel's files in one go. With
 # "-", a root's files go to the pool as soon as its line arrives, so the
-# build installs the next wheel while this one compiles. Prints the files that
-# could not be compiled, one a line, in the order they were found.
+# build installs the next wheel while this one compiles; and as soon as every
+# file of a root is compiled, "=N" is printed (N counts the roots from 0, in
+# the order they came), so the build goes on with that layer while the others
+# compile. At the end, prints the files that could not be compiled, one a
+# line, in the order they were found.
 import compileall
 import os
 import py_compile
 import re
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 
 SKIP = re.compile(r"(^|/)(tests?/data|__pycache__)/")
@@ -63,18 +67,48 @@ def specs(argv):
             yield line.rstrip("\n")
 
 
+class Root:
+    """Counts a root's batches still compiling; says "=N" when the last one is done."""
+
+    lock = threading.Lock()
+
+    def __init__(self, index, announce):
+        self.index = index
+        self.announce = announce
+        self.pending = 1  # until every batch is submitted
+
+    def add(self, future):
+        with self.lock:
+            self.pending += 1
+        future.add_done_callback(self.done)
+
+    def done(self, future=None):
+        if future is not None and (future.cancelled() or future.exception() is not None):
+            return  # never announced: the process fails at the end and says why
+        with self.lock:
+            self.pending -= 1
+            if self.pending == 0 and self.announce:
+                sys.stdout.write("=%d\n" % self.index)
+                sys.stdout.flush()
+
+
 def main():
     futures = []
+    announce = sys.argv[1:] == ["-"]
     with ProcessPoolExecutor() as pool:
-        for spec in specs(sys.argv[1:]):
+        for index, spec in enumerate(specs(sys.argv[1:])):
+            root = Root(index, announce)
             batch = []
             for job in jobs(spec):
                 batch.append(job)
                 if len(batch) == CHUNK:
                     futures.append(pool.submit(compile_many, batch))
+                    root.add(futures[-1])
                     batch = []
             if batch:
                 futures.append(pool.submit(compile_many, batch))
+                root.add(futures[-1])
+            root.done()
         failed = [p for f in futures for p in f.result()]
     for path in failed:
         print(path)
