@@ -82,7 +82,7 @@ class CopyPlan:
 
 @dataclass(frozen=True)
 class ElfInfo:
-    """Read-only facts about one ELF file, from pyelftools."""
+    """Read-only facts about one ELF file, as the dynamic loader reads them (:mod:`shipenv.bundle.elfread`)."""
 
     machine: str
     elfclass: int

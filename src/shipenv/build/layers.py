@@ -241,7 +241,7 @@ class Ledger:
 
 def glibc_infos(root: Path, ledger: Ledger | None,
                 entries: Sequence[tuple[str, str, os.stat_result]] | None = None) -> dict[str, ElfInfo | None]:
-    """The ELF facts of every regular ELF in the tree (None where pyelftools cannot read one), reading only what no layer vouches for.
+    """The ELF facts of every regular ELF in the tree (None where it cannot be read), reading only what no layer vouches for.
 
     ``entries`` is the tree's :func:`shipenv.bundle.manifest.walk_stat`, when the caller has it.
     """
