@@ -80,7 +80,7 @@ def setup(args: argparse.Namespace) -> dict[str, Any]:
     req2.write_text(REQUIREMENTS.read_text().rstrip("\n") + f"\n# v2: one requirement added\n{ADDED}\n")
     big = req_dir / "requirements-big.txt"
     big.write_text(REQUIREMENTS.read_text().rstrip("\n") + f"\n# > 1 GB bundle\n{BIG_EXTRA}\n")
-    ctx: dict[str, Any] = {"req1": req1, "req2": req2, "req_big": big, "tools": {}}
+    ctx: dict[str, Any] = {"req1": req1, "req2": req2, "req_big": big, "tools": {}, "offline": args.offline}
     log = RUN / "logs" / "setup.log"
 
     for name in ("venv-pack", "pex"):
@@ -215,20 +215,21 @@ def group_build(ctx: dict[str, Any], runs: int, warm: int) -> None:
 
     measure_many(specs, runs=runs, warm=warm)
 
-    # The same through the machine's configured indexes (pypi.org + two file:// indexes), once:
-    # shipenv's resolver path as users meet it, network included.
-    index_specs = [
-        Spec("build.shipenv_index", "shipenv build -> .tar.zst, configured indexes (network), empty --cache-dir",
-             [shipenv_build(req1, V1, b / "clean-index", "--cache-dir", str(b / "cache-index"))], steps_log=True),
-        Spec("build.rebuild_index", f"shipenv rebuild, {ADDED} added, configured indexes, warm --cache-dir",
-             [shipenv_build(req2, V2, b / "rebuild-index", "--cache-dir", str(b / "cache-index"))], needs="build.shipenv_index",
-             steps_log=True),
-    ]
-    if isinstance(vp, Path):
-        index_specs.append(Spec("build.pip_venvpack_index", "python -m venv + pip install -r (configured indexes) + venv-pack",
-                                pip_steps("index-", [])))
-    measure_many(index_specs, runs=1, warm=0)
-    discard(b / "clean-index", b / "cache-index", b / "rebuild-index", b / "index-venv-0", b / "index-venvpack-0.tar.gz")
+    if not ctx.get("offline"):
+        # The same through the machine's configured indexes (pypi.org + two file:// indexes), once:
+        # shipenv's resolver path as users meet it, network included.
+        index_specs = [
+            Spec("build.shipenv_index", "shipenv build -> .tar.zst, configured indexes (network), empty --cache-dir",
+                 [shipenv_build(req1, V1, b / "clean-index", "--cache-dir", str(b / "cache-index"))], steps_log=True),
+            Spec("build.rebuild_index", f"shipenv rebuild, {ADDED} added, configured indexes, warm --cache-dir",
+                 [shipenv_build(req2, V2, b / "rebuild-index", "--cache-dir", str(b / "cache-index"))], needs="build.shipenv_index",
+                 steps_log=True),
+        ]
+        if isinstance(vp, Path):
+            index_specs.append(Spec("build.pip_venvpack_index", "python -m venv + pip install -r (configured indexes) + venv-pack",
+                                    pip_steps("index-", [])))
+        measure_many(index_specs, runs=1, warm=0)
+        discard(b / "clean-index", b / "cache-index", b / "rebuild-index", b / "index-venv-0", b / "index-venvpack-0.tar.gz")
 
     last = warm + runs - 1
     if FIG["build.shipenv"].ok:

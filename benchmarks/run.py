@@ -53,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, help="counted runs per figure (default 3; 1 with --quick)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up runs per figure (default 1; builds get 0 with --quick)")
     ap.add_argument("--quick", action="store_true", help="1 counted run; no warm-up for the expensive builds")
+    ap.add_argument("--offline", action="store_true",
+                    help="leave out the builds through the configured indexes (the network: ~5 min of a --quick run)")
     ap.add_argument("--groups", default="build,pack,deploy,start,big,hostile",
                     help="comma-separated subset of build,pack,deploy,start,big,hostile")
     args = ap.parse_args(argv)
