@@ -201,7 +201,8 @@ def test_the_loader_view_agrees_with_pyelftools_on_every_real_elf_file(where: st
     ``.dynsym``'s size (so it checks every symbol name).
     """
     files = _elf_files(_where(where))
-    assert len(files) > 20
+    # ci/hosts.sh runs this in venvs holding only shipenv's own dependencies: 9 ELF files there.
+    assert len(files) > (5 if where == "wheels" else 20)
     for path in files:
         with path.open("rb") as f:
             expected = _section_view(f)
