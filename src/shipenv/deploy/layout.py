@@ -134,7 +134,8 @@ def open_root(path: Path, *, create: bool = False) -> Iterator[Root]:
         root = Root(path, fd, -1, st.st_uid)
         rst = fs.lstat_at(fd, RELEASES)
         if rst is None and create:
-            os.mkdir(RELEASES, 0o755, dir_fd=fd)
+            with contextlib.suppress(FileExistsError):  # another deploy into the new root made it first
+                os.mkdir(RELEASES, 0o755, dir_fd=fd)
             rst = fs.lstat_at(fd, RELEASES)
         if rst is not None:
             releases_fd = fs.open_dir_at(fd, RELEASES, root.shown(RELEASES))
