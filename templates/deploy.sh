@@ -242,7 +242,10 @@ open_root() { # ROOT [create]
     fi
     if [ ! -e "$root/releases" ] && [ ! -L "$root/releases" ]; then
         [ "${2:-}" = create ] || die "$root holds no releases (no $root/releases)."
-        io mkdir -m 755 -- "$root/releases"
+        # Another first deploy into the same new root may make it first: only fail if it is still missing.
+        if ! mkdir -m 755 -- "$root/releases" 2>/dev/null && [ ! -e "$root/releases" ] && [ ! -L "$root/releases" ]; then
+            io mkdir -m 755 -- "$root/releases"
+        fi
     fi
     if [ -L "$root/releases" ] || [ ! -d "$root/releases" ]; then
         not_made "$root/releases" directory "$(kind_of "$root/releases")"
