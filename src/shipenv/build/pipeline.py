@@ -92,6 +92,8 @@ class Build:
     say: Step
     runner: Runner
     ledger: layers.Ledger  #: which files of the tree came from which layer
+    #: The interpreter layer's key, computed once (the output cache's key needs it first; it hashes the executable).
+    interpreter_key: Callable[[], str]
     pins: list[str] | None = None  #: uv's resolution, made before the tree existed (:func:`outputs.plan`)
 
     @property
@@ -139,7 +141,7 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
         root = staging / target.tree_name
         root.mkdir()
         ledger = layers.Ledger(audit.needles(py, sources, root), str(root))
-        b = Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say, runner, ledger, kept.pins)
+        b = Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say, runner, ledger, layer_key, kept.pins)
         tree = _build_tree(b, target)
         if target.fmt == "dir":
             output.place(root, target.artifact)
@@ -251,7 +253,7 @@ def _interpreter_layer(b: Build, workers: layering.Workers) -> tuple[str, Scheme
     before any wheel is merged (it is the first layer, and owns its files).
     """
     py = b.py
-    layer_key = _interpreter_key(py, b.options)
+    layer_key = b.interpreter_key()
     hit = b.store.get_layer("interpreter", layer_key) if b.store else None
     if hit is not None and hit.entry is not None:
         b.say(f"Reusing Python {py.version_str} from the cache")
