@@ -124,7 +124,7 @@ def _key(options: BuildOptions, sources: Sources, py: PythonInfo, target: output
     if wheels is None:
         log.debug("output: pip must fetch or build a wheel (or uv did not resolve), so the archive's inputs are not known yet")
         return None
-    digests = _digests(store, [w for w, _ in wheels])
+    digests = wheel_digests(store, [w for w, _ in wheels])
     placeholder = Path("/nonexistent/shipenv-staging")
     parts = {
         "interpreter": interpreter_key(),
@@ -145,10 +145,11 @@ def host_files(py: PythonInfo) -> list[Path]:
     return [*_HOST_FILES, *policy.default_dirs(py.machine), *([py.libdir] if py.libdir else [])]
 
 
-def _digests(store: cache.BuildCache, wheels: list[Path]) -> list[str]:
+def wheel_digests(store: cache.BuildCache, wheels: list[Path]) -> list[str]:
     """Each wheel's sha256, kept in the cache while the file's size, inode, mtime and ctime stay as they were.
 
-    One entry per wheel: a requirement added costs hashing that one wheel.
+    One entry per wheel: a requirement added costs hashing that one wheel. The
+    build's key and its SBOM both use these, so a wheel is hashed once.
     """
     digests = []
     for wheel in wheels:

@@ -306,12 +306,13 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
         b.say(f"Installing {len(wheels)} wheels")
     keys = [cache.key("wheel", layer_key, install.wheel_content_key(w), sorted(options.system_libs)) for w, _ in wheels]
     order: list[tuple[str, layers.Layer | layering.Fresh]] = []
-    # Cache entries are checked, and the wheels hashed for the SBOM, on threads (file system
-    # latency, and hashlib releases the GIL).
+    # Cache entries are checked, and (without a cache) the wheels hashed for the SBOM, on threads
+    # (file system latency, and hashlib releases the GIL); with a cache the output key's digests serve.
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="shipenv-cache") as pool:
         store_ = b.store
         found = pool.map(lambda k: store_.get_layer("wheel", k) if store_ is not None else None, keys)
-        digests = pool.map(lambda w: manifest.hash_file(w[0])[0], wheels)
+        digests = (outputs.wheel_digests(store_, [w for w, _ in wheels]) if store_ is not None
+                   else pool.map(lambda w: manifest.hash_file(w[0])[0], wheels))
         for index, ((wheel, source), wheel_key, hit) in enumerate(zip(wheels, keys, found)):
             distributions.append(install.wheel_distribution(wheel, source))
             if hit is not None and hit.entry is not None:
