@@ -375,7 +375,7 @@ def write(
     error the partial ``dest`` is removed.
     """
     c = codec(fmt, level, threads)
-    entries = members(root, arcname, mtime)
+    _check_root(root)
     f = create(dest)
     out: Encoder | None = None
     try:
@@ -383,8 +383,15 @@ def write(
             sink = FileSink(f, dest)
             out = _codecs.encoder(c.fmt, c.level, c.threads, sink)
             tar = TarStream(out, progress)
-            for entry in entries:
-                tar.add(entry, relative(entry, arcname))
+            # The walk streams into the compressor (its workers start on the first chunk, not after
+            # the whole tree was listed); what cannot be packed is collected and refused at the end.
+            bad: list[str] = []
+            for entry in plan(root, arcname, mtime):
+                if entry.kind == "other":
+                    bad.append(relative(entry, arcname))
+                elif not bad:
+                    tar.add(entry, relative(entry, arcname))
+            _refuse_other(bad)
             tar.finish()
             out.close()
             out = None
@@ -399,16 +406,23 @@ def write(
 
 def members(root: Path, arcname: str, mtime: int) -> list[Entry]:
     """:func:`plan` as a list, refusing a tree that is not a directory or holds anything but files, directories and symlinks."""
+    _check_root(root)
+    entries = list(plan(root, arcname, mtime))
+    _refuse_other([relative(e, arcname) for e in entries if e.kind == "other"])
+    return entries
+
+
+def _check_root(root: Path) -> None:
     if not root.is_dir():
         raise ArchiveError(f"Cannot pack {root}: it is not a directory.")
-    entries = list(plan(root, arcname, mtime))
-    bad = [relative(e, arcname) for e in entries if e.kind == "other"]
+
+
+def _refuse_other(bad: list[str]) -> None:
     if bad:
         raise ArchiveError(
             f"Cannot pack {listing(bad)}: only files, directories and symlinks go into a bundle.",
             hint="Remove sockets, FIFOs and device files from the tree.",
         )
-    return entries
 
 
 def relative(entry: Entry, arcname: str) -> str:
