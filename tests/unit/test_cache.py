@@ -275,3 +275,19 @@ def test_remember_computes_once_and_again_when_what_it_depends_on_changed(store:
     for kept in (store.root / "origins").glob("*.json"):
         kept.write_text("{not json")
     assert store.remember("origins", parts(), ask) == {"libz": "zlib1g"} and len(calls) == 3
+
+
+def test_keys_change_with_the_libraries_shipenv_runs_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upgrade of installer (or lief, pyelftools, zstandard...) must not reuse layers the old one made."""
+    site = tmp_path / "site"
+    (site / "installer-1.0.0.dist-info").mkdir(parents=True)
+    monkeypatch.setattr("sys.path", [str(site)])
+    cache._libraries.cache_clear()
+    try:
+        before = cache.key("layer", "same parts")
+        assert cache.key("layer", "same parts") == before
+        (site / "installer-1.0.0.dist-info").rename(site / "installer-1.1.0.dist-info")
+        cache._libraries.cache_clear()
+        assert cache.key("layer", "same parts") != before
+    finally:
+        cache._libraries.cache_clear()

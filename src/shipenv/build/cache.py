@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -51,13 +52,28 @@ def default_dir() -> Path:
 
 
 def key(*parts: Any) -> str:
-    """A stable digest of JSON-able parts, and of shipenv's own code.
+    """A stable digest of JSON-able parts, of shipenv's own code and of the libraries it runs with.
 
     The code's fingerprint (file names, sizes, mtimes) keeps a development
-    checkout from reusing layers that an older version of the code made.
+    checkout from reusing layers that an older version of the code made; the
+    libraries' versions (installer writes the layers' files, lief and
+    pyelftools rewrite and read their ELF files, zstandard and zlib-ng
+    compress their fragments) keep an upgrade of one of them from doing so.
     """
-    text = json.dumps([_ENTRY_FORMAT, __version__, _code_fingerprint(), *parts], sort_keys=True, default=str)
+    text = json.dumps([_ENTRY_FORMAT, __version__, _code_fingerprint(), _libraries(), *parts], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+@functools.cache
+def _libraries() -> tuple[str, ...]:
+    """The distributions importable by shipenv (their ``.dist-info`` names carry their versions)."""
+    names: set[str] = set()
+    for entry in sys.path:
+        try:
+            names.update(n for n in os.listdir(entry or ".") if n.endswith(".dist-info"))
+        except OSError:
+            continue
+    return tuple(sorted(names))
 
 
 @functools.cache

@@ -22,8 +22,9 @@ the archive:
   directories and the interpreter's ``LIBDIR`` (where the SBOM's library
   lookup finds a vendored library), dpkg's ``status`` (which package owns
   it), each by its size and mtime; ``libc.finish`` reads only the tree;
-* the libraries shipenv runs with (every ``*.dist-info`` name on ``sys.path``:
-  cyclonedx renders the SBOM, zstandard and zlib-ng compress) and its Python.
+* the libraries shipenv runs with (every ``*.dist-info`` name on ``sys.path``,
+  part of every cache key (:func:`cache.key`): cyclonedx renders the SBOM,
+  zstandard and zlib-ng compress) and its Python.
 
 The host files the layers were made from (vendored libraries, the
 executable) are checked as the layers check them (:func:`cache.hosts_changed`)
@@ -134,7 +135,6 @@ def _key(options: BuildOptions, sources: Sources, py: PythonInfo, target: output
         "options": [list(options.entries), sorted(options.keep_stdlib), sorted(options.system_libs), options.libc, options.max_glibc],
         "needles": [n for n in audit.needles(py, sources, placeholder) if n != str(placeholder)],
         "host": cache.host_files_state(host_files(py)),
-        "libraries": _libraries(),
         "runtime": sys.version,
     }
     return cache.key("output", _FORMAT, parts)
@@ -162,17 +162,6 @@ def wheel_digests(store: cache.BuildCache, wheels: list[Path]) -> list[str]:
 
 def _sha256(path: Path) -> str:
     return manifest.hash_file(path)[0]
-
-
-def _libraries() -> list[str]:
-    """The distributions importable by shipenv (their ``.dist-info`` names carry their versions)."""
-    names: set[str] = set()
-    for entry in sys.path:
-        try:
-            names.update(n for n in os.listdir(entry or ".") if n.endswith(".dist-info"))
-        except OSError:
-            continue
-    return sorted(names)
 
 
 def lookup(store: cache.BuildCache, key: str) -> Stored | None:
