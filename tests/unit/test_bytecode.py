@@ -59,6 +59,28 @@ def test_a_file_that_is_not_python_3_stays_uncompiled_with_a_warning(tmp_path: P
     assert (root / "lib" / "pkg2" / "__pycache__" / f"m1.{TAG}.pyc").is_file()
 
 
+def test_the_test_suites_of_installed_packages_stay_sources(tmp_path: Path) -> None:
+    """pandas/tests and the like are shipped but not compiled; a "test" module and the stdlib's test dirs are."""
+    root = tmp_path / "r"
+    files = {
+        "lib/python3.x/site-packages/pkg/__init__.py": True,
+        "lib/python3.x/site-packages/pkg/tests/test_a.py": False,
+        "lib/python3.x/site-packages/pkg/core/tests/__init__.py": False,
+        "lib/python3.x/site-packages/tests/conftest.py": False,
+        "lib/python3.x/site-packages/pkg/test/client.py": True,
+        "lib/python3.x/site-packages/pkg/testsuite.py": True,
+        "local/lib/python3.x/dist-packages/deb/tests/test_b.py": False,
+        "lib/python3.x/lib2to3/tests/test_c.py": True,
+    }
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x = 1\n")
+    bytecode.byte_compile(PYTHON, [root])
+    compiled = {rel: Path(importlib.util.cache_from_source(str(root / rel))).is_file() for rel in files}
+    assert compiled == files
+    assert not (root / "lib/python3.x/site-packages/pkg/tests/__pycache__").exists()
+
+
 def test_a_build_that_compiles_nothing_starts_no_process(tmp_path: Path) -> None:
     class NoProcess:
         def run(self, argv: Sequence[str], **_kw: object) -> Completed:

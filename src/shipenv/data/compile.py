@@ -3,7 +3,8 @@
 #   python -I -B compile.py ROOT[::SUBDIR] [ROOT[::SUBDIR] ...]
 #   python -I -B compile.py -        (the same specs, one a line on stdin, until EOF)
 #
-# Byte-compiles every .py file under each ROOT, recording paths relative to
+# Byte-compiles every .py file under each ROOT (but the ones SKIP names: the
+# test suites of installed packages, test data), recording paths relative to
 # that ROOT (so no build path ends up in a .pyc), as unchecked-hash pycs that
 # stay valid whatever the files' mtimes become. One process pool serves all
 # roots: a build compiles the stdlib and each wheel's files in one go. With
@@ -21,7 +22,14 @@ import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
-SKIP = re.compile(r"(^|/)(tests?/data|__pycache__)/")
+# Not compiled: test data, old bytecode, and the test suites that installed
+# packages ship (a "tests" directory anywhere under site-packages, e.g.
+# pandas/tests, numpy/*/tests). Those stay in the bundle as sources but are
+# never imported by an application: compiling them was a third of the
+# compile time and 40% of the pycs' bytes. The stdlib's own test suite, kept
+# with --keep-stdlib test, is still compiled; so is a package's "test" module
+# (django.test is a runtime API).
+SKIP = re.compile(r"(^|/)(tests?/data|__pycache__)/|(^|/)(site|dist)-packages/(.+/)?tests/")
 CHUNK = 64  # files per task: few round trips, and still work for every core
 
 
