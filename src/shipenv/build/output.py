@@ -152,17 +152,24 @@ def remove_tree(path: Path, workers: int = 16) -> None:
         files.extend(os.path.join(dirpath, name) for name in filenames)
         files.extend(os.path.join(dirpath, name) for name in dirnames if os.path.islink(os.path.join(dirpath, name)))
 
-    def quietly(op: Callable[[str], None]) -> Callable[[str], None]:
-        def run(target: str) -> None:
-            with contextlib.suppress(OSError):
-                op(target)
+    def quietly(op: Callable[[str], None]) -> Callable[[list[str]], None]:
+        def run(targets: list[str]) -> None:
+            for target in targets:
+                with contextlib.suppress(OSError):
+                    op(target)
         return run
 
+    # One task per slice, not per path: a thread pool ignores map()'s chunksize, and a future
+    # per unlink (16,000 of them) cost more time holding the GIL than the unlinks took.
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="shipenv-rm") as pool:
-        list(pool.map(quietly(os.unlink), files, chunksize=256))
+        list(pool.map(quietly(os.unlink), _slices(files, 128)))
         for depth in sorted(levels, reverse=True):  # the deepest directories first: each is empty by then
-            list(pool.map(quietly(os.rmdir), levels[depth], chunksize=16))
+            list(pool.map(quietly(os.rmdir), _slices(levels[depth], 16)))
     shutil.rmtree(path, ignore_errors=True)  # whatever is left (nothing, unless something changed it meanwhile)
+
+
+def _slices(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def remove_stale_staging(directory: Path) -> None:
