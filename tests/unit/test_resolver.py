@@ -28,6 +28,7 @@ def clean_pip_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "xdg"))  # not the machine's site-wide pip.conf
     for name in list(os.environ):
         if name.startswith("PIP_") or name == "SHIPENV_RESOLVER":
             monkeypatch.delenv(name)
