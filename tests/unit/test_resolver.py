@@ -235,3 +235,16 @@ def test_remember_keeps_one_copy_by_name(tmp_path: Path) -> None:
     assert os.listdir(store / "pyyaml") == [wheel.name]
     assert (store / "pyyaml" / wheel.name).read_bytes() == b"wheel bytes"
     assert resolver.lookup(store, "pyyaml==6.0.2", TAGS) == store / "pyyaml" / wheel.name
+
+
+def test_pip_reads_site_wide_files_first_and_none_with_devnull(clean_pip_config: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    site = tmp_path / "xdg" / "pip" / "pip.conf"
+    site.parent.mkdir(parents=True)
+    site.write_text("[global]\nconstraint = /etc/cap.txt\nindex-url = https://site.example/simple\n")
+    user = clean_pip_config / ".config" / "pip" / "pip.conf"
+    user.parent.mkdir(parents=True)
+    user.write_text("[global]\nindex-url = https://user.example/simple\n")
+    got = resolver.pip_locations()
+    assert got["constraint"] == ["/etc/cap.txt"] and got["index-url"] == ["https://user.example/simple"]
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    assert resolver.pip_locations()["constraint"] == []

@@ -1,7 +1,9 @@
 """Put the application's packages into the tree.
 
 Four sources, one result: requirements files, a project directory, a
-wheelhouse, or an existing venv. Resolution and building go through pip run by
+wheelhouse, or an existing venv. uv resolves for the bundled interpreter, and
+the wheels its lock names are downloaded in parallel (:mod:`shipenv.build.fetch`);
+what is left (sdists to build, or anything without uv) goes through pip run by
 the *bundled* interpreter, so markers and wheel tags are the target's; wheels
 are installed with :mod:`installer` into the scheme the copied interpreter
 reports (Debian's says ``local/lib/python3.11/dist-packages``). A venv is

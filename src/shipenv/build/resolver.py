@@ -1,4 +1,4 @@
-"""Fast resolution with uv, and a store of the wheels pip fetched or built.
+"""Fast resolution with uv, and a store of the wheels fetched (by shipenv or pip) or built by pip.
 
 pip is the reference: it runs inside the bundled interpreter and reads the
 machine's pip configuration. uv, where installed, answers the same question
@@ -6,6 +6,12 @@ machine's pip configuration. uv, where installed, answers the same question
 magnitude faster; it is given the same indexes and find-links that pip's
 configuration names. Anything uv cannot do is left to pip, whose answer and
 error messages are authoritative.
+
+uv also says which file: its PEP 751 lock (``--format pylock.toml``, asked
+for in the same call) names each pinned wheel with its URL, sha256 and size
+(:class:`Resolution`), which :mod:`shipenv.build.fetch` downloads in parallel
+instead of pip. uv is given pip's configured ``constraint`` files too, since
+pip applies them.
 
 When pip's only sources are local directories (``--wheels DIR``, or pip's
 ``no-index`` with local find-links), a pin uv resolved is answered from them
@@ -67,6 +73,8 @@ def _pip_config_files() -> list[Path]:
     xdg_dirs = [d for d in os.environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep) if d]
     files = [Path(d) / "pip" / "pip.conf" for d in xdg_dirs] + [Path("/etc/pip.conf")]
     env_file = os.environ.get("PIP_CONFIG_FILE")
+    if env_file == os.devnull:  # pip's way to read no file at all
+        return []
     if not (env_file and Path(env_file).exists()):  # pip skips the user's files when PIP_CONFIG_FILE exists
         files += [Path.home() / ".pip" / "pip.conf",
                   Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "pip" / "pip.conf"]
