@@ -42,6 +42,11 @@ version = "3.20"
 wheels = [{ url = "file:///opt/pypi/files/idna-3.20-py3-none-any.whl", hashes = { sha256 = "cc" } }]
 
 [[packages]]
+name = "torch"
+version = "2.13.0+cpu"
+wheels = [{ url = "https://download.example/whl/cpu/torch-2.13.0%2Bcpu-cp311-cp311-manylinux_2_17_x86_64.whl", hashes = { sha256 = "ee" } }]
+
+[[packages]]
 name = "srcpkg"
 version = "1.0"
 sdist = { url = "https://files.example/srcpkg-1.0.tar.gz", size = 10, hashes = { sha256 = "dd" } }
@@ -67,7 +72,7 @@ def clean_pip_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_a_lock_of_index_packages_gives_the_pins_and_every_wheel() -> None:
     resolution = resolver.parse_lock(LOCK)
     assert resolution is not None
-    assert resolution.pins == ["sqlalchemy==2.1.9", "idna==3.20", "srcpkg==1.0"]
+    assert resolution.pins == ["sqlalchemy==2.1.9", "idna==3.20", "torch==2.13.0+cpu", "srcpkg==1.0"]
     assert [f.filename for f in resolution.files["sqlalchemy==2.1.9"]] == [
         "sqlalchemy-2.1.9-py3-none-any.whl", "sqlalchemy-2.1.9-cp311-cp311-manylinux_2_17_x86_64.whl"]
     assert resolution.files["sqlalchemy==2.1.9"][0] == LockedFile(
@@ -75,12 +80,15 @@ def test_a_lock_of_index_packages_gives_the_pins_and_every_wheel() -> None:
     (idna,) = resolution.files["idna==3.20"]
     assert idna.size is None and idna.sha256 == "cc"  # uv gives file:// indexes no size
     assert "srcpkg==1.0" not in resolution.files  # an sdist only: pip builds it
+    (torch,) = resolution.files["torch==2.13.0+cpu"]
+    assert torch.filename == "torch-2.13.0+cpu-cp311-cp311-manylinux_2_17_x86_64.whl"  # the URL's %2B is not in the name
+    assert resolver.best_locked(resolution, "torch==2.13.0+cpu", TAGS) == torch
 
 
 def test_a_lock_with_a_project_directory_does_not_give_the_pins() -> None:
     text = LOCK + '\n[[packages]]\nname = "app"\ndirectory = { path = "/src/app" }\n'
     assert resolver.parse_lock(text) is None  # uv_resolve asks for them as pip reads them
-    assert set(resolver.parse_lock_files(text)) == {"sqlalchemy==2.1.9", "idna==3.20"}
+    assert set(resolver.parse_lock_files(text)) == {"sqlalchemy==2.1.9", "idna==3.20", "torch==2.13.0+cpu"}
 
 
 def test_the_best_tag_for_the_interpreter_is_the_wheel_taken() -> None:
@@ -102,7 +110,7 @@ def test_uv_is_asked_for_a_lock_and_given_pips_configured_constraints(tmp_path: 
     req = tmp_path / "req.txt"
     req.write_text("sqlalchemy\n")
     resolution = resolver.uv_resolve(Path("/fake/bin/uv"), tmp_path / "python", BuildOptions(output=tmp_path / "out", requirements=(req,)), runner)
-    assert resolution is not None and resolution.pins == ["sqlalchemy==2.1.9", "idna==3.20", "srcpkg==1.0"]
+    assert resolution is not None and resolution.pins == ["sqlalchemy==2.1.9", "idna==3.20", "torch==2.13.0+cpu", "srcpkg==1.0"]
     (argv,) = runner.calls
     assert argv[argv.index("--format") + 1] == "pylock.toml"
     assert argv[argv.index("-c") + 1] == str(tmp_path / "cap.txt")  # pip would apply it: so does uv

@@ -255,6 +255,8 @@ def _fetch_locked(resolution: resolver.Resolution, missing: list[str], py: Pytho
         return {}
     jobs = {pin: (f, store / str(parse_wheel_filename(f.filename)[0]) if store is not None else wheel_dir)
             for pin, f in locked.items() if _wheel_name_ok(f.filename)}
+    if not jobs:
+        return {}
     if say is not None:
         known = sum(f.size or 0 for f, _ in jobs.values())
         say(f"Downloading {len(jobs)} wheels" + (f" ({known / 1e6:.1f} MB)" if known else ""))

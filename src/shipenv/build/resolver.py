@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name, parse_wheel_filename
@@ -265,7 +266,7 @@ def parse_lock_files(text: str) -> dict[str, tuple[LockedFile, ...]]:
                 continue
             url: str = wheel["url"]
             given, hashes, size = wheel.get("name"), wheel.get("hashes"), wheel.get("size")
-            filename = given if isinstance(given, str) else url.rsplit("/", 1)[-1].split("#")[0]
+            filename = given if isinstance(given, str) else unquote(urlsplit(url).path.rsplit("/", 1)[-1])  # torch-2.1%2Bcpu-...
             sha256 = hashes.get("sha256") if isinstance(hashes, dict) else None
             sha256 = sha256.lower() if isinstance(sha256, str) else None
             if not isinstance(size, int) or isinstance(size, bool):
