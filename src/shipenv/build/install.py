@@ -221,11 +221,12 @@ def _wheels_for_pins(
     pins = resolution.pins
     found, missing = _lookup_pins(pins, options, py, store)
     by_pin = dict(zip([p for p in pins if p not in missing], found))
-    log.debug("wheels for %d pin(s) found without pip; %d to fetch or build", len(found), len(missing))
     if missing:
         fetched = _fetch_locked(resolution, missing, py, store, wheel_dir, say, progress)
         by_pin.update(fetched)
         missing = [p for p in missing if p not in fetched]
+    log.debug("wheels for %d pin(s) found without pip; pip fetches or builds %d (%d downloaded from uv's lock)",
+              len(by_pin), len(missing), len(by_pin) - len(found))
     built: list[tuple[Path, str]] = []
     if missing:
         if before_pip is not None:
