@@ -36,7 +36,7 @@ _KNOWN = {"python", "name", "version", "entry", "format", "max-glibc", "libc", "
 
 
 def read_pyproject(pyproject: Path) -> dict[str, Any]:
-    """The parsed ``pyproject.toml``: the one place shipenv reads TOML (``tomli`` before 3.11)."""
+    """The parsed ``pyproject.toml`` (``tomli`` before 3.11; the other TOML shipenv reads is uv's lock, in ``build.resolver``)."""
     try:
         data: dict[str, Any] = tomllib.loads(pyproject.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -28,6 +28,7 @@ def clean_pip_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "xdg"))  # not the machine's site-wide pip.conf
     for name in list(os.environ):
         if name.startswith("PIP_") or name == "SHIPENV_RESOLVER":
             monkeypatch.delenv(name)
@@ -234,3 +235,16 @@ def test_remember_keeps_one_copy_by_name(tmp_path: Path) -> None:
     assert os.listdir(store / "pyyaml") == [wheel.name]
     assert (store / "pyyaml" / wheel.name).read_bytes() == b"wheel bytes"
     assert resolver.lookup(store, "pyyaml==6.0.2", TAGS) == store / "pyyaml" / wheel.name
+
+
+def test_pip_reads_site_wide_files_first_and_none_with_devnull(clean_pip_config: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    site = tmp_path / "xdg" / "pip" / "pip.conf"
+    site.parent.mkdir(parents=True)
+    site.write_text("[global]\nconstraint = /etc/cap.txt\nindex-url = https://site.example/simple\n")
+    user = clean_pip_config / ".config" / "pip" / "pip.conf"
+    user.parent.mkdir(parents=True)
+    user.write_text("[global]\nindex-url = https://user.example/simple\n")
+    got = resolver.pip_locations()
+    assert got["constraint"] == ["/etc/cap.txt"] and got["index-url"] == ["https://user.example/simple"]
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    assert resolver.pip_locations()["constraint"] == []

@@ -1,7 +1,9 @@
 """Put the application's packages into the tree.
 
 Four sources, one result: requirements files, a project directory, a
-wheelhouse, or an existing venv. Resolution and building go through pip run by
+wheelhouse, or an existing venv. uv resolves for the bundled interpreter, and
+the wheels its lock names are downloaded in parallel (:mod:`shipenv.build.fetch`);
+what is left (sdists to build, or anything without uv) goes through pip run by
 the *bundled* interpreter, so markers and wheel tags are the target's; wheels
 are installed with :mod:`installer` into the scheme the copied interpreter
 reports (Debian's says ``local/lib/python3.11/dist-packages``). A venv is
@@ -135,16 +137,19 @@ def collect_wheels(
     say: Say,
     store: Path | None = None,
     runner: Runner = REAL,
-    pins: list[str] | None = None,
+    pins: resolver.Resolution | None = None,
     before_pip: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[Path, str]]:
     """Every wheel to install, with where it came from: resolved, or a wheelhouse.
 
-    With uv available, uv resolves (in well under a second) and only the wheels
-    missing from a local wheelhouse (``--wheels``) and from ``store`` (shipenv's
-    wheel cache) are fetched or built by pip, which does not start at all when
-    nothing is missing; without uv, or if uv cannot resolve, pip does everything
-    and has the last word. ``pins`` is uv's answer when the caller already has
+    With uv available, uv resolves (in well under a second); the wheels missing
+    from a local wheelhouse (``--wheels``) and from ``store`` (shipenv's wheel
+    cache) are downloaded in parallel from the URLs uv's lock gives
+    (:mod:`shipenv.build.fetch`, into ``store``), and pip starts only for what is
+    left: a pin with no wheel (an sdist to build, a project directory) or one
+    that path could not fetch as pip would. Without uv, or if uv cannot resolve,
+    pip does everything and has the last word. ``pins`` is uv's answer when the caller already has
     it (:func:`resolve_pins`, run before the tree existed): uv is not run twice.
     ``before_pip`` is called before pip starts: pip runs in the bundled
     interpreter and writes bytecode for what it imports, so the build lets the
@@ -159,13 +164,13 @@ def collect_wheels(
     if pins is None:
         pins = resolve_pins(options, python, runner)
     if pins is not None:
-        return _wheels_for_pins(pins, python, options, py, wheel_dir, store, runner, before_pip)
+        return _wheels_for_pins(pins, python, options, py, wheel_dir, store, runner, before_pip, say, progress)
     if before_pip is not None:
         before_pip()
     return pip_wheel(python, options, wheel_dir, cache_root=store.parent if store else None, runner=runner)
 
 
-def resolve_pins(options: BuildOptions, python: Path, runner: Runner = REAL) -> list[str] | None:
+def resolve_pins(options: BuildOptions, python: Path, runner: Runner = REAL) -> resolver.Resolution | None:
     """uv's pinned resolution of the requirements for ``python``, or None (no uv, nothing to resolve, or uv could not: pip decides).
 
     The base interpreter gives the same answer as its copy in the tree: the
@@ -174,10 +179,10 @@ def resolve_pins(options: BuildOptions, python: Path, runner: Runner = REAL) -> 
     if not (options.requirements or options.project is not None):
         return None
     uv = resolver.find_uv()
-    return resolver.uv_compile(uv, python, options, runner) if uv is not None else None
+    return resolver.uv_resolve(uv, python, options, runner) if uv is not None else None
 
 
-def known_wheels(options: BuildOptions, py: PythonInfo, pins: list[str] | None, store: Path | None) -> list[tuple[Path, str]] | None:
+def known_wheels(options: BuildOptions, py: PythonInfo, pins: resolver.Resolution | None, store: Path | None) -> list[tuple[Path, str]] | None:
     """What :func:`collect_wheels` will return given ``pins``, when that is known without starting pip (else None)."""
     if options.wheels is not None and not options.requirements and options.project is None:
         return [(w, "wheelhouse") for w in select_wheels(options.wheels, py)]
@@ -185,7 +190,7 @@ def known_wheels(options: BuildOptions, py: PythonInfo, pins: list[str] | None, 
         return []
     if pins is None:
         return None
-    found, missing = _lookup_pins(pins, options, py, store)
+    found, missing = _lookup_pins(pins.pins, options, py, store)
     return None if missing else [(w, _source_of(w, options)) for w in found]
 
 
@@ -209,11 +214,20 @@ def _lookup_pins(pins: list[str], options: BuildOptions, py: PythonInfo, store: 
 
 
 def _wheels_for_pins(
-    pins: list[str], python: Path, options: BuildOptions, py: PythonInfo, wheel_dir: Path, store: Path | None, runner: Runner,
-    before_pip: Callable[[], None] | None = None,
+    resolution: resolver.Resolution, python: Path, options: BuildOptions, py: PythonInfo, wheel_dir: Path, store: Path | None,
+    runner: Runner, before_pip: Callable[[], None] | None = None, say: Say | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[Path, str]]:
+    pins = resolution.pins
     found, missing = _lookup_pins(pins, options, py, store)
-    log.debug("wheels for %d pin(s) found without pip; pip fetches or builds %d", len(found), len(missing))
+    by_pin = dict(zip([p for p in pins if p not in missing], found))
+    if missing:
+        fetched = _fetch_locked(resolution, missing, py, store, wheel_dir, say, progress)
+        by_pin.update(fetched)
+        missing = [p for p in missing if p not in fetched]
+    log.debug("wheels for %d pin(s) found without pip; pip fetches or builds %d (%d downloaded from uv's lock)",
+              len(by_pin), len(missing), len(by_pin) - len(found))
+    built: list[tuple[Path, str]] = []
     if missing:
         if before_pip is not None:
             before_pip()
@@ -221,8 +235,42 @@ def _wheels_for_pins(
         for wheel, _source in built:
             if store is not None and resolver.is_index_pin_wheel(wheel, missing):
                 resolver.remember(store, wheel)
-        found += [w for w, _ in built]
-    return [(w, _source_of(w, options)) for w in found]
+    # In uv's order whichever way a wheel came (the store, the lock, pip): a clean build and a cached one agree.
+    ordered = [by_pin[p] for p in pins if p in by_pin] + [w for w, _ in built]
+    return [(w, _source_of(w, options)) for w in ordered]
+
+
+def _fetch_locked(resolution: resolver.Resolution, missing: list[str], py: PythonInfo, store: Path | None, wheel_dir: Path,
+                  say: Say | None, progress: Callable[[int, int], None] | None) -> dict[str, Path]:
+    """The missing pins whose wheel uv's lock names, downloaded into the store (as pip's downloads are kept) or
+    ``wheel_dir`` without one; what is not returned is pip's to fetch or build."""
+    from shipenv.build import fetch
+
+    tags = target_tags(py)
+    locked = {pin: f for pin in missing if (f := resolver.best_locked(resolution, pin, tags)) is not None}
+    if not locked:
+        return {}
+    config = fetch.settings(resolver.pip_locations())
+    if isinstance(config, str):
+        log.info("fetch: pip downloads every wheel: %s", config)
+        return {}
+    jobs = {pin: (f, store / str(parse_wheel_filename(f.filename)[0]) if store is not None else wheel_dir)
+            for pin, f in locked.items() if _wheel_name_ok(f.filename)}
+    if not jobs:
+        return {}
+    if say is not None:
+        known = sum(f.size or 0 for f, _ in jobs.values())
+        say(f"Downloading {len(jobs)} wheels" + (f" ({known / 1e6:.1f} MB)" if known else ""))
+    done, _failed = fetch.fetch(jobs, config, progress)
+    return done
+
+
+def _wheel_name_ok(filename: str) -> bool:
+    try:
+        parse_wheel_filename(filename)
+    except ValueError:
+        return False
+    return True
 
 
 def _source_of(wheel: Path, options: BuildOptions) -> str:

@@ -63,6 +63,7 @@ from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult
 if TYPE_CHECKING:
     from shipenv.build.install import Sources
     from shipenv.build.layers import Layer
+    from shipenv.build.resolver import Resolution
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class Plan:
     next build then finds that wheel in the store, and so the same key).
     """
 
-    pins: list[str] | None
+    pins: Resolution | None
     key: str | None
     cacheable: bool  #: the format and sources allow keeping the output at all
 
@@ -118,7 +119,7 @@ def key_after(planned: Plan, options: BuildOptions, sources: Sources, py: Python
 
 
 def _key(options: BuildOptions, sources: Sources, py: PythonInfo, target: output.Target, store: cache.BuildCache,
-         interpreter_key: Callable[[], str], pins: list[str] | None) -> str | None:
+         interpreter_key: Callable[[], str], pins: Resolution | None) -> str | None:
     from shipenv.build import install
 
     wheels = install.known_wheels(options, py, pins, store.root / "wheels")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from shipenv.build.install import Sources
+    from shipenv.build.resolver import Resolution
     from shipenv.bundle import sshsig
 
 from shipenv import __version__, data, templates
@@ -60,8 +61,8 @@ Progress = Callable[[int, int], None]
 def build(options: BuildOptions, step: Step | None = None, progress: Progress | None = None, runner: Runner = REAL) -> BuildResult:
     """Build a bundle as ``options`` say and return where it is.
 
-    ``step`` hears about each stage and ``progress`` about packing (files,
-    bytes); neither is needed. ``runner`` runs pip, uv, the probe and the
+    ``step`` hears about each stage and ``progress`` about downloads and
+    packing (files, bytes); neither is needed. ``runner`` runs pip, uv, the probe and the
     byte-compiler (tests pass a fake). A disk that fills up or an output directory that
     cannot be written is reported in one sentence, with nothing left behind.
     """
@@ -94,7 +95,8 @@ class Build:
     ledger: layers.Ledger  #: which files of the tree came from which layer
     #: The interpreter layer's key, computed once (the output cache's key needs it first; it hashes the executable).
     interpreter_key: Callable[[], str]
-    pins: list[str] | None = None  #: uv's resolution, made before the tree existed (:func:`outputs.plan`)
+    pins: Resolution | None = None  #: uv's resolution, made before the tree existed (:func:`outputs.plan`)
+    progress: Progress | None = None  #: hears about downloads (files, bytes)
 
     @property
     def python(self) -> Path:
@@ -141,7 +143,8 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
         root = staging / target.tree_name
         root.mkdir()
         ledger = layers.Ledger(audit.needles(py, sources, root), str(root))
-        b = Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say, runner, ledger, layer_key, kept.pins)
+        b = Build(options, py, sources, root, policy.load(options.system_libs, options.libc), store, say, runner, ledger, layer_key, kept.pins,
+                  progress)
         tree = _build_tree(b, target)
         if target.fmt == "dir":
             output.place(root, target.artifact)
@@ -301,7 +304,7 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
     store = b.store.root / "wheels" if b.store else None
     before_pip = (lambda: compiler.wait(b.root)) if interpreter_layer is not None else None
     wheels = install.collect_wheels(b.sources, options, b.py, b.python, work / "wheels", b.say, store=store, runner=b.runner,
-                                    pins=b.pins, before_pip=before_pip)
+                                    pins=b.pins, before_pip=before_pip, progress=b.progress)
     if wheels:
         b.say(f"Installing {len(wheels)} wheels")
     keys = [cache.key("wheel", layer_key, install.wheel_content_key(w), sorted(options.system_libs)) for w, _ in wheels]
