@@ -134,3 +134,26 @@ def test_control_files_are_opened_without_following_links(tmp_path: Path) -> Non
     assert not (tmp_path / "tree").exists()
     assert (tmp_path / "victim").read_text() == "precious\n"
     assert sorted(os.listdir(tmp_path)) == ["fifo", "lock", "victim"]
+
+
+def test_early_writeback_syncs_once_per_step_unpacked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from shipenv.deploy import layout
+
+    calls: list[int] = []
+    monkeypatch.setattr(layout, "syncfs", calls.append)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        writeback = layout.EarlyWriteback(fd)
+        step = layout.EarlyWriteback.STEP
+        writeback.written(step - 1)  # not yet a step
+        writeback.join()
+        assert calls == []
+        writeback.written(step)
+        writeback.join()
+        writeback.written(step + 1)  # the next one is a whole step later
+        writeback.join()
+        writeback.written(2 * step)
+        writeback.join()
+        assert calls == [fd, fd]
+    finally:
+        os.close(fd)

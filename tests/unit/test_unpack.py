@@ -75,3 +75,24 @@ def test_files_big_and_small_and_hard_links_to_them_are_written_whole(tmp_path: 
         assert stat.S_IMODE(st.st_mode) == (0o755 if i % 2 else 0o644) and st.st_mtime == 0
     assert stats.written_bytes >= sum(sizes)
     assert not _writing_threads()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077, 0o277])
+def test_files_get_their_mode_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    # A umask that keeps 0755 lets files be created with their mode; any other means fchmod, with the same result.
+    files = {f"lib/m{mode:o}": os.urandom(100) for mode in (0o755, 0o644, 0o600, 0o444, 0o500)}
+    modes = dict(zip(files, (0o755, 0o644, 0o600, 0o444, 0o500), strict=True))
+    extra = [file_member(f"app-1.0/{rel}", data, modes[rel]) for rel, data in files.items()]
+    members = with_record(members_of(make_tree(tmp_path / "t", "1.0")) + extra, *(entry(rel, data) for rel, data in files.items()))
+    archive = write_tar(tmp_path / "app-1.0.tar.gz", members)
+    old = os.umask(umask)
+    try:
+        assert _unpack._umask_keeps_modes() is (not umask & 0o755)
+        with _reader.open_bundle(archive) as reader:
+            _unpack.unpack(reader, tmp_path / "out")
+    finally:
+        os.umask(old)
+    for rel, mode in modes.items():
+        st = os.stat(tmp_path / "out" / rel)
+        assert stat.S_IMODE(st.st_mode) == mode and st.st_mtime == 0
+        assert (tmp_path / "out" / rel).read_bytes() == files[rel]

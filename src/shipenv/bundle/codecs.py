@@ -440,6 +440,21 @@ class ReadAhead(io.RawIOBase):
         self._chunk = self._chunk[n:]
         return n
 
+    def next_chunk(self) -> memoryview:
+        """The next decoded chunk itself, not copied (the decoding thread fills a fresh buffer each time); empty at the end."""
+        if self._chunk:
+            chunk, self._chunk = self._chunk, memoryview(b"")
+            return chunk
+        if self._done:
+            return memoryview(b"")
+        item = self._get()
+        if item is None or isinstance(item, BaseException):
+            self._done = True
+            if item is None:
+                return memoryview(b"")
+            raise item
+        return memoryview(item)
+
     def _get(self) -> bytearray | BaseException | None:
         if self._starved is None:
             return self._queue.get()

@@ -49,7 +49,8 @@ What it refuses, each as one sentence:
   truncated ...".
 
 Member bytes are handed out as memoryviews of the decoder's 1 MiB chunks
-(:meth:`MemberFile.view`), never joined or copied on the way: a chunk is freed
+(:meth:`MemberFile.view`; the very buffers the decoding thread of
+:class:`~shipenv.bundle.codecs.ReadAhead` filled), never joined or copied on the way: a chunk is freed
 when the last view of it is, and the writer's bounded queue bounds how many
 are held.
 """
@@ -141,6 +142,7 @@ class TarReader:
 
     def __init__(self, raw: Raw, path: Path, codec: str) -> None:
         self._raw = raw
+        self._chunks = raw.next_chunk if isinstance(raw, _codecs.ReadAhead) else None  # its chunks as they are: no copy
         self._path = path
         self._codec = codec  #: "zstd", "gzip", "xz" or "tar", for messages
         self._view = _EMPTY
@@ -158,12 +160,15 @@ class TarReader:
     def _fill(self) -> bool:
         if self._eof:
             return False
-        buf = bytearray(CHUNK)  # a fresh chunk: views of the last one may still be queued for writing
-        n = self._raw.readinto(buf)
-        if not n:
+        if self._chunks is not None:
+            view = self._chunks()  # a fresh buffer each time, as views of the last one may still be queued for writing
+        else:
+            buf = bytearray(CHUNK)  # a fresh chunk, for the same reason
+            view = memoryview(buf)[: self._raw.readinto(buf) or 0]
+        if not view:
             self._eof = True
             return False
-        self._view = memoryview(buf)[:n]
+        self._view = view
         self._pos = 0
         return True
 

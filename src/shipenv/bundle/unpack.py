@@ -22,11 +22,14 @@ them, set modes and times, and make the archive's own hard links. Creating an
 inode is mostly kernel time (a quarter to half a millisecond on an ext4
 without a journal) that releases the GIL, so two writers on two cores halve
 it. A file goes to one writer whole: one queued op (``"file"``: open, every
-byte, fchmod, utime, close) for a file of up to :data:`SMALL` bytes, the views
-of the decoder's chunks it arrived in, never copied; a larger one as
-``"open"``, ``"data"``... ``"close"`` on the same writer, in order. Each
-writer holds at most :data:`_DEPTH` ops (a few tens of MiB in all). What the
-order promises:
+byte, utime, close; created with its mode when the umask keeps it, else
+fchmod too) for a file of up to :data:`SMALL` bytes, the views of the
+decoder's chunks it arrived in, never copied; a larger one as ``"open"``,
+``"data"``... ``"close"`` on the same writer, in order. Ops are handed over in
+batches (up to :data:`_BATCH` ops or :data:`SMALL` bytes: one queue hand-off
+and thread wake-up for many small files, not one each), and each writer holds
+at most :data:`_DEPTH` batches (a few tens of MiB in all). What the order
+promises:
 
 - a directory exists before anything in it: directories and symlinks are made
   by the reading thread before anything below them is queued;
@@ -48,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from shipenv.bundle.reader import Member, Reader
+from shipenv.bundle.reader import MODE_MASK, Member, Reader
 from shipenv.errors import ArchiveError
 
 Progress = Callable[[int, int], None]
@@ -57,7 +60,8 @@ Link = Callable[[Member, str], bool]
 
 #: Files up to this size are queued as one op; larger ones in pieces of this size.
 SMALL = 1 << 20
-_DEPTH = 16
+_DEPTH = 8
+_BATCH = 32
 _WRITERS = 2
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -84,38 +88,60 @@ _END = _Op("end")
 class _Writer:
     """Runs one queue of file system writes in order, in a thread of its own; the first OSError is kept."""
 
-    def __init__(self) -> None:
-        self._queue: queue.Queue[_Op] = queue.Queue(_DEPTH)
+    def __init__(self, umask_keeps_modes: bool) -> None:
+        self._queue: queue.Queue[list[_Op]] = queue.Queue(_DEPTH)
+        self._batch: list[_Op] = []
+        self._bytes = 0
+        self._with_mode = umask_keeps_modes
         self.error: OSError | None = None
         self._fd = -1
         self._thread = threading.Thread(target=self._run, name="shipenv-write", daemon=True)
         self._thread.start()
 
-    def put(self, op: _Op) -> None:
-        self._queue.put(op)
+    def put(self, op: _Op, nbytes: int = 0) -> None:
+        batch = self._batch
+        batch.append(op)
+        self._bytes += nbytes
+        if len(batch) >= _BATCH or self._bytes >= SMALL:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._batch:
+            self._queue.put(self._batch)
+            self._batch = []
+            self._bytes = 0
 
     def join(self) -> None:
-        self._queue.put(_END)
+        self.flush()
+        self._queue.put([_END])
         self._thread.join()
 
     def _run(self) -> None:
         while True:
-            op = self._queue.get()
-            if op is _END:
-                break
-            if self.error is not None:
-                continue  # drain: the reading thread raises the error at its next put
-            try:
-                self._do(op)
-            except OSError as exc:
-                self.error = exc
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+            for op in self._queue.get():
+                if op is _END:
+                    if self._fd >= 0:
+                        os.close(self._fd)
+                        self._fd = -1
+                    return
+                if self.error is not None:
+                    continue  # drain: the reading thread raises the error at its next put
+                try:
+                    self._do(op)
+                except OSError as exc:
+                    self.error = exc
 
     def _do(self, op: _Op) -> None:
         kind = op.kind
         if kind == "file":
+            if self._with_mode:  # no fchmod: the umask removes nothing of the mode
+                fd = os.open(op.path, _FLAGS, op.mode)
+                try:
+                    _write(fd, op.pieces)
+                    os.utime(fd, (op.mtime, op.mtime))
+                finally:
+                    os.close(fd)
+                return
             fd = os.open(op.path, _FLAGS, 0o600)
             try:
                 _write(fd, op.pieces)
@@ -148,19 +174,20 @@ class _Writers:
     """The writing threads of one unpack; files alternate between them, a file's ops stay on one."""
 
     def __init__(self) -> None:
-        self._all = [_Writer() for _ in range(_WRITERS)]
+        keeps = _umask_keeps_modes()
+        self._all = [_Writer(keeps) for _ in range(_WRITERS)]
         self._next = 0
 
     def pick(self) -> _Writer:
         self._next = (self._next + 1) % len(self._all)
         return self._all[self._next]
 
-    def put(self, writer: _Writer, op: _Op) -> None:
-        """Queue ``op``; raise the first error a writer met (the reading thread stops there)."""
+    def put(self, writer: _Writer, op: _Op, nbytes: int = 0) -> None:
+        """Queue ``op`` (of ``nbytes`` to write); raise the first error a writer met (the reading thread stops there)."""
         for w in self._all:
             if w.error is not None:
                 raise w.error
-        writer.put(op)
+        writer.put(op, nbytes)
 
     def finish(self, *, check: bool = True) -> None:
         """Wait for every queued write; raise the first that failed (unless ``check`` is false)."""
@@ -169,6 +196,22 @@ class _Writers:
         for w in self._all:
             if check and w.error is not None:
                 raise w.error
+
+
+def _umask_keeps_modes() -> bool:
+    """Whether the umask removes no bit of :data:`MODE_MASK`, so files can be created with their mode (no fchmod).
+
+    Read from ``/proc/self/status`` (Linux 4.7+): ``os.umask`` reads it only
+    by setting it, for every thread at once. Unknown: False (fchmod, as before).
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return not int(line.split()[1], 8) & MODE_MASK
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 @dataclass(frozen=True)
@@ -261,12 +304,12 @@ class _Unpack:
             while piece := src.view(SMALL):
                 pieces.append(piece)
                 self.written += len(piece)
-            self.writers.put(writer, _Op("file", target, member.mode, member.mtime, pieces))
+            self.writers.put(writer, _Op("file", target, member.mode, member.mtime, pieces), member.size)
             return
         self.writers.put(writer, _Op("open", target))
         while piece := src.view(SMALL):
             self.written += len(piece)
-            self.writers.put(writer, _Op("data", pieces=[piece]))
+            self.writers.put(writer, _Op("data", pieces=[piece]), len(piece))
         self.writers.put(writer, _Op("close", mode=member.mode, mtime=member.mtime))
 
     def _done(self) -> None:

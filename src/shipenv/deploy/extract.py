@@ -17,7 +17,9 @@ What a deploy adds:
   (``releases.deploy`` turns a shortfall into one sentence).
 - Durability: no file is fsynced here; ``releases.deploy`` flushes the whole
   release with one ``syncfs(2)`` of its file system before the rename that
-  puts it in place (then one ``fsync`` of ``releases/``).
+  puts it in place (then one ``fsync`` of ``releases/``); its writeback is
+  started early, by a ``syncfs`` in the background every 64 MiB unpacked
+  (:class:`shipenv.deploy.layout.EarlyWriteback`).
 - Sharing: a file whose sha256, size and mode equal those of the same path
   in the current release is hard-linked from there instead of written.
   Deploying a new version of a large environment then writes only what

@@ -56,6 +56,7 @@ from shipenv.deploy.layout import (
     HISTORY,
     RELEASES,
     TMP_PREFIX,
+    EarlyWriteback,
     HistoryEntry,
     Root,
     append_history,
@@ -302,8 +303,18 @@ def _deploy_locked(root: Root, archive: Path, previous: str | None, check: str |
                 tmp, tmp_fd = fs.make_temp_dir(root.fd, TMP_PREFIX)
                 _check_space(root, tmp_fd, name, _extract.space_needed(head, share_record), state)
                 say(f"Unpacking {name} ({_mb(head.size)}) and checking every file against its RECORD")
+                writeback = EarlyWriteback(tmp_fd)
+
+                def unpacked(files: int, nbytes: int) -> None:
+                    writeback.written(nbytes)
+                    if progress is not None:
+                        progress(files, nbytes)
+
                 try:
-                    stats = reader.extract(Path(fs.fd_path(tmp_fd)) / name, share=share, share_record=share_record, progress=progress)
+                    try:
+                        stats = reader.extract(Path(fs.fd_path(tmp_fd)) / name, share=share, share_record=share_record, progress=unpacked)
+                    finally:
+                        writeback.join()
                     syncfs(tmp_fd)
                 except OSError as exc:
                     if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
