@@ -199,8 +199,9 @@ def uv_resolve(uv: Path, python: Path, options: BuildOptions, runner: Runner = R
             log.info("uv could not resolve; pip will (and report why):\n%s", proc.stderr.strip())
             return None
         lock = _lock_text(lock_path)
-        parsed = parse_lock(lock) if lock is not None else None
-        if parsed is None:
+        packages = _lock_packages(lock) if lock is not None else None
+        pins = _index_pins(packages) if packages is not None else None
+        if pins is None:
             text = proc.stdout
             if lock is not None:  # not only index pins: ask for them as pip reads them
                 again = _run_uv(runner, [*args, *inputs])
@@ -208,9 +209,7 @@ def uv_resolve(uv: Path, python: Path, options: BuildOptions, runner: Runner = R
                     return None
                 text = again.stdout
             pins = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-            resolution = Resolution(pins, parse_lock_files(lock) if lock is not None else {})
-        else:
-            resolution = parsed
+        resolution = Resolution(pins, _lock_files(packages or []))
     log.debug("uv resolved: %s", resolution.pins)
     return resolution
 
@@ -242,21 +241,29 @@ def _lock_packages(text: str) -> list[dict[str, Any]] | None:
 def parse_lock(text: str) -> Resolution | None:
     """Pins and files from a PEP 751 lock whose packages all come from an index (else None: see :func:`uv_resolve`)."""
     packages = _lock_packages(text)
-    if packages is None:
-        return None
+    pins = _index_pins(packages) if packages is not None else None
+    return Resolution(pins, _lock_files(packages or [])) if pins is not None else None
+
+
+def _index_pins(packages: list[dict[str, Any]]) -> list[str] | None:
+    """``name==version`` of every locked package, or None when one is not from an index (a directory, archive or VCS)."""
     pins = []
     for package in packages:
         name, version = package.get("name"), package.get("version")
         if not (isinstance(name, str) and isinstance(version, str)) or any(k in package for k in ("directory", "archive", "vcs")):
             return None
         pins.append(f"{canonicalize_name(name)}=={version}")
-    return Resolution(pins, parse_lock_files(text))
+    return pins
 
 
 def parse_lock_files(text: str) -> dict[str, tuple[LockedFile, ...]]:
     """The wheels a PEP 751 lock lists, by ``name==version``; an entry that is not a plain wheel file is left out."""
+    return _lock_files(_lock_packages(text) or [])
+
+
+def _lock_files(packages: list[dict[str, Any]]) -> dict[str, tuple[LockedFile, ...]]:
     files: dict[str, tuple[LockedFile, ...]] = {}
-    for package in _lock_packages(text) or []:
+    for package in packages:
         name, version, wheels = package.get("name"), package.get("version"), package.get("wheels")
         if not (isinstance(name, str) and isinstance(version, str) and isinstance(wheels, list)):
             continue
