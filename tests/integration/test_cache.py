@@ -104,3 +104,37 @@ def test_a_cached_build_gives_the_clean_builds_bytes_and_every_reader_takes_them
     for root in (tmp_path / "srv", tmp_path / "srv-sh"):
         ran = subprocess.run([str(root / "current" / "bin" / "python"), "-c", "import yaml; print(yaml.__name__)"], capture_output=True, text=True, check=False)
         assert ran.stdout == "yaml\n", ran.stderr
+
+
+def test_a_rebuild_in_the_last_builds_tree_gives_a_clean_builds_bytes(tmp_path: Path) -> None:
+    """The tree a build keeps in the cache (build/warm.py), left messy, gives the next build exactly what an empty start gives."""
+    cache = tmp_path / "cache"
+
+    def build(name: str, version: str, reqs: str, *extra: str) -> tuple[str, Path]:
+        (tmp_path / f"{name}.txt").write_text(reqs)
+        proc = run_shipenv("build", "-v", "-r", tmp_path / f"{name}.txt", "--python", pyenv_python("3.12"), "--name", "c",
+                           "--version", version, "-o", tmp_path / name, *extra)
+        return proc.stderr, tmp_path / name / f"c-{version}.tar.zst"
+
+    build("v1", "1", "pyyaml\n", "--cache-dir", str(cache))
+    kept = [p for p in (cache / "trees").glob("*/*")]
+    assert len(kept) == 1 and (kept[0] / "bin" / "python3.12").is_file() and not (tmp_path / "v1" / "c-1").exists()
+    tree = kept[0]
+    site = tree / "lib" / "python3.12" / "site-packages"
+    (site / "zz-stale.pth").write_text("import os; os._exit(3)\n")  # pip and the byte-compiler must not see it
+    victim = next((site / "yaml").glob("*.py"))
+    victim.unlink()
+    victim.write_text("raise SystemExit('stale')\n")  # a new inode: not the layer's file any more
+    (tree / "bin" / "stray").write_text("left by hand\n")
+    (tree / "empty" / "dir").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(site / "_yaml")
+    (site / "_yaml").symlink_to(outside)  # a symlink where the layer has a directory
+
+    log, reused = build("v2", "2", "pyyaml\nsix\n", "--cache-dir", str(cache))
+    assert "reusing the last build's tree" in log and "Reusing Python" in log
+    _, clean = build("clean", "2", "pyyaml\nsix\n", "--no-cache")
+    assert reused.read_bytes() == clean.read_bytes()
+    assert list(outside.iterdir()) == []  # nothing written through the symlink
+    assert len(list((cache / "trees").glob("*/*"))) == 1  # kept again for the next build

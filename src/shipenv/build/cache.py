@@ -32,7 +32,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,10 @@ class BuildCache:
 
     def _entry(self, kind: str, entry_key: str) -> Path:
         return self.root / kind / entry_key[:2] / entry_key
+
+    def has(self, kind: str, entry_key: str) -> bool:
+        """Whether an entry is there (unchecked: for what only needs to know it will be looked at)."""
+        return self._entry(kind, entry_key).is_dir()
 
     def get(self, kind: str, entry_key: str) -> Path | None:
         """The entry's tree if present and intact; a damaged entry is removed."""
@@ -416,11 +420,17 @@ def move_layer(tree: Path, facts: layers.LayerFacts, dest: Path) -> tuple[list[s
     return sorted(clashes), placed
 
 
-def merge_layer(layer: layers.Layer, dest: Path) -> tuple[list[str], dict[str, layers.Signature]]:
+def merge_layer(layer: layers.Layer, dest: Path, taken: Collection[str] | None = None) -> tuple[list[str], dict[str, layers.Signature]]:
     """Link a cache entry's files (just checked against its facts) into ``dest``: driven by the facts, no walk.
 
     Returns the clashes and the signature of every file placed (a hard link has
     the entry file's inode, size and mtime, so it costs no ``lstat``).
+
+    ``taken`` is given when ``dest`` is the last build's tree (:mod:`shipenv.build.warm`):
+    the paths this build placed so far. A file of the layer that is already
+    there as the entry's own file (its inode) is placed with one ``lstat``;
+    anything else of the last build in the way is removed; only what
+    ``taken`` holds can clash, as in an empty tree.
     """
     assert layer.entry is not None
     src, top = os.path.join(layer.entry, "tree"), os.fspath(dest)
@@ -432,6 +442,8 @@ def merge_layer(layer: layers.Layer, dest: Path) -> tuple[list[str], dict[str, l
         parent = rel.rpartition("/")[0]
         if parent not in made:
             try:
+                if taken is not None and not _clear_way(top, parent, taken):
+                    raise FileExistsError(parent)
                 os.makedirs(os.path.join(top, parent), exist_ok=True)
             except (FileExistsError, NotADirectoryError):  # a file of the tree where the layer has a directory
                 clashes.append(rel)
@@ -439,14 +451,22 @@ def merge_layer(layer: layers.Layer, dest: Path) -> tuple[list[str], dict[str, l
             made.add(parent)
         target, full = os.path.join(top, rel), os.path.join(src, rel)
         try:
-            if f.symlink is not None:
-                os.symlink(f.symlink, target)
-                placed[rel] = layers.signature(os.lstat(target))
-            else:
-                os.link(full, target)
-                placed[rel] = (dev, f.ino, f.size, f.mtime_ns)
+            _place(f, full, target)
+            placed[rel] = layers.signature(os.lstat(target)) if f.symlink is not None else (dev, f.ino, f.size, f.mtime_ns)
         except FileExistsError:
             there = os.lstat(target)
+            if taken is not None and rel not in taken:  # the last build's
+                if f.symlink is None and (there.st_dev, there.st_ino, there.st_size, there.st_mtime_ns) == (dev, f.ino, f.size, f.mtime_ns) \
+                        and stat.S_ISREG(there.st_mode):
+                    placed[rel] = (dev, f.ino, f.size, f.mtime_ns)
+                    continue
+                if stat.S_ISDIR(there.st_mode):
+                    shutil.rmtree(target)
+                else:
+                    os.unlink(target)
+                _place(f, full, target)
+                placed[rel] = layers.signature(os.lstat(target)) if f.symlink is not None else (dev, f.ino, f.size, f.mtime_ns)
+                continue
             if f.symlink is not None or stat.S_ISLNK(there.st_mode):
                 if not (f.symlink is not None and stat.S_ISLNK(there.st_mode) and os.readlink(target) == f.symlink):
                     clashes.append(rel)
@@ -456,3 +476,32 @@ def merge_layer(layer: layers.Layer, dest: Path) -> tuple[list[str], dict[str, l
             shutil.copy2(full, target)
             placed[rel] = layers.signature(os.lstat(target))
     return sorted(clashes), placed
+
+
+def _place(f: layers.FileFacts, full: str, target: str) -> None:
+    if f.symlink is not None:
+        os.symlink(f.symlink, target)
+    else:
+        os.link(full, target)
+
+
+def _clear_way(top: str, parent: str, taken: Collection[str]) -> bool:
+    """Make ``parent`` (relative to ``top``) a directory that can be made: remove the last build's file or symlink where one is wanted.
+
+    False when what is in the way is this build's own (a clash, as in an empty tree).
+    """
+    d = ""
+    for part in parent.split("/"):
+        d = f"{d}/{part}" if d else part
+        path = os.path.join(top, d)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return True
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        if d in taken:
+            return False
+        os.unlink(path)
+        return True
+    return True

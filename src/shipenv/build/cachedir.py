@@ -17,6 +17,12 @@ What an entry is, from the layout alone (so kinds added later are pruned too):
 - any other directory directly in a kind's directory: pip's own copy,
   ``pip/VERSION``, and a project's wheels in the wheel store, ``wheels/NAME/``.
 
+The last build's tree kept for the next (``trees/XX/KEY/``, :mod:`shipenv.build.warm`)
+is an entry too, but holds hard links to the layers' files: it is counted
+after every other entry (so only its directories count as its own), and
+removed whenever a prune removes anything, since it would keep the files of
+the entries removed on disk. The next build merely links its layers again.
+
 Each entry is kept or removed whole. Its last use is its mtime: a build
 touches a layer entry, a remembered answer and a project's directory in the
 wheel store whenever it uses them (atime would not do: this module's own walk
@@ -43,6 +49,7 @@ from pathlib import Path
 from shipenv.errors import ShipenvError, UsageError
 
 _FANOUT = re.compile(r"[0-9a-f]{2}")
+TREES = "trees"  #: :data:`shipenv.build.warm.KIND`
 _TEMP_AGE = 86400.0  # seconds after which a leftover temporary entry is fair game
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?))?b?", re.IGNORECASE)
@@ -133,20 +140,27 @@ def prune(root: Path, *, max_size: int | None = None, older_than: float | None =
     total = held.size
     cutoff = time.time() - older_than * 86400 if older_than is not None else None
     removed = []
+    trees = [e for e in held.entries if e.kind == TREES]
     for entry in held.entries:  # oldest use first
         too_old = cutoff is not None and entry.used < cutoff
         too_big = max_size is not None and total > max_size
-        if not (too_old or too_big):
+        if entry.kind == TREES or not (too_old or too_big):
             continue
         if not dry_run:
             _remove(entry.path)
         removed.append(entry)
         total -= entry.size
+    if removed:  # the kept trees link to what was removed
+        for entry in trees:
+            if not dry_run:
+                _remove(entry.path)
+            removed.append(entry)
+            total -= entry.size
     return Pruned(root, tuple(removed), total, dry_run)
 
 
 def _entries(root: Path) -> Iterator[tuple[str, Path]]:
-    for kind_dir in sorted(root.iterdir()):
+    for kind_dir in sorted(root.iterdir(), key=lambda p: (p.name == TREES, p.name)):  # kept trees last: see the module docstring
         if not _is_dir(kind_dir):
             continue  # a lock or stray file at the top: not an entry
         kind = kind_dir.name

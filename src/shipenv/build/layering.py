@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from shipenv.build import bytecode, cache, layers, relocate
+from shipenv.build import bytecode, cache, layers, relocate, warm
 from shipenv.build.policy import LibraryPolicy
 from shipenv.errors import InstallError, listing
 from shipenv.model import PythonInfo, Scheme
@@ -95,23 +95,28 @@ def read(compiler: bytecode.Compiler, tree: Path, needles: tuple[str, ...]) -> l
     return layers.compute(tree, needles)
 
 
-def merge_fresh(layer: Fresh, store: cache.BuildCache | None, root: Path, ledger: layers.Ledger) -> None:
-    """Store a fresh layer's stage as its cache entry (a rename) and merge it from there, or move it into the tree."""
+def merge_fresh(layer: Fresh, store: cache.BuildCache | None, root: Path, ledger: layers.Ledger, reused: bool = False) -> None:
+    """Store a fresh layer's stage as its cache entry (a rename) and merge it from there, or move it into the tree.
+
+    ``reused``: the tree is the last build's (:mod:`shipenv.build.warm`).
+    """
     assert layer.facts is not None
     facts = layer.facts.result()
     host_files = layer.installed.result()
     entry = store.put("wheel", layer.key, layer.stage, host_files=host_files, facts=facts, move=True) if store is not None else None
     if entry is not None and not layer.stage.exists():
-        merge_cached(layers.Layer(layer.name, facts, entry), root, ledger, layer.name)
+        merge_cached(layers.Layer(layer.name, facts, entry), root, ledger, layer.name, reused)
         return
+    if reused:  # the stage is moved in as into an empty tree: nothing of the last build may be in its way
+        warm.sweep(root, ledger.placed())
     clashes, placed = cache.move_layer(layer.stage, facts, root)  # no cache, or one on another file system
     refuse_clashes(clashes, layer.name)
     ledger.add(layers.Layer(layer.name, facts, entry), root, placed)
 
 
-def merge_cached(layer: layers.Layer, root: Path, ledger: layers.Ledger, what: str) -> None:
-    """Link a cache entry's files into the tree and record them in the ledger."""
-    clashes, placed = cache.merge_layer(layer, root)
+def merge_cached(layer: layers.Layer, root: Path, ledger: layers.Ledger, what: str, reused: bool = False) -> None:
+    """Link a cache entry's files into the tree and record them in the ledger (``reused``: the tree is the last build's)."""
+    clashes, placed = cache.merge_layer(layer, root, ledger.placed() if reused else None)
     refuse_clashes(clashes, what)
     ledger.add(layer, root, placed)
 

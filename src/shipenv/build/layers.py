@@ -31,7 +31,7 @@ import dataclasses
 import json
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -200,6 +200,10 @@ class Ledger:
             except OSError:
                 continue
             self._owner[rel] = (index, signature(st))
+
+    def placed(self) -> Collection[str]:
+        """Every path a layer placed in the tree so far (a live view)."""
+        return self._owner.keys()
 
     def facts(self, rel: str, st: os.stat_result) -> FileFacts | None:
         """What a layer says about the tree's ``rel``, if it is still the file that layer put there."""

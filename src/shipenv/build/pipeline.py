@@ -48,6 +48,7 @@ from shipenv.build import (
     policy,
     relocate,
     venv,
+    warm,
 )
 from shipenv.build.runner import REAL, Runner
 from shipenv.bundle import elf, manifest, sbom
@@ -158,6 +159,8 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
         key = outputs.key_after(kept, options, sources, py, target, store, layer_key) if store is not None else None
         if store is not None and key is not None:
             outputs.keep(store, key, result, root / sbom.SBOM, b.ledger.layers, b.ledger.fresh)
+        if store is not None:
+            warm.keep(store, layer_key(), root)  # for the next build, instead of removing 10,000 links now
         return result
 
 
@@ -174,9 +177,11 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     # Left in this order: the threads end (the compiler stopped first, on an error) before their stages are removed.
     with tempfile.TemporaryDirectory(prefix="shipenv-stage-", dir=b.root.parent) as work, \
             bytecode.Compiler(b.python, runner=b.runner) as compiler, layering.Workers(compiler) as workers:
-        layer_key, scheme, interpreter_layer = _interpreter_layer(b, workers)
-        distributions = _install_wheels(b, layer_key, scheme, wheel_digests, workers, interpreter_layer, Path(work))
+        layer_key, scheme, interpreter_layer, reused = _interpreter_layer(b, workers)
+        distributions = _install_wheels(b, layer_key, scheme, wheel_digests, workers, interpreter_layer, Path(work), reused)
         compiler.finish()
+    if reused is not None:  # what the last build had and this one has not
+        warm.sweep(b.root, b.ledger.placed())
     distributions += _copy_venv(b, scheme)
     launchers.write(launchers.entry_launchers(b.options.entries, b.py, scheme), b.root)
     bundled = libc.finish(b.root, b.libs, b.py, scheme, b.options.max_glibc)
@@ -243,7 +248,7 @@ def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
     )
 
 
-def _interpreter_layer(b: Build, workers: layering.Workers) -> tuple[str, Scheme, Future[layers.Layer] | None]:
+def _interpreter_layer(b: Build, workers: layering.Workers) -> tuple[str, Scheme, Future[layers.Layer] | None, warm.Warm | None]:
     """Copy and relocate the base interpreter, or reuse it from the cache; return its key, the scheme, and the layer to come.
 
     A fresh interpreter is copied straight into the tree (nothing is there
@@ -254,14 +259,26 @@ def _interpreter_layer(b: Build, workers: layering.Workers) -> tuple[str, Scheme
     Its facts are read and its cache entry stored on a worker once it is
     compiled; the returned future gives that layer, which joins the ledger
     before any wheel is merged (it is the first layer, and owns its files).
+
+    A cached interpreter is merged into the last build's tree when the cache
+    kept one (:mod:`shipenv.build.warm`), returned last: swept down to the
+    interpreter's files, its site-packages aside until the wheels are merged.
     """
     py = b.py
     layer_key = b.interpreter_key()
     hit = b.store.get_layer("interpreter", layer_key) if b.store else None
     if hit is not None and hit.entry is not None:
         b.say(f"Reusing Python {py.version_str} from the cache")
-        layering.merge_cached(hit, b.root, b.ledger, "the interpreter")
-        return layer_key, _scheme(b), None
+        site = f"lib/python{py.xy}/site-packages"
+        reused = warm.take(b.store, layer_key, b.root, site) if b.store is not None else None
+        layering.merge_cached(hit, b.root, b.ledger, "the interpreter", reused is not None)
+        if reused is not None:
+            warm.sweep(b.root, b.ledger.placed(), spare={warm.ASIDE})
+        scheme = _scheme(b)
+        if reused is not None and {scheme.purelib.as_posix(), scheme.platlib.as_posix()} != {site}:
+            warm.sweep(b.root, b.ledger.placed())  # not the layout it was put aside for: start from the interpreter alone
+            reused = None
+        return layer_key, scheme, None, reused
     b.say(f"Copying Python {py.version_str} from {py.executable}")
     interpreter.apply_copy(interpreter.plan_copy(py, b.options.keep_stdlib), b.root)
     b.say("Making the interpreter relocatable")
@@ -277,7 +294,7 @@ def _interpreter_layer(b: Build, workers: layering.Workers) -> tuple[str, Scheme
         entry = b.store.put("interpreter", layer_key, b.root, host_files=host_files, facts=facts) if b.store is not None else None
         return layers.Layer("the interpreter", facts, entry)
 
-    return layer_key, scheme, workers.layers.submit(finish)
+    return layer_key, scheme, workers.layers.submit(finish), None
 
 
 def _scheme(b: Build) -> Scheme:
@@ -287,7 +304,7 @@ def _scheme(b: Build) -> Scheme:
 
 
 def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dict[str, str], workers: layering.Workers,
-                    interpreter_layer: Future[layers.Layer] | None, work: Path) -> list[Distribution]:
+                    interpreter_layer: Future[layers.Layer] | None, work: Path, reused: warm.Warm | None) -> list[Distribution]:
     """Install, relocate and byte-compile each wheel in a layer of its own (or reuse it), then merge, in order.
 
     Every wheel is relocated against ``lib/`` as the interpreter left it
@@ -331,11 +348,16 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
         b.say(f"Byte-compiling {len(fresh)} packages (finishing: it began with the first install)")
     if interpreter_layer is not None:
         b.ledger.add(interpreter_layer.result(), b.root)
+    if reused is not None:  # once the byte-compiler, which runs in the tree, is done with every fresh layer
+        for layer in fresh:
+            assert layer.facts is not None
+            layer.facts.result()
+        warm.restore_site(reused)
     for name, made in order:
         if isinstance(made, layers.Layer):
-            layering.merge_cached(made, b.root, b.ledger, name)
+            layering.merge_cached(made, b.root, b.ledger, name, reused is not None)
         else:
-            layering.merge_fresh(made, b.store, b.root, b.ledger)
+            layering.merge_fresh(made, b.store, b.root, b.ledger, reused is not None)
     return distributions
 
 
