@@ -442,7 +442,7 @@ def merge_layer(layer: layers.Layer, dest: Path, taken: Collection[str] | None =
         parent = rel.rpartition("/")[0]
         if parent not in made:
             try:
-                if taken is not None and not _clear_way(top, parent, taken):
+                if taken is not None and not _clear_way(top, parent, taken, made):
                     raise FileExistsError(parent)
                 os.makedirs(os.path.join(top, parent), exist_ok=True)
             except (FileExistsError, NotADirectoryError):  # a file of the tree where the layer has a directory
@@ -450,15 +450,23 @@ def merge_layer(layer: layers.Layer, dest: Path, taken: Collection[str] | None =
                 continue
             made.add(parent)
         target, full = os.path.join(top, rel), os.path.join(src, rel)
+        if taken is not None and f.symlink is None and rel not in taken:  # most of the last build's files are this layer's: one lstat
+            try:
+                there = os.lstat(target)
+                if (there.st_dev, there.st_ino, there.st_size, there.st_mtime_ns) == (dev, f.ino, f.size, f.mtime_ns) \
+                        and stat.S_ISREG(there.st_mode):
+                    placed[rel] = (dev, f.ino, f.size, f.mtime_ns)
+                    continue
+            except FileNotFoundError:
+                pass
         try:
             _place(f, full, target)
             placed[rel] = layers.signature(os.lstat(target)) if f.symlink is not None else (dev, f.ino, f.size, f.mtime_ns)
         except FileExistsError:
             there = os.lstat(target)
-            if taken is not None and rel not in taken:  # the last build's
-                if f.symlink is None and (there.st_dev, there.st_ino, there.st_size, there.st_mtime_ns) == (dev, f.ino, f.size, f.mtime_ns) \
-                        and stat.S_ISREG(there.st_mode):
-                    placed[rel] = (dev, f.ino, f.size, f.mtime_ns)
+            if taken is not None and rel not in taken:  # the last build's, and not this layer's file
+                if f.symlink is not None and stat.S_ISLNK(there.st_mode) and os.readlink(target) == f.symlink:
+                    placed[rel] = layers.signature(there)
                     continue
                 if stat.S_ISDIR(there.st_mode):
                     shutil.rmtree(target)
@@ -485,7 +493,7 @@ def _place(f: layers.FileFacts, full: str, target: str) -> None:
         os.link(full, target)
 
 
-def _clear_way(top: str, parent: str, taken: Collection[str]) -> bool:
+def _clear_way(top: str, parent: str, taken: Collection[str], made: Collection[str]) -> bool:
     """Make ``parent`` (relative to ``top``) a directory that can be made: remove the last build's file or symlink where one is wanted.
 
     False when what is in the way is this build's own (a clash, as in an empty tree).
@@ -493,6 +501,8 @@ def _clear_way(top: str, parent: str, taken: Collection[str]) -> bool:
     d = ""
     for part in parent.split("/"):
         d = f"{d}/{part}" if d else part
+        if d in made:  # a directory this merge made or checked already
+            continue
         path = os.path.join(top, d)
         try:
             st = os.lstat(path)

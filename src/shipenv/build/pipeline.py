@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import gc
 import os
 import tempfile
 import time
@@ -67,6 +68,12 @@ def build(options: BuildOptions, step: Step | None = None, progress: Progress | 
     byte-compiler (tests pass a fake). A disk that fills up or an output directory that
     cannot be written is reported in one sentence, with nothing left behind.
     """
+    # Without the cyclic garbage collector: a build holds some 100,000 long-lived objects (every
+    # layer's facts, the ledger, the archive's members), which each full collection walks again,
+    # and makes few reference cycles. perf put the collector at 3 % of a rebuild's CPU; memory
+    # is still freed by reference counting.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return _build(options, step or (lambda _msg: None), progress, runner)
     except OSError as exc:
@@ -79,6 +86,9 @@ def build(options: BuildOptions, step: Step | None = None, progress: Progress | 
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise UsageError(f"Cannot write to {where} ({exc.strerror}).", hint="Choose an -o you can write to.") from exc
         raise
+    finally:
+        if collecting:
+            gc.enable()
 
 
 @dataclass(frozen=True)
