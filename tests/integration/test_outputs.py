@@ -8,6 +8,7 @@ stored archive that was touched is never copied.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -95,7 +96,8 @@ def test_a_stored_archive_that_was_touched_is_not_reused(ws: Workspace) -> None:
     os.utime(stored, ns=(st.st_atime_ns, st.st_mtime_ns))
     stdout, stderr, out = ws.build("after-damage")
     assert "dropping damaged output" in stderr and REUSED not in stderr
-    assert stdout == ws.first[0] and (out / "c-1.tar.zst").read_bytes() == (ws.root / "first" / "c-1.tar.zst").read_bytes()
+    # (the stored archive is a hard link to the first build's artifact, damaged with it: compare with its .sha256)
+    assert stdout == ws.first[0] and hashlib.sha256((out / "c-1.tar.zst").read_bytes()).hexdigest() == sha256
     assert REUSED in ws.build("after-damage-again")[1]  # the full build stored it again
 
 

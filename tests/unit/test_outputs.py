@@ -8,6 +8,7 @@ layers came from) change the key or void the stored output.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path, PurePosixPath
@@ -78,7 +79,7 @@ def _result(tmp_path: Path) -> BuildResult:
     archive = tmp_path / "c-1.tar.zst"
     archive.write_bytes(b"not really an archive" * 100)
     finding = AuditFinding(PurePosixPath("lib/x.pyc"), "/opt/buildhost", "metadata", "a string constant")
-    return BuildResult(archive, "c-1", (2, 17), "ab" * 32, (finding,), ("libz.so.1",))
+    return BuildResult(archive, "c-1", (2, 17), hashlib.sha256(archive.read_bytes()).hexdigest(), (finding,), ("libz.so.1",))
 
 
 def _layer(tmp_path: Path, host_file: Path) -> Layer:
@@ -98,12 +99,12 @@ def test_a_kept_output_comes_back_as_stored(tmp_path: Path) -> None:
     outputs.keep(store, "a" * 64, result, sbom, [_layer(tmp_path, sbom)], fresh="/tmp/staging")
     hit = outputs.lookup(store, "a" * 64)
     assert hit is not None and hit.archive.read_bytes() == result.path.read_bytes()
-    assert hit.result == BuildResult(Path(), "c-1", (2, 17), "ab" * 32, result.audit, ("libz.so.1",))
+    assert hit.result == BuildResult(Path(), "c-1", (2, 17), result.sha256, result.audit, ("libz.so.1",))
     outputs.copy(hit.archive, tmp_path / "copy")
     assert (tmp_path / "copy").read_bytes() == result.path.read_bytes()
 
 
-@pytest.mark.parametrize("damage", ["edited", "touched", "host-file"])
+@pytest.mark.parametrize("damage", ["edited", "sbom-touched", "host-file"])
 def test_a_kept_output_that_changed_is_dropped(tmp_path: Path, damage: str) -> None:
     store = cache.BuildCache(tmp_path / "cache")
     host = tmp_path / "libfoo.so.1"
@@ -113,12 +114,12 @@ def test_a_kept_output_that_changed_is_dropped(tmp_path: Path, damage: str) -> N
     outputs.keep(store, "a" * 64, _result(tmp_path), sbom, [_layer(tmp_path, host)], fresh="/tmp/staging")
     (stored,) = (tmp_path / "cache" / "outputs").glob("*/*/archive")
     st = stored.stat()
-    if damage == "edited":  # the same size and mtime, other bytes: only ctime tells
+    if damage == "edited":  # the same size and mtime, other bytes: its sha256 tells
         with stored.open("r+b") as f:
             f.write(b"N")
         os.utime(stored, ns=(st.st_atime_ns, st.st_mtime_ns))
-    elif damage == "touched":
-        os.utime(stored, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    elif damage == "sbom-touched":  # a copy: its mtime (and ctime) tell
+        os.utime(stored.with_name("sbom.cdx.json"), ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     else:
         host.write_bytes(b"\x7fELF v2, upgraded")
     assert outputs.lookup(store, "a" * 64) is None
@@ -143,3 +144,27 @@ def test_a_hit_marks_the_entry_used_and_stays_a_hit(tmp_path: Path) -> None:
     os.utime(entry, (1, 1))
     assert outputs.lookup(store, "a" * 64) is not None and entry.stat().st_mtime > 1
     assert outputs.lookup(store, "a" * 64) is not None
+
+
+def test_the_kept_archive_is_a_link_that_an_edit_of_the_artifact_voids_and_a_removal_does_not(tmp_path: Path) -> None:
+    store = cache.BuildCache(tmp_path / "cache")
+    sbom = tmp_path / "sbom.json"
+    sbom.write_text("{}")
+    result = _result(tmp_path)
+    outputs.keep(store, "a" * 64, result, sbom, [], fresh="/tmp/staging")
+    (stored,) = (tmp_path / "cache" / "outputs").glob("*/*/archive")
+    assert stored.stat().st_ino == result.path.stat().st_ino  # not written a second time
+    kept = result.path.read_bytes()
+    result.path.unlink()  # the user cleans dist/ (the link's ctime changes)
+    result.path.write_bytes(b"the user's own file now")
+    hit = outputs.lookup(store, "a" * 64)
+    assert hit is not None and hit.archive.read_bytes() == kept
+
+    (tmp_path / "b").mkdir()
+    other = _result(tmp_path / "b")
+    outputs.keep(store, "b" * 64, other, sbom, [], fresh="/tmp/staging")
+    st = other.path.stat()
+    with other.path.open("r+b") as f:  # the artifact edited in place, size and mtime kept: the link changed too
+        f.write(b"N")
+    os.utime(other.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert outputs.lookup(store, "b" * 64) is None

@@ -32,7 +32,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,10 +229,11 @@ class BuildCache:
     def get_output(self, entry_key: str) -> tuple[Path, Any] | None:
         """A stored build output (its directory, and what :meth:`put_output` was given as ``about``) if still as stored.
 
-        Every file must be the one stored (size, inode, mtime and ctime: the
-        files are copies nothing else links to, so a write, ``chmod`` or
-        ``touch`` shows), and every host file it was made from unchanged. One
-        that is not is removed, and the build runs in full.
+        Every copied file must be the one stored (size, inode, mtime and ctime:
+        copies nothing else links to, so a write, ``chmod`` or ``touch``
+        shows), every linked one must still have its size and sha256 (read
+        here: 60 ms for 100 MB), and every host file it was made from must be
+        unchanged. One that is not is removed, and the build runs in full.
         """
         entry = self._entry("outputs", entry_key)
         try:
@@ -251,6 +252,9 @@ class BuildCache:
             for name, signature in meta["files"].items():
                 if _signature(entry / name) != signature:
                     raise ValueError(f"{name} changed since it was stored")
+            for name, (size, sha256) in meta.get("linked", {}).items():
+                if (entry / name).stat().st_size != size or manifest.hash_file(entry / name)[0] != sha256:
+                    raise ValueError(f"{name} changed since it was stored")
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("cache: dropping damaged output %s (%s)", entry_key[:12], exc)
             self._drop(entry)
@@ -259,11 +263,18 @@ class BuildCache:
         log.debug("cache: hit output %s", entry_key[:12])
         return entry, meta["about"]
 
-    def put_output(self, entry_key: str, files: dict[str, Path], about: Any, host_files: Iterable[Path]) -> None:
-        """Keep copies of a build's ``files`` (name in the entry → file) with ``about`` (JSON-able) and the state of ``host_files``.
+    def put_output(self, entry_key: str, files: dict[str, Path], about: Any, host_files: Iterable[Path],
+                   linked: Mapping[str, str] | None = None) -> None:
+        """Keep a build's ``files`` (name in the entry → file) with ``about`` (JSON-able) and the state of ``host_files``.
 
-        Copies, not links: the artifact a user holds may be edited or replaced,
-        the stored one never. Failures (a full disk) only cost the cache.
+        Copies, except the files named in ``linked`` (name → their sha256),
+        which are hard links where the file system allows: the archive, which
+        a copy wrote a second time (100 MB, a tenth of a rebuild). The artifact
+        a user holds may be edited or replaced; the copies' ctime shows an
+        edit, but a link's ctime also changes when the artifact is removed,
+        so a linked file is checked by its sha256 instead (:meth:`get_output`):
+        an edit of the artifact drops the entry, a removal leaves it as it was.
+        Failures (a full disk) only cost the cache.
         """
         entry = self._entry("outputs", entry_key)
         if entry.exists():
@@ -272,10 +283,15 @@ class BuildCache:
             entry.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{entry_key[:12]}.", dir=entry.parent))
             try:
+                linked = linked or {}
                 for name, src in files.items():
-                    shutil.copyfile(src, tmp / name)  # sendfile: the bytes never come up to Python
+                    if name in linked:
+                        link_or_copy(os.fspath(src), os.fspath(tmp / name))
+                    else:
+                        shutil.copyfile(src, tmp / name)  # sendfile: the bytes never come up to Python
                 meta = {"shipenv": __version__, "about": about, "host_files": host_files_state(host_files),
-                        "files": {name: _signature(tmp / name) for name in files}}
+                        "files": {name: _signature(tmp / name) for name in files if name not in linked},
+                        "linked": {name: [(tmp / name).stat().st_size, sha256] for name, sha256 in linked.items()}}
                 (tmp / "output.json").write_text(json.dumps(meta, indent=1))
                 os.replace(tmp, entry)
             finally:

@@ -193,7 +193,8 @@ def keep(store: cache.BuildCache, key: str, result: BuildResult, sbom: Path, lay
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("cache: not keeping the build's output (%s)", exc)
             return
-    store.put_output(key, {_ARCHIVE: result.path, _SBOM: sbom}, _dump(result), hosts)
+    linked = {_ARCHIVE: result.sha256} if result.sha256 else {}
+    store.put_output(key, {_ARCHIVE: result.path, _SBOM: sbom}, _dump(result), hosts, linked)
 
 
 def copy(src: Path, dest: Path) -> None:
