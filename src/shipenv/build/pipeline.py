@@ -195,12 +195,12 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     distributions += _copy_venv(b, scheme)
     launchers.write(launchers.entry_launchers(b.options.entries, b.py, scheme), b.root)
     bundled = libc.finish(b.root, b.libs, b.py, scheme, b.options.max_glibc)
-    walked = list(manifest.walk_stat(b.root))  # the tree as the audit and the floor see it: one walk for both
+    templates.install_bundle_files(b.root)  # before the walk: after it, only .shipenv/ changes
+    walked = list(manifest.walk_stat(b.root))  # the tree as the audit, the floor and RECORD see it: one walk for all
     findings = _audit(b, walked)
     floor = None if bundled else _glibc_floor(b.root, b.options.max_glibc, b.ledger, walked)
     vendored = sorted(p.name for p in (b.root / relocate.LIB_DIR).iterdir() if p.is_file() and elf.is_elf(p))
     b.say("Writing the manifest")
-    templates.install_bundle_files(b.root)
     distributions.sort(key=lambda d: d.name)
     platform_extra = bundled.as_platform() if bundled else {}
     metadata = _manifest(target, b.py, scheme, floor, distributions, vendored, platform_extra)
@@ -210,7 +210,7 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     sbom.write(b.root, metadata.to_dict(), epoch=target.epoch, wheel_digests=wheel_digests,
                find_library=lambda soname: host_libs.find(soname, libdir), origins=lambda paths: _origins(b, paths),
                digest=lambda path: _vouched_digest(b, path), interpreter=lambda: _python_build(b, layer_key))
-    manifest.write(b.root, metadata, known=b.ledger.record)
+    manifest.write(b.root, metadata, known=b.ledger.record, walked=walked)
     return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(b.py.machine) if bundled else None)
 
 

@@ -179,14 +179,18 @@ def parse_record(data: bytes) -> dict[str, RecordEntry]:
     return result
 
 
-def write(root: Path, manifest: Manifest, known: Known | None = None) -> None:
+def write(root: Path, manifest: Manifest, known: Known | None = None,
+          walked: list[tuple[str, str, os.stat_result]] | None = None) -> None:
     """Write manifest.json and facts, then RECORD over every file (both included; see :func:`scan` for ``known``).
 
+    ``walked`` is the tree's :func:`walk_stat` when the caller has it, taken
+    after the last change outside ``.shipenv/`` (which is walked again here).
     A name with a newline is refused: the bundle's own deploy.sh reads one name
     a line and could not deploy it (``shipenv deploy`` could, but a bundle must
     deploy with either).
     """
-    walked = list(walk_stat(root))  # one walk of the tree for the check and RECORD; only .shipenv/ is walked again
+    if walked is None:
+        walked = list(walk_stat(root))  # one walk of the tree for the check and RECORD; only .shipenv/ is walked again
     odd = [rel for rel, full, st in walked if "\n" in rel or (stat.S_ISLNK(st.st_mode) and "\n" in os.readlink(full))]
     if odd:
         raise ManifestError(
