@@ -6,6 +6,8 @@ Each stage is one short function below, in that order. Everything is built in
 a staging directory beside the output (:mod:`shipenv.build.output`), on the same
 file system, and moved into place only when every stage has succeeded: a failed
 or interrupted build leaves nothing half-written where the artifact would go.
+With a cache, the tree in it starts as the last build's (:mod:`shipenv.build.warm`),
+which is kept in the cache again when the build succeeds.
 Every tree or layer is made relocatable through the one
 :func:`shipenv.build.relocate.relocate` (plan as data, then apply).
 
