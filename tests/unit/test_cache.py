@@ -75,6 +75,15 @@ def test_tree_fingerprint_changes_when_a_file_changes(tmp_path: Path) -> None:
     assert cache.tree_fingerprint(tree) != first
 
 
+def test_tree_fingerprint_ignores_bytecode_any_program_may_write(tmp_path: Path) -> None:
+    """Running the base interpreter writes __pycache__ into its stdlib; no layer copies it, so no layer is rebuilt for it."""
+    tree = make_layer(tmp_path / "t")
+    first = cache.tree_fingerprint(tree)
+    (tree / "lib" / "pkg" / "__pycache__").mkdir()
+    (tree / "lib" / "pkg" / "__pycache__" / "__init__.cpython-312.pyc").write_bytes(b"\x00" * 16)
+    assert cache.tree_fingerprint(tree) == first
+
+
 def test_default_dir_follows_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache.default_dir() == tmp_path / "xdg" / "shipenv"

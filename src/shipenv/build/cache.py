@@ -95,12 +95,15 @@ def tree_fingerprint(root: Path, skip: tuple[str, ...] = ()) -> str:
     """Digest of every file's path, size and mtime under ``root`` (cheap: no reads).
 
     The top-level directories named in ``skip`` are left out (the base
-    interpreter's ``site-packages``, tens of thousands of files, is never copied).
+    interpreter's ``site-packages``, tens of thousands of files, is never copied),
+    and so is every ``__pycache__``: no layer copies one (the interpreter's is
+    compiled afresh), and any program run with the base interpreter writes
+    there, which would have made every such run cost the next build its layers.
     """
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
-        dirnames[:] = sorted(d for d in dirnames if rel_dir != "." or d not in skip)
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__" and (rel_dir != "." or d not in skip))
         for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
             try:
                 st = os.lstat(os.path.join(dirpath, name))
