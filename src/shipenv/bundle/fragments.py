@@ -15,9 +15,26 @@ compressed on its own, in this order:
    files are still in the tree as it made them): its files and symlinks, in
    the walk's order. Its compressed bytes are kept in the fragment's
    ``store`` (the layer's cache entry), keyed by everything that changes
-   them: the format, the level, the codec library's version, and every
-   member's name (so the arcname), kind, mode, clamped mtime, size and link
-   target. The caller vouches for the contents;
+   them. The caller vouches for the contents. In a ``.tar.zst``, the content
+   of each regular file of at least :data:`DATA_FRAME_MIN` bytes (with its
+   tar padding) is in **data frames** of its own, at most :data:`PIECE`
+   bytes of tar each, compressed one-shot by a single thread; everything
+   else (every tar header, the large files' too, and the small files) is in
+   **mixed frames** between them, one per run of members, through the same
+   encoder as the other fragments. Every frame boundary is a 512-byte tar
+   block boundary. The two kinds are stored apart, as two streams (a
+   ``.frag`` file of concatenated frames and a ``.json`` with their lengths):
+   the mixed frames keyed by the format, the level, the codec library's
+   version, the two sizes above, and every member's name (so the arcname),
+   kind, mode, clamped mtime, size and link target; the data frames by the
+   same settings and each large file's path inside the tree, size and
+   clamped mtime, but **not the arcname**, which is in the headers only. A
+   rebuild under a new version's name (every CI build) thus compresses the
+   mixed frames again and copies the data frames (42 % of the compressed
+   bytes of a 340 MB tree of numpy, pandas, cryptography and the like). The
+   fragment is assembled from both streams as it is written into the
+   archive, frame run by frame run, so nothing is stored twice; its row in
+   the index spans all its frames;
 3. everything else (launchers, the manifest's neighbours, files a later
    stage replaced), in the walk's order;
 4. **every other directory**, in the walk's order, then the end-of-archive
@@ -39,23 +56,27 @@ reader skips are a member's FEXTRA field (at most 64 KiB, less than the
 index of a real bundle) and its FCOMMENT (text without NUL bytes), and
 ``.tar.zst`` is the default format; a ``.tar.gz`` deploy decodes every member.
 
-The bytes do not depend on whether a fragment came from the store or was
-compressed now (or there is no store, ``--no-cache``): a clean build, a
-fully cached one and one without a cache give the same archive. They differ
+The bytes do not depend on whether a fragment (or either of its streams)
+came from the store or was compressed now (or there is no store,
+``--no-cache``): a clean build, a fully cached one, one under a new name
+whose data frames were stored by an earlier one, and one without a cache
+give the same archive. They differ
 from :func:`shipenv.bundle.archive.write`'s single pass (which ``tar.xz``,
 plain ``tar`` and ``oci`` layers keep, and anything packed without layers),
-whose member order is the plain walk. A stored fragment is checked by its size,
-inode and mtime before it is copied, as cache entries are; one that does not
-match is compressed again and replaced.
+whose member order is the plain walk. A stored stream is checked by its size,
+inode and mtime (and its frames' lengths against its members) before it is
+copied, as cache entries are; one that does not match is compressed again
+and replaced.
 
-Fragments that must be compressed are compressed two at a time, each in a
+Streams that must be compressed are compressed two at a time, each in a
 thread with a compressor of its own, and written in order as they are done
 (:func:`compressed`): the bytes are the same with one thread or sixty-four.
 
 The module runs past the house's 400 lines because the store's rules (the
-key, the checks before a stored fragment is used, a store that fills up
-costing the store and not the build) and the order fragments are compressed
-and written in are one policy: what may be copied, and when.
+keys, the checks before a stored stream is used, a store that fills up
+costing the store and not the build), how a fragment is cut into frames and
+the order they are compressed and written in are one policy: what may be
+copied, and when.
 """
 
 from __future__ import annotations
