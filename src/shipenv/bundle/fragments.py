@@ -125,7 +125,6 @@ PARALLEL = 2
 _SHOW_EVERY = 0.1  #: seconds between progress calls while a fragment is compressed
 _KIND = {"dir": "d", "file": "f", "symlink": "l"}
 _LIBRARIES = {"tar.zst": f"zstandard {zstandard.__version__} zstd {zstandard.ZSTD_VERSION}", "tar.gz": f"zlib-ng {zlib_ng.ZLIBNG_VERSION}"}
-_PADDING = bytes(512)
 
 
 @dataclass(frozen=True)
@@ -641,7 +640,7 @@ def _key(c: archive.Codec, kind: str, entries: list[Entry], large: list[Entry], 
     else:
         members = [(archive.relative(e, arcname), e.size, e.mtime) for e in large]
     text = json.dumps([_STORE_FORMAT, kind, c.fmt, c.level, _LIBRARIES[c.fmt], DATA_FRAME_MIN, PIECE, members], separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _load(store: Path, name: str, shape: list[int]) -> _Stored | None:
