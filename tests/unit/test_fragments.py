@@ -9,20 +9,22 @@ inspect look for first.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import random
 import shutil
 import subprocess
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
 import zstandard
 
-from shipenv.bundle import archive, fragments, tarstream
+from shipenv.bundle import archive, codecs, fragments, frames, tarstream
 from shipenv.errors import ArchiveError
-from tests.helpers import small_tmpfs
+from tests.helpers import index_of, small_tmpfs
 
 EPOCH = 1577836800
 
@@ -185,12 +187,14 @@ def test_a_store_that_cannot_be_written_costs_the_store_not_the_archive(tmp_path
     expected = fragments.write(root, tmp_path / "a.tar.zst", "tar.zst", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=bare)
     (tmp_path / "a-file").write_text("not a directory")
     with small_tmpfs(tmp_path / "tiny", "256k") as tiny, caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragments"):
-        # a's fragment fills the tiny store in the middle of its frame; b's store cannot even be made
+        # a's data frames fill the tiny store in the middle of big.bin (its mixed frames fit); b's store cannot even be made
         parts = [fragments.Fragment(kept[0].paths, tiny / "a"), fragments.Fragment(kept[1].paths, tmp_path / "a-file" / "b")]
         packed = fragments.write(root, tmp_path / "b.tar.zst", "tar.zst", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=parts)
-        assert not list(tiny.rglob("*.frag")) and not list(tiny.rglob(".*.*"))  # nothing half-kept
+        kept_files = [p.name for p in tiny.rglob("*") if p.is_file()]
+        assert sorted(Path(n).suffix for n in kept_files) == [".frag", ".json"], kept_files  # the mixed stream: nothing half-kept
+        assert not [n for n in kept_files if n.startswith(".")]
     assert packed.sha256 == expected.sha256
-    assert caplog.text.count("cannot keep a fragment") == 2
+    assert caplog.text.count("cannot keep a fragment") == 3  # a's data frames; b's mixed and data frames
 
 
 def test_a_full_output_directory_is_one_sentence_and_leaves_nothing(tmp_path: Path) -> None:
@@ -213,11 +217,12 @@ def test_a_fragment_that_fails_in_its_thread_is_the_archives_error(tmp_path: Pat
     parts = fragments.compressed(segments, c, "app-1.0", tmp_path, fragments._Progress(None))
     with pytest.raises(ArchiveError, match=r"^lib/b/mid\.bin changed size while it was being packed\.$"):
         for part in parts:
-            part.file.close()
+            part.close()
     parts.close()
     assert not threads_alive()
-    assert len(list((tmp_path / "store" / "a").glob("*.frag"))) == 1  # a was done: kept for the next build
-    assert os.listdir(tmp_path / "store" / "b") == []  # b's half-written file removed
+    assert len(list((tmp_path / "store" / "a").glob("*.frag"))) == 2  # a was done (mixed and data frames): kept for the next build
+    left = os.listdir(tmp_path / "store" / "b")  # b's data frames (mid.bin) half-written: removed; its mixed ones may be done
+    assert len(left) <= 2 and not [n for n in left if n.startswith(".")], left
 
 
 def test_progress_over_fragments_only_grows_and_ends_with_the_totals(tmp_path: Path) -> None:
@@ -228,3 +233,162 @@ def test_progress_over_fragments_only_grows_and_ends_with_the_totals(tmp_path: P
     files = [e for e in archive.members(root, "app-1.0", EPOCH) if e.kind != "dir"]
     assert calls[-1] == (len(files), sum(e.size for e in files))
     assert calls == sorted(calls)
+
+
+# -- data frames: the content of a layer's large files, in frames of their own ----------------------------------
+
+
+def large_tree(base: Path) -> tuple[Path, dict[str, bytes]]:
+    """make_tree with large files in fragment a: one over two pieces (PIECE), one of a whole number of blocks, one just over the threshold."""
+    root = make_tree(base / "tree")
+    rng = random.Random(7)
+    words = rng.randbytes(1 << 16)
+    large = {
+        "lib/a/big.so": b"".join(words[rng.randrange(1 << 15) :][: rng.randrange(4096, 1 << 15)] for _ in range(900))[: fragments.PIECE + 300_001],
+        "lib/a/blocks.bin": rng.randbytes(fragments.DATA_FRAME_MIN + 4096),  # no tar padding
+        "lib/a/zz.dat": b"z" * fragments.DATA_FRAME_MIN + b"tail",  # after it, nothing: no mixed frame follows
+    }
+    assert len(large["lib/a/big.so"]) > fragments.PIECE
+    for rel, data in large.items():
+        (root / rel).write_bytes(data)
+    (root / "lib" / "a" / "small.txt").write_text("small\n" * 100)  # between two large files, in walk order
+    return root, large
+
+
+def pack_large(root: Path, dest: Path, store: Path | None, *, arcname: str = "app-1.0", threads: int = 2) -> archive.Packed:
+    paths = [frozenset({"lib/a/one.py", "lib/a/link", "lib/a/small.txt", *(f"lib/a/{n}" for n in ("big.so", "blocks.bin", "zz.dat"))}),
+             frozenset({"lib/b/two.py", "lib/b/sub/three.txt"})]
+    parts = [fragments.Fragment(p, store / n if store else None) for p, n in zip(paths, "ab")]
+    return fragments.write(root, dest, "tar.zst", level=None, threads=threads, mtime=EPOCH, arcname=arcname, fragments=parts)
+
+
+def zstd_frames(path: Path) -> list[int]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return codecs.check_zstd_frames(fd, path)
+    finally:
+        os.close(fd)
+
+
+def test_large_files_round_trip_through_gnu_tar_and_shipenvs_reader(tmp_path: Path) -> None:
+    root, large = large_tree(tmp_path)
+    path = tmp_path / "a.tar.zst"
+    pack_large(root, path, tmp_path / "store")
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", "--zstd", "-xf", str(path), "-C", str(out)], check=True)
+    for rel in [*large, "lib/a/one.py", "lib/a/small.txt", "lib/b/two.py", ".shipenv/facts"]:
+        assert (out / "app-1.0" / rel).read_bytes() == (root / rel).read_bytes(), rel
+    read: dict[str, bytes] = {}
+    with archive.open_stream(path) as tar:
+        for header in tar:
+            if header.isreg():
+                read[header.name.removeprefix("app-1.0/")] = tar.extractfile(header).read()
+    assert {rel: read[rel] for rel in large} == large
+    assert read["lib/a/small.txt"] == b"small\n" * 100 and read["lib/b/two.py"] == (root / "lib/b/two.py").read_bytes()
+
+
+def test_the_layers_row_spans_its_mixed_and_data_frames_and_deploys_reader_accepts_it(tmp_path: Path) -> None:
+    root, _large = large_tree(tmp_path)
+    path = tmp_path / "a.tar.zst"
+    pack_large(root, path, None)
+    starts = zstd_frames(path)
+    index = index_of(path)  # checked against every frame start
+    a = index.frames[1]
+    assert {m.path for m in a.members} >= {"lib/a/big.so", "lib/a/blocks.bin", "lib/a/zz.dat"}
+    inside = [s for s in starts if a.offset <= s < a.offset + a.length]
+    # mixed (up to big.so's header), big.so in two pieces, mixed (blocks.bin's header), blocks.bin, mixed (small.txt, zz.dat's header), zz.dat
+    assert len(inside) == 7 and inside[0] == a.offset
+    assert [len([s for s in starts if f.offset <= s < f.offset + f.length]) for f in index.frames[2:]] == [1, 1, 1]  # b, the rest, dirs
+    fd = os.open(path, os.O_RDONLY)
+    try:  # deploy's check: each row must begin with zstd's magic
+        assert frames.read_index(fd, path, None) == index
+    finally:
+        os.close(fd)
+    gate = frames.Gate()  # and its decoder, skipping the layer's row as a deploy beside an earlier release does
+    with path.open("rb") as f:
+        raw = frames.read_ahead("tar.zst", f, path, gate)
+        assert gate.index == index and gate.decide(frozenset({1})) == frozenset({1})
+        data = b"".join(iter(lambda: raw.read(1 << 16), b""))
+        raw.close()
+    assert len(data) == sum(fr.tar_length for i, fr in enumerate(index.frames) if i != 1)
+
+
+def test_data_frames_are_the_same_bytes_whatever_the_name_the_store_and_the_threads(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, _large = large_tree(tmp_path)
+    store = tmp_path / "store"
+
+    def packed(label: str, store: Path | None, arcname: str = "app-1.0", threads: int = 2) -> bytes:
+        dest = tmp_path / f"{label}.tar.zst"
+        pack_large(root, dest, store, arcname=arcname, threads=threads)
+        return dest.read_bytes()
+
+    clean = packed("clean", None)
+    assert packed("fill", store) == clean
+    streams = sorted(store.rglob("*.frag"))
+    assert len(streams) == 3  # a's mixed and data frames, b's (no large file: mixed only)
+    data_stream = max(streams, key=lambda p: p.stat().st_size)  # a's data frames: nearly all the bytes
+    stamp = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in streams}
+    assert packed("cached", store) == clean
+    assert packed("one-thread", None, threads=1) == clean and packed("four-threads", None, threads=4) == clean
+    # A new name: the mixed frames are compressed again (their key has the arcname), the data frames copied.
+    renamed = packed("renamed", store, arcname="app-2.0")
+    assert renamed == packed("renamed-clean", None, arcname="app-2.0") and renamed != clean
+    assert (data_stream.stat().st_ino, data_stream.stat().st_mtime_ns) == stamp[data_stream]  # not written again
+    assert len(list(store.rglob("*.frag"))) == 5  # two more mixed streams, for app-2.0
+    stored, pos = data_stream.read_bytes(), 0
+    lengths = [n for group in json.loads(data_stream.with_suffix(".json").read_text())["frames"] for n in group]
+    assert len(lengths) == 4  # big.so in two pieces, blocks.bin, zz.dat
+    for n in lengths:  # each data frame is in both archives as it is stored: no arcname in it
+        assert stored[pos : pos + n] in renamed and stored[pos : pos + n] in clean
+        pos += n
+    assert "dropping" not in caplog.text
+
+
+def test_a_tampered_stored_data_stream_is_dropped_and_compressed_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, _large = large_tree(tmp_path)
+    store = tmp_path / "store"
+    first = pack_large(root, tmp_path / "one.tar.zst", store)
+    data_stream = max(store.rglob("*.frag"), key=lambda p: p.stat().st_size)
+    with data_stream.open("r+b") as f:
+        f.truncate(data_stream.stat().st_size - 100)
+    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragments"):
+        again = pack_large(root, tmp_path / "two.tar.zst", store, arcname="app-2.0")
+    assert f"dropping stored fragment {data_stream}" in caplog.text
+    assert again.sha256 == pack_large(root, tmp_path / "three.tar.zst", None, arcname="app-2.0").sha256
+    assert pack_large(root, tmp_path / "four.tar.zst", store).sha256 == first.sha256  # stored afresh, and used
+    caplog.clear()
+    meta = data_stream.with_suffix(".json")  # a json whose frames do not add up to the file: dropped too
+    meta.write_text(meta.read_text().replace('"frames":[[', '"frames":[[1,'))
+    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragments"):
+        assert pack_large(root, tmp_path / "five.tar.zst", store).sha256 == first.sha256
+    assert "its frames do not fit its members" in caplog.text
+
+
+def test_a_large_file_that_grows_while_packed_is_one_sentence(tmp_path: Path) -> None:
+    root, _large = large_tree(tmp_path)
+    entries = archive.members(root, "app-1.0", EPOCH)
+    with open(root / "lib" / "a" / "blocks.bin", "ab") as f:
+        f.write(b"more")
+    segments = fragments.split(entries, "app-1.0", [fragments.Fragment(frozenset({"lib/a/blocks.bin"}))])
+    parts = fragments.compressed(segments, archive.codec("tar.zst", None, 2), "app-1.0", tmp_path, fragments._Progress(None))
+    with pytest.raises(ArchiveError, match=r"^lib/a/blocks\.bin changed size while it was being packed\.$"):
+        for part in parts:
+            part.close()
+    parts.close()
+    assert not threads_alive()
+
+
+def test_a_tar_gz_keeps_one_member_per_fragment(tmp_path: Path) -> None:
+    root, _large = large_tree(tmp_path)
+    dest = tmp_path / "a.tar.gz"
+    paths = frozenset({"lib/a/one.py", "lib/a/link", "lib/a/small.txt", "lib/a/big.so", "lib/a/blocks.bin", "lib/a/zz.dat"})
+    fragments.write(root, dest, "tar.gz", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=[fragments.Fragment(paths)])
+    data = dest.read_bytes()
+    members = 0
+    while data:  # each gzip member decoded on its own: the head, a, the rest, the directories
+        d = zlib.decompressobj(wbits=31)
+        d.decompress(data)
+        data = d.unused_data
+        members += 1
+    assert members == 4

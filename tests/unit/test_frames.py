@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import stat
 import struct
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from shipenv.bundle import fragments, frames, manifest
+from shipenv.bundle import codecs, fragments, frames, manifest
 from shipenv.bundle import reader as _reader
 from shipenv.bundle import unpack as _unpack
 from shipenv.deploy import extract
@@ -32,20 +33,24 @@ from tests.helpers import HOST, check_release, index_of, make_tree, rewrite_inde
 
 EPOCH = 1577836800
 SAME = [f"lib/same/m{i:02d}.py" for i in range(30)]
+LARGE = "lib/same/big.so"
 
 
-def bundle(base: Path, version: str) -> Path:
+def bundle(base: Path, version: str, *, large: bool = False) -> Path:
+    """With ``large``, ``same`` also holds a file whose content takes two data frames of its own (fragments.PIECE)."""
     root = make_tree(base / "trees", version)
     for i, rel in enumerate(SAME):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(f"M = {i}\n" * 50)
     (root / "lib" / "same" / "link").symlink_to("m00.py")
+    if large:
+        (root / LARGE).write_bytes(random.Random(3).randbytes(1 << 16) * (fragments.PIECE >> 16) + b"end")
     (root / "lib" / "mixed").mkdir()
     (root / "lib" / "mixed" / "changes.py").write_text(f"V = {version!r}\n")
     (root / "lib" / "mixed" / "stays.py").write_text("S = 1\n" * 40)
     manifest.write(root, manifest.read(root))
     parts = [
-        fragments.Fragment(frozenset([*SAME, "lib/same/link"])),
+        fragments.Fragment(frozenset([*SAME, "lib/same/link", *([LARGE] if large else [])])),
         fragments.Fragment(frozenset({"lib/mixed/changes.py", "lib/mixed/stays.py"})),
         fragments.Fragment(frozenset({"lib/shared.txt"})),
     ]
@@ -138,6 +143,28 @@ def test_v2_beside_v1_decodes_only_the_frames_that_changed(tmp_path: Path, root:
     alone = deploy.deploy(v2, tmp_path / "alone", host=HOST)
     assert alone.skipped_frames == 0
     assert tree(release) == tree(alone.path)
+    check_release(release)
+
+
+def test_a_layer_with_data_frames_is_one_row_and_is_skipped_whole(tmp_path: Path) -> None:
+    v1, v2 = bundle(tmp_path / "one", "1.0", large=True), bundle(tmp_path / "two", "2.0", large=True)
+    index = index_of(v2)
+    fd = os.open(v2, os.O_RDONLY)
+    try:
+        starts = codecs.check_zstd_frames(fd, v2)
+        assert frames.read_index(fd, v2, None) == index  # the check deploy runs: each row begins at a zstd frame
+    finally:
+        os.close(fd)
+    row = index.frames[frame_of(index, LARGE)]
+    assert len([s for s in starts if row.offset <= s < row.offset + row.length]) == 4  # mixed, two data frames, mixed
+    root = tmp_path / "srv"
+    deploy.deploy(v1, root, host=HOST)
+    result = deploy.deploy(v2, root, host=HOST)
+    assert result.skipped_frames == 2 and result.shared_files == 33  # "same" (now with big.so) and shared.txt
+    release = root / "releases" / "app-2.0"
+    assert (release / LARGE).stat().st_ino == (root / "releases" / "app-1.0" / LARGE).stat().st_ino
+    alone = deploy.deploy(v2, tmp_path / "alone", host=HOST)
+    assert alone.skipped_frames == 0 and tree(release) == tree(alone.path)
     check_release(release)
 
 

@@ -320,12 +320,9 @@ class TarStream:
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise ArchiveError(f"Cannot read {rel} while packing: {exc.strerror or exc}.") from exc
+            raise cannot_read_member(rel, exc) from exc
         if left or grew:
-            raise ArchiveError(
-                f"{rel} changed size while it was being packed.",
-                hint="Nothing else may write into the tree during a build; run the build again.",
-            )
+            raise changed_while_packing(rel)
 
     def end(self) -> None:
         """Hand the encoder what is buffered: the end of one fragment (:mod:`shipenv.bundle.fragments`), not of the archive."""
@@ -348,6 +345,16 @@ class TarStream:
         self.write(end_blocks(before + self.total))
         self.end()
         self.tick(final=True)
+
+
+def cannot_read_member(rel: str, exc: OSError) -> ArchiveError:
+    return ArchiveError(f"Cannot read {rel} while packing: {exc.strerror or exc}.")
+
+
+def changed_while_packing(rel: str) -> ArchiveError:
+    """A file whose size is no longer the one its tar header (written already) gives."""
+    return ArchiveError(f"{rel} changed size while it was being packed.",
+                        hint="Nothing else may write into the tree during a build; run the build again.")
 
 
 def end_blocks(total: int) -> bytes:

@@ -1,10 +1,11 @@
 """The frame index of a ``.tar.zst``, and the decoder that skips the frames a deploy does not need.
 
-:mod:`shipenv.bundle.fragments` writes a ``.tar.zst`` as independent zstd
-frames (the head, one per cache layer, the rest, the directories). It ends
-the file with an index of those frames, so that a deploy beside a release
-that already holds a layer's files can leave that layer's frame compressed
-and hard-link the files instead (:mod:`shipenv.deploy.extract` says why that
+:mod:`shipenv.bundle.fragments` writes a ``.tar.zst`` as independent
+fragments (the head, one per cache layer, the rest, the directories), each
+one or more whole zstd frames (a layer's large files have frames of their
+own). It ends the file with an index of those fragments, so that a deploy
+beside a release that already holds a layer's files can leave that layer's
+frames compressed and hard-link the files instead (:mod:`shipenv.deploy.extract` says why that
 is safe: the index is a hint, never trusted).
 
 The index is a zstd **skippable frame**, which every zstd reader passes
@@ -27,7 +28,8 @@ tools do not take it for theirs.) The body::
     {"format": 1, "frames": [[offset, length, tar_offset, tar_length,
                               [[path, kind, mode, mtime], ...]], ...]}
 
-one row per data frame in file order: where its compressed bytes are, where
+one row per fragment in file order (the format still calls them frames): where
+its compressed bytes are (its first zstd frame to the end of its last), where
 its part of the tar stream is, and its members (path relative to the top,
 ``"."`` for the top itself; kind ``d``, ``f`` or ``l``; mode and mtime as
 the tar headers give them). It is written with the same bytes for the same
@@ -36,7 +38,8 @@ archive (one compressor thread, a fixed level), so archives stay reproducible.
 :func:`read_index` checks it before anything uses it, and every reader of a
 ``.tar.zst`` runs that check (one policy): the body at most
 :data:`INDEX_LIMIT` bytes (and :data:`BODY_LIMIT` decompressed), frames
-starting at 0, contiguous, each starting where a real zstd frame starts, the
+starting at 0, contiguous, each starting where a real zstd frame starts (it
+may hold more than one), the
 last ending where the index begins, tar offsets contiguous too, paths plain
 (no ``/`` at either end, no ``..``, ``.`` or empty component) and each
 listed once. An archive without an index (an older build, or one packed by
@@ -45,7 +48,8 @@ refused as corrupt.
 
 :class:`FrameReader` decodes the head frame, then waits at a :class:`Gate`
 until the reader's user says which frames to skip (it decides from the head
-it just read), and decodes the rest frame run by frame run. Whatever
+it just read), and decodes the rest row run by row run (each row's zstd
+frames in one go: ``read_across_frames``). Whatever
 decides, the frames already begun are never skipped, and a reader that
 needs bytes past the head before anyone decided (a head larger than the
 head frame's tail can feed) releases the gate with "skip nothing", so the
@@ -93,7 +97,7 @@ class Listed:
 
 @dataclass(frozen=True)
 class Frame:
-    """One data frame: its compressed bytes, its part of the tar stream, its members."""
+    """One row of the index: a fragment's compressed bytes (one or more whole zstd frames), its part of the tar stream, its members."""
 
     offset: int
     length: int
