@@ -252,10 +252,40 @@ def test_zstd_gets_level_threads_and_checksum(tree: Path, tmp_path: Path, monkey
         return real(**kwargs)
 
     monkeypatch.setattr(_codecs.zstandard, "ZstdCompressor", recording)
+    monkeypatch.setattr(_codecs, "_THREAD", threading.local())  # no compressor kept from an earlier test
     pack(tree, tmp_path / "a.tar.zst", level=7, threads=3)
     pack(tree, tmp_path / "b.tar.zst", level=None, threads=0)
     assert seen[0]["level"] == 7 and seen[0]["threads"] == 3 and seen[0]["write_checksum"]
     assert seen[1]["level"] == 3 and seen[1]["threads"] == archive.cpu_count()
+
+
+def test_a_kept_zstd_context_gives_a_fresh_ones_bytes_even_after_an_abandoned_frame(tmp_path: Path) -> None:
+    """Each thread reuses one compressor frame after frame (codecs._zstd_compressor): the bytes must not show it."""
+    data = random.Random(7).randbytes(3 << 20) + bytes(1 << 20)
+
+    def frame(enc_data: bytes, finish: bool = True) -> bytes:
+        out = io.BytesIO()
+        enc = _codecs.encoder("tar.zst", 3, 1, out)
+        enc.write(enc_data)
+        if finish:
+            enc.close()
+        else:
+            enc.abort()
+        return out.getvalue()
+
+    first = frame(data)
+    frame(data[: 1 << 20], finish=False)  # a frame given up half-way (an error while packing)
+    again = frame(data)
+    fresh = zstandard_frame(data)
+    assert first == again == fresh
+
+
+def zstandard_frame(data: bytes) -> bytes:
+    out = io.BytesIO()
+    compressor = _codecs.zstandard.ZstdCompressor(level=3, threads=1, write_checksum=True, write_content_size=False)
+    with compressor.stream_writer(out, closefd=False) as w:
+        w.write(data)
+    return out.getvalue()
 
 
 def test_gzip_gets_level_and_threads(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
