@@ -17,6 +17,7 @@ here, so the test passes ``--ulimit`` values below the hard limits.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -65,10 +66,29 @@ def layer_digests(layout: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def base_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The glibc-only root as a one-layer OCI image, with an ENV and a label of its own."""
-    work = tmp_path_factory.mktemp("oci-base")
+def base_image(shared_dir: Path) -> Path:
+    """The glibc-only root as a one-layer OCI image, with an ENV and a label of its own.
+
+    Made once per run for every xdist worker, as the images built on it are
+    (``built_bundle``): umoci stamps its config with the time, so a base made
+    by each worker would have a digest of its own, and a worker's tests would
+    compare the image another worker built with a base it never saw.
+    """
+    work = shared_dir / "oci-base"
     layout = work / "glibc-base"
+    work.parent.mkdir(parents=True, exist_ok=True)
+    with (shared_dir / "oci-base.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if not (work / ".done").is_file():
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir()
+            _make_base(work, layout)
+            (work / ".done").write_text("")
+    return layout
+
+
+def _make_base(work: Path, layout: Path) -> None:
     run("umoci", "init", "--layout", layout)
     run("umoci", "new", "--image", f"{layout}:latest")
     unpacked = work / "unpacked"
@@ -77,7 +97,6 @@ def base_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run("umoci", "repack", "--image", f"{layout}:latest", unpacked)
     run("umoci", "config", "--image", f"{layout}:latest", "--config.env", "BASE_ENV=kept", "--config.label", "org.example.base=glibc")
     run("umoci", "gc", "--layout", layout)
-    return layout
 
 
 @pytest.fixture(scope="module")
