@@ -24,6 +24,7 @@ import functools
 import gc
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -129,6 +130,8 @@ class TreeResult:
 
 def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: Runner) -> BuildResult:
     from shipenv.build import install  # the package stage; imported late to keep the core light
+
+    threading.Thread(target=sbom.preload, name="shipenv-preload", daemon=True).start()  # while uv and the probes run
 
     sources = install.resolve_sources(options)
     py = interpreter.inspect(options.python or sources.python, runner)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import email.parser
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -135,6 +136,23 @@ def _sha256(path: Path, digest: Digest | None) -> HashType:
     from cyclonedx.model import HashAlgorithm, HashType
 
     return HashType(alg=HashAlgorithm.SHA_256, content=(digest(path) if digest else None) or hash_file(path)[0])
+
+
+#: What :func:`build` imports: 0.2 s of a rebuild's 3, which :func:`preload` moves off its path.
+_LIBRARY_MODULES = ("cyclonedx.model", "cyclonedx.model.bom", "cyclonedx.model.component", "cyclonedx.model.license",
+                    "cyclonedx.output.json", "cyclonedx.contrib.license.factories", "packageurl", "packaging.requirements")
+
+
+def preload() -> None:
+    """Import the libraries :func:`build` uses, for a caller's thread to do while the build waits on processes (uv, pip).
+
+    What cannot be imported is left for :func:`build` to report.
+    """
+    for name in _LIBRARY_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
 
 
 def _licenses(meta: email.message.Message) -> list[LicenseExpression | DisjunctiveLicense]:
