@@ -343,18 +343,25 @@ def _install_wheels(b: Build, layer_key: str, scheme: Scheme, wheel_digests: dic
     order: list[tuple[str, layers.Layer | layering.Fresh]] = []
     # Cache entries are checked, and (without a cache) the wheels hashed for the SBOM, on threads
     # (file system latency, and hashlib releases the GIL); with a cache the output key's digests serve.
+    def start(index: int) -> layering.Fresh:
+        (wheel, source), wheel_key = wheels[index], keys[index]
+        return layering.start(workers, wheel.name, wheel_key, wheel, work / f"stage-{index}", scheme, b.py, b.libs,
+                              b.root / relocate.LIB_DIR, source)
+
+    store_ = b.store
+    # A wheel with no entry at all is installed now, not once the entries of the wheels before it are checked.
+    early = {i: start(i) for i, k in enumerate(keys) if store_ is None or not store_.has("wheel", k)}
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="shipenv-cache") as pool:
-        store_ = b.store
-        found = pool.map(lambda k: store_.get_layer("wheel", k) if store_ is not None else None, keys)
+        found = pool.map(lambda k: store_.get_layer("wheel", k) if store_ is not None and k is not None else None,
+                         [None if i in early else k for i, k in enumerate(keys)])
         digests = (outputs.wheel_digests(store_, [w for w, _ in wheels]) if store_ is not None
                    else pool.map(lambda w: manifest.hash_file(w[0])[0], wheels))
-        for index, ((wheel, source), wheel_key, hit) in enumerate(zip(wheels, keys, found)):
+        for index, ((wheel, source), hit) in enumerate(zip(wheels, found)):
             distributions.append(install.wheel_distribution(wheel, source))
             if hit is not None and hit.entry is not None:
                 order.append((wheel.name, hit))
                 continue
-            order.append((wheel.name, layering.start(workers, wheel.name, wheel_key, wheel, work / f"stage-{index}", scheme, b.py,
-                                                     b.libs, b.root / relocate.LIB_DIR, source)))
+            order.append((wheel.name, early[index] if index in early else start(index)))
         fresh = [layer for _name, layer in order if isinstance(layer, layering.Fresh)]
         for layer in fresh:
             layer.compiled(workers, b.ledger.needles)
