@@ -471,16 +471,14 @@ def merge_layer(layer: layers.Layer, dest: Path, taken: Collection[str] | None =
         target, full = os.path.join(top, rel), os.path.join(src, rel)
         if taken is not None and f.symlink is None and rel not in taken:  # most of the last build's files are this layer's: one lstat
             try:
-                there = os.lstat(target)
-                if (there.st_dev, there.st_ino, there.st_size, there.st_mtime_ns) == (dev, f.ino, f.size, f.mtime_ns) \
-                        and stat.S_ISREG(there.st_mode):
-                    placed[rel] = (dev, f.ino, f.size, f.mtime_ns)
+                there, own = os.lstat(target), (dev, f.ino, f.size, f.mtime_ns)
+                if layers.signature(there) == own and stat.S_ISREG(there.st_mode):
+                    placed[rel] = own
                     continue
             except FileNotFoundError:
                 pass
         try:
-            _place(f, full, target)
-            placed[rel] = layers.signature(os.lstat(target)) if f.symlink is not None else (dev, f.ino, f.size, f.mtime_ns)
+            placed[rel] = _place(f, full, target, dev)
         except FileExistsError:
             there = os.lstat(target)
             if taken is not None and rel not in taken:  # the last build's, and not this layer's file
@@ -491,8 +489,7 @@ def merge_layer(layer: layers.Layer, dest: Path, taken: Collection[str] | None =
                     shutil.rmtree(target)
                 else:
                     os.unlink(target)
-                _place(f, full, target)
-                placed[rel] = layers.signature(os.lstat(target)) if f.symlink is not None else (dev, f.ino, f.size, f.mtime_ns)
+                placed[rel] = _place(f, full, target, dev)
                 continue
             if f.symlink is not None or stat.S_ISLNK(there.st_mode):
                 if not (f.symlink is not None and stat.S_ISLNK(there.st_mode) and os.readlink(target) == f.symlink):
@@ -505,11 +502,13 @@ def merge_layer(layer: layers.Layer, dest: Path, taken: Collection[str] | None =
     return sorted(clashes), placed
 
 
-def _place(f: layers.FileFacts, full: str, target: str) -> None:
+def _place(f: layers.FileFacts, full: str, target: str, dev: int) -> layers.Signature:
+    """Link the entry's file (or make its symlink) at ``target``; its signature (a hard link's is the entry file's: no ``lstat``)."""
     if f.symlink is not None:
         os.symlink(f.symlink, target)
-    else:
-        os.link(full, target)
+        return layers.signature(os.lstat(target))
+    os.link(full, target)
+    return (dev, f.ino, f.size, f.mtime_ns)
 
 
 def _clear_way(top: str, parent: str, taken: Collection[str], made: Collection[str]) -> bool:
