@@ -146,12 +146,13 @@ def _signature(path: Path) -> list[int]:
 class BuildCache:
     root: Path
 
-    def _entry(self, kind: str, entry_key: str) -> Path:
+    def path(self, kind: str, entry_key: str) -> Path:
+        """Where an entry of ``kind`` lives (``KIND/XX/KEY``, the layout ``shipenv cache`` reads), whether or not it is there."""
         return self.root / kind / entry_key[:2] / entry_key
 
     def has(self, kind: str, entry_key: str) -> bool:
         """Whether an entry is there (unchecked: for what only needs to know it will be looked at)."""
-        return self._entry(kind, entry_key).is_dir()
+        return self.path(kind, entry_key).is_dir()
 
     def get(self, kind: str, entry_key: str) -> Path | None:
         """The entry's tree if present and intact; a damaged entry is removed."""
@@ -160,7 +161,7 @@ class BuildCache:
 
     def get_layer(self, kind: str, entry_key: str) -> layers.Layer | None:
         """The entry as a layer (its facts, its directory) if present and intact; a damaged entry is removed."""
-        entry = self._entry(kind, entry_key)
+        entry = self.path(kind, entry_key)
         tree = entry / "tree"
         if not tree.is_dir():
             return None
@@ -178,7 +179,7 @@ class BuildCache:
             log.warning("cache: dropping damaged entry %s/%s (%s)", kind, entry_key[:12], exc)
             self._drop(entry)
             return None
-        _used(entry)
+        mark_used(entry)
         log.debug("cache: hit %s %s", kind, entry_key[:12])
         return layers.Layer(f"{kind} {entry_key[:12]}", facts, entry)
 
@@ -193,7 +194,7 @@ class BuildCache:
         a copy is stored (hard links where it can) and ``tree`` stays.
         Failures (a full disk) only cost the cache: None is returned, and ``tree`` is where it was.
         """
-        entry = self._entry(kind, entry_key)
+        entry = self.path(kind, entry_key)
         if entry.exists():
             return None
         try:
@@ -238,7 +239,7 @@ class BuildCache:
         here: 60 ms for 100 MB), and every host file it was made from must be
         unchanged. One that is not is removed, and the build runs in full.
         """
-        entry = self._entry("outputs", entry_key)
+        entry = self.path("outputs", entry_key)
         try:
             meta = json.loads((entry / "output.json").read_text())
         except FileNotFoundError:
@@ -262,7 +263,7 @@ class BuildCache:
             log.warning("cache: dropping damaged output %s (%s)", entry_key[:12], exc)
             self._drop(entry)
             return None
-        _used(entry)  # the directory, not the files: their ctime is what the next hit checks
+        mark_used(entry)  # the directory, not the files: their ctime is what the next hit checks
         log.debug("cache: hit output %s", entry_key[:12])
         return entry, meta["about"]
 
@@ -279,7 +280,7 @@ class BuildCache:
         an edit of the artifact drops the entry, a removal leaves it as it was.
         Failures (a full disk) only cost the cache.
         """
-        entry = self._entry("outputs", entry_key)
+        entry = self.path("outputs", entry_key)
         if entry.exists():
             return
         try:
@@ -304,7 +305,7 @@ class BuildCache:
             log.warning("cache: could not store the build's output (%s); continuing without it", exc)
 
     def drop_output(self, entry_key: str) -> None:
-        self._drop(self._entry("outputs", entry_key))
+        self._drop(self.path("outputs", entry_key))
 
     def remember(self, kind: str, parts: Any, compute: Callable[[], Any]) -> Any:
         """``compute()`` (JSON-able), kept under a key of ``parts``: for answers that cost a process to get.
@@ -316,7 +317,7 @@ class BuildCache:
         entry = self.root / kind / f"{key(kind, parts)}.json"
         try:
             found = json.loads(entry.read_text())
-            _used(entry)
+            mark_used(entry)
             return found
         except (OSError, ValueError):
             pass
@@ -334,7 +335,7 @@ class BuildCache:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def _used(entry: Path) -> None:
+def mark_used(entry: Path) -> None:
     """Note that a build used ``entry`` now: ``shipenv cache prune`` removes the least recently used first."""
     try:
         os.utime(entry)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shipenv.build import output
-from shipenv.build.cache import BuildCache
+from shipenv.build.cache import BuildCache, mark_used
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Warm:
 
 
 def slot(store: BuildCache, interpreter_key: str) -> Path:
-    return store.root / KIND / interpreter_key[:2] / interpreter_key
+    return store.path(KIND, interpreter_key)
 
 
 def take(store: BuildCache, interpreter_key: str, root: Path, site: str) -> Warm | None:
@@ -116,10 +116,13 @@ def sweep(root: Path, placed: Collection[str], spare: Collection[str] = ()) -> N
                 rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
                 if not rel_dir and e.name in spare:
                     continue
-                if e.is_dir(follow_symlinks=False):
-                    (walk(e.path, rel) if rel in needed else dirs.append(e.path))
-                elif rel not in placed:
-                    files.append(e.path)
+                if not e.is_dir(follow_symlinks=False):
+                    if rel not in placed:
+                        files.append(e.path)
+                elif rel in needed:
+                    walk(e.path, rel)
+                else:
+                    dirs.append(e.path)
 
     walk(os.fspath(root), "")
     for path in files:
@@ -143,7 +146,4 @@ def keep(store: BuildCache, interpreter_key: str, root: Path) -> None:
     except OSError as exc:
         log.debug("cache: not keeping the tree (%s)", exc)
         return
-    try:
-        os.utime(target)  # its last use, for shipenv cache prune
-    except OSError:
-        pass
+    mark_used(target)
