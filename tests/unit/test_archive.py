@@ -260,7 +260,7 @@ def test_zstd_gets_level_threads_and_checksum(tree: Path, tmp_path: Path, monkey
 
 
 def test_a_kept_zstd_context_gives_a_fresh_ones_bytes_even_after_an_abandoned_frame(tmp_path: Path) -> None:
-    """Each thread reuses one compressor frame after frame (codecs._zstd_compressor): the bytes must not show it."""
+    """Each thread reuses one compressor frame after frame (codecs.zstd_compressor): the bytes must not show it."""
     data = random.Random(7).randbytes(3 << 20) + bytes(1 << 20)
 
     def frame(enc_data: bytes, finish: bool = True) -> bytes:

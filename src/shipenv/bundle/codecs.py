@@ -99,7 +99,7 @@ class Plain:
 
 class Zstd:
     def __init__(self, sink: Sink, level: int, threads: int) -> None:
-        self._writer = _zstd_compressor(level, threads).stream_writer(cast(IO[bytes], sink), closefd=False)
+        self._writer = zstd_compressor(level, threads).stream_writer(cast(IO[bytes], sink), closefd=False)
 
     def write(self, data: bytes | memoryview) -> None:
         self._writer.write(data)
@@ -114,22 +114,31 @@ class Zstd:
 _THREAD = threading.local()
 
 
-def _zstd_compressor(level: int, threads: int) -> zstandard.ZstdCompressor:
-    """This thread's multi-threaded compressor for ``level`` and ``threads``, made once and reused frame after frame.
+def zstd_compressor(level: int, threads: int | None) -> zstandard.ZstdCompressor:
+    """This thread's zstd compressor for ``level``, made once and reused frame after frame.
 
-    ``threads`` >= 1 selects zstd's multi-threaded mode (see the module
-    docstring). Each frame starts a new session of the same context, which
-    gives the bytes a fresh one would; making one per frame cost a build
-    hundreds of contexts, each with its worker threads and some 40 MB the
-    kernel had to zero (5 % of a rebuild's CPU in ``clear_page``). One
-    context serves one frame at a time: a thread writes its frames in turn.
+    ``threads`` >= 1 (0 counts as 1) is zstd's multi-threaded mode, for
+    streams (see the module docstring); None is a single-threaded one for
+    one-shot ``compress()`` calls, whose frames say their content size
+    (:mod:`shipenv.bundle.fragments`' data frames). Each frame starts a new
+    session of the same context, which gives the bytes a fresh one would;
+    making one per frame cost a build hundreds of contexts, each with its
+    worker threads and some 40 MB the kernel had to zero (5 % of a rebuild's
+    CPU in ``clear_page``). A context serves one frame at a time: a thread
+    writes its frames in turn.
     """
-    key = (level, max(1, threads))
-    kept: tuple[tuple[int, int], zstandard.ZstdCompressor] | None = getattr(_THREAD, "zstd", None)
-    if kept is None or kept[0] != key:
-        kept = (key, zstandard.ZstdCompressor(level=level, threads=key[1], write_checksum=True, write_content_size=False))
-        _THREAD.zstd = kept
-    return kept[1]
+    key = (level, None if threads is None else max(1, threads))
+    kept: dict[tuple[int, int | None], zstandard.ZstdCompressor] | None = getattr(_THREAD, "zstd", None)
+    if kept is None:
+        kept = _THREAD.zstd = {}
+    found = kept.get(key)
+    if found is None:
+        if key[1] is None:
+            found = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+        else:
+            found = zstandard.ZstdCompressor(level=level, threads=key[1], write_checksum=True, write_content_size=False)
+        kept[key] = found
+    return found
 
 
 class Xz:

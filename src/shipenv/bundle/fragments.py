@@ -559,7 +559,7 @@ class _Data:
 
     def __call__(self, sink: _codecs.Sink) -> tuple[list[list[int]], _Counts]:
         assert self._c.level is not None
-        zc = _piece_compressor(self._c.level)
+        zc = _codecs.zstd_compressor(self._c.level, None)
         lengths: list[list[int]] = []
         tar = nbytes = 0
         for entry in self._large:
@@ -575,18 +575,6 @@ class _Data:
                         self._live(0, nbytes)
             lengths.append(group)
         return lengths, _Counts(tar, 0, nbytes)
-
-
-_THREAD = threading.local()
-
-
-def _piece_compressor(level: int) -> zstandard.ZstdCompressor:
-    """This thread's compressor for data pieces (a ZstdCompressor is not thread-safe; one per thread is reused)."""
-    kept: tuple[int, zstandard.ZstdCompressor] | None = getattr(_THREAD, "zstd", None)
-    if kept is None or kept[0] != level:
-        kept = (level, zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True))
-        _THREAD.zstd = kept
-    return kept[1]
 
 
 def _read_pieces(entry: Entry, rel: str) -> Generator[tuple[bytearray, int], None, None]:
