@@ -202,6 +202,20 @@ def test_a_tree_without_manifest_is_simply_sorted(tmp_path: Path) -> None:
     assert names == [rel for rel, _ in manifest_order(root)]
 
 
+def test_a_listing_from_an_earlier_walk_gives_the_members_a_walk_now_gives(tmp_path: Path) -> None:
+    """The build packs from its own walk, with ``.shipenv/`` (written since) looked at again: same members, same order."""
+    root = make_tree(tmp_path)
+    (root / "lib" / "Zed").mkdir()  # sorts before "alias" by bytes, not by locale
+    (root / "lib" / "Zed" / "z.py").write_text("")
+    dirs: list[manifest.Stat] = []
+    walked = list(manifest.walk_stat(root, dirs))
+    assert {rel for rel, _f, _s in dirs} >= {"bin", "lib", "lib/sub", "lib/Zed", "empty", ".shipenv"}
+    (root / ".shipenv" / "RECORD").write_text("rewritten after the walk\n")
+    (root / ".shipenv" / "later.json").write_text("{}")
+    listing = archive.Listing(walked + dirs, (".shipenv",))
+    assert archive.members(root, "demo-1.0", EPOCH, listing) == archive.members(root, "demo-1.0", EPOCH)
+
+
 def test_a_symlinked_metadata_directory_is_not_followed(tmp_path: Path) -> None:
     root = make_tree(tmp_path, with_manifest=False)
     (tmp_path / "elsewhere").mkdir()

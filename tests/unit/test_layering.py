@@ -10,6 +10,7 @@ import pytest
 
 from shipenv.build import layering, layers
 from shipenv.build.cache import BuildCache
+from shipenv.bundle import manifest
 from shipenv.errors import InstallError
 from tests.unit.test_layers import NEEDLE, make_layer
 
@@ -66,3 +67,12 @@ def test_a_second_layer_with_other_bytes_in_the_same_file_is_refused(tmp_path: P
     with pytest.raises(InstallError, match=r"^other-1\.0-py3-none-any\.whl would overwrite files that another package installed: lib/pkg/__init__\.py\.$"):
         layering.merge_fresh(fresh(other, "other-1.0-py3-none-any.whl", "e" * 64), store, root, ledger)
     assert (root / "lib" / "pkg" / "__init__.py").read_text() == "VALUE = 1\n"
+
+
+def test_owned_from_a_walk_the_caller_made_is_owned_from_lstat(tmp_path: Path) -> None:
+    root, ledger, _layer = merged(tmp_path, BuildCache(tmp_path / "cache"))
+    (root / "lib" / "pkg" / "__init__.py").unlink()
+    (root / "lib" / "pkg" / "__init__.py").write_text("replaced by a later stage\n")
+    stats = {rel: st for rel, _full, st in manifest.walk_stat(root)}
+    mine, others = ledger.owned(0, root, stats)
+    assert (mine, others) == ledger.owned(0, root) and others == ["lib/pkg/__init__.py"]

@@ -7,10 +7,14 @@ tree left in every state a user or an earlier build can leave one in.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-from shipenv.build import cache, cachedir, layering, layers, warm
+import pytest
+
+from shipenv.build import cache, cachedir, layering, layers, output, warm
 from shipenv.build.cache import BuildCache
+from shipenv.errors import ShipenvError
 from tests.unit.test_layers import NEEDLE, make_layer
 
 KEY = "1" * 64
@@ -162,3 +166,50 @@ def test_prune_removes_the_kept_trees_with_anything_it_removes(tmp_path: Path) -
     assert cachedir.prune(store.root, older_than=1).removed == ()
     done = cachedir.prune(store.root, max_size=held.size - 1)
     assert warm.slot(store, KEY) in [e.path for e in done.removed] and not warm.slot(store, KEY).exists()
+
+
+def test_the_kept_trees_layers_are_checked_ahead_and_a_damaged_one_still_dropped(tmp_path: Path) -> None:
+    store = BuildCache(tmp_path / "cache")
+    a = stored(store, tmp_path, "a", "a" * 64, {"lib/a/mod.py": "A = 1\n"})
+    b = stored(store, tmp_path, "b", "b" * 64, {"lib/b/mod.py": "B = 1\n"})
+    store.put("interpreter", KEY, make_layer(tmp_path / "interp"))
+    root = tmp_path / "root"
+    root.mkdir()
+    build(store, root, [a, b], reused=False)
+    warm.keep(store, KEY, root, [a, b])
+    assert b.entry is not None
+    (b.entry / "tree" / "lib" / "b" / "mod.py").write_text("B = 666\n")  # edited in place, after the last build
+
+    later = BuildCache(store.root)  # the next build's
+    warm.prefetch(later, lambda: KEY)
+    deadline = time.monotonic() + 30
+    while len(later._early) < 3 and time.monotonic() < deadline:  # the thread has read the note
+        time.sleep(0.01)
+    assert set(later._early) == {("interpreter", KEY), ("wheel", "a" * 64), ("wheel", "b" * 64)}
+    hit = later.get_layer("wheel", "a" * 64)
+    assert hit is not None and hit.facts == a.facts and ("wheel", "a" * 64) not in later._early  # taken once
+    assert later.get_layer("wheel", "b" * 64) is None and not b.entry.exists()  # checked as ever: dropped
+    assert later.get_layer("interpreter", KEY) is not None
+
+
+def test_a_note_that_is_not_what_keep_wrote_only_loses_the_head_start(tmp_path: Path) -> None:
+    store = BuildCache(tmp_path / "cache")
+    store.put("interpreter", KEY, make_layer(tmp_path / "interp"))
+    for note in ("{not json", '[["wheel", "../../etc"], ["outputs", "' + "f" * 64 + '"]]', '[["wheel", "' + "a" * 64 + '"], 7]', '{"a": 1}'):
+        (store.path("interpreter", KEY) / warm.HELD).write_text(note)
+        later = BuildCache(store.root)
+        warm.prefetch(later, lambda: KEY)
+        deadline = time.monotonic() + 30
+        while not later._early and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+        assert set(later._early) == {("interpreter", KEY)}
+        assert later.get_layer("interpreter", KEY) is not None
+
+
+def test_a_directory_that_will_not_go_is_one_sentence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "root"
+    (root / "lib" / "old" / "deep").mkdir(parents=True)
+    monkeypatch.setattr(output, "remove_tree", lambda path: None)  # as on a directory made immutable
+    with pytest.raises(ShipenvError, match=r"^Cannot remove .*/root/lib, left by the last build in the tree this build reuses\.$"):
+        warm.sweep(root, set())

@@ -15,7 +15,9 @@ file's digest, mode, ELF facts and audit findings, and its inode, size and
 mtime). Before an entry is used its tree is checked against those facts
 without reading a byte of content (a file added, missing, replaced or edited
 in place changes what ``lstat`` says); an entry that does not match is deleted
-and rebuilt, never used.
+and rebuilt, never used. The checks of the entries a build will likely use
+(the last build's, :func:`shipenv.build.warm.prefetch`) can run early, on
+threads, while uv resolves: :meth:`BuildCache.prefetch`.
 Host libraries an entry vendored are listed with their size and mtime: a host
 upgrade (``apt-get upgrade``) invalidates the entry.
 """
@@ -33,7 +35,8 @@ import stat
 import sys
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +148,8 @@ def _signature(path: Path) -> list[int]:
 @dataclass(frozen=True)
 class BuildCache:
     root: Path
+    #: entries being checked ahead of use (:meth:`prefetch`), each taken once by :meth:`get_layer`
+    _early: dict[tuple[str, str], Future[layers.Layer | None]] = field(default_factory=dict, compare=False, repr=False)
 
     def path(self, kind: str, entry_key: str) -> Path:
         """Where an entry of ``kind`` lives (``KIND/XX/KEY``, the layout ``shipenv cache`` reads), whether or not it is there."""
@@ -159,8 +164,31 @@ class BuildCache:
         hit = self.get_layer(kind, entry_key)
         return hit.entry / "tree" if hit is not None and hit.entry is not None else None
 
+    def prefetch(self, wanted: Iterable[tuple[str, str]]) -> None:
+        """Check these ``(kind, key)`` entries now, on threads, for :meth:`get_layer` to take.
+
+        For while the build waits on something else (uv): each check is what
+        :meth:`get_layer` does (parsing the facts, an ``lstat`` per file), and a
+        damaged entry is removed as it would be. One that is never asked for
+        only cost the check; one asked for before its check started is checked
+        by the caller too. Call it from one thread at a time.
+        """
+        todo = [w for w in dict.fromkeys(wanted) if w not in self._early]
+        if not todo:
+            return
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="shipenv-prefetch")
+        for kind, entry_key in todo:
+            self._early[kind, entry_key] = pool.submit(self._check, kind, entry_key)
+        pool.shutdown(wait=False)  # its threads end once the checks are done
+
     def get_layer(self, kind: str, entry_key: str) -> layers.Layer | None:
         """The entry as a layer (its facts, its directory) if present and intact; a damaged entry is removed."""
+        early = self._early.pop((kind, entry_key), None)
+        if early is not None:
+            return early.result()
+        return self._check(kind, entry_key)
+
+    def _check(self, kind: str, entry_key: str) -> layers.Layer | None:
         entry = self.path(kind, entry_key)
         tree = entry / "tree"
         if not tree.is_dir():

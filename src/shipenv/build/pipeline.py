@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import gc
 import os
 import tempfile
@@ -55,7 +54,7 @@ from shipenv.build import (
     warm,
 )
 from shipenv.build.runner import REAL, Runner
-from shipenv.bundle import elf, manifest, sbom
+from shipenv.bundle import archive, elf, manifest, sbom
 from shipenv.errors import PolicyError, ShipenvError, UsageError, listing
 from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, Distribution, PythonInfo, Scheme
 
@@ -126,6 +125,7 @@ class TreeResult:
     audit: tuple[AuditFinding, ...]
     vendored: tuple[str, ...]
     libc: str | None = None  #: with --libc bundled, what inspect says about it
+    walked: archive.Listing | None = None  #: the tree as its last walk saw it, for the packer (only ``.shipenv/`` changed since)
 
 
 def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: Runner) -> BuildResult:
@@ -146,7 +146,9 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
 
         signer = sshsig.load_signer(options.sign_key)  # a bad key fails now
     store = cache.open_cache(options.cache_dir, options.use_cache)
-    layer_key = functools.cache(lambda: _interpreter_key(py, options))
+    layer_key = _once(lambda: _interpreter_key(py, options))
+    if store is not None:
+        warm.prefetch(store, layer_key)  # the last build's entries are checked while uv resolves
     kept = outputs.plan(options, sources, py, target, store, layer_key, runner)
     with output.staging(target) as staging:
         hit = outputs.lookup(store, kept.key) if store is not None and kept.key is not None else None
@@ -168,15 +170,29 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
         if target.fmt in IMAGE_FORMATS:
             sha256, digest = _image(root, staging, target, options, say, progress)
             return BuildResult(target.artifact, target.tree_name, tree.floor, sha256, tree.audit, tree.vendored, digest, libc=tree.libc)
-        sha256, signature = _pack(root, staging, target, options, say, progress, signer, b.ledger)
+        sha256, signature = _pack(root, staging, target, options, say, progress, signer, b.ledger, tree.walked)
         result = BuildResult(target.artifact, target.tree_name, tree.floor, sha256, tree.audit, tree.vendored,
                              libc=tree.libc, signature=signature, signer=signer.public_key.fingerprint if signer else None)
         key = outputs.key_after(kept, options, sources, py, target, store, layer_key) if store is not None else None
         if store is not None and key is not None:
             outputs.keep(store, key, result, root / sbom.SBOM, b.ledger.layers, b.ledger.fresh)
         if store is not None:
-            warm.keep(store, layer_key(), root)  # for the next build, instead of removing 10,000 links now
+            warm.keep(store, layer_key(), root, b.ledger.layers)  # for the next build, instead of removing 10,000 links now
         return result
+
+
+def _once(compute: Callable[[], str]) -> Callable[[], str]:
+    """``compute()`` once, on the first call from any thread; a call meanwhile waits for that value."""
+    lock = threading.Lock()
+    value: list[str] = []
+
+    def get() -> str:
+        with lock:
+            if not value:
+                value.append(compute())
+            return value[0]
+
+    return get
 
 
 def _build_tree(b: Build, target: output.Target) -> TreeResult:
@@ -201,7 +217,8 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
     launchers.write(launchers.entry_launchers(b.options.entries, b.py, scheme), b.root)
     bundled = libc.finish(b.root, b.libs, b.py, scheme, b.options.max_glibc)
     templates.install_bundle_files(b.root)  # before the walk: after it, only .shipenv/ changes
-    walked = list(manifest.walk_stat(b.root))  # the tree as the audit, the floor and RECORD see it: one walk for all
+    dirs: list[manifest.Stat] = []
+    walked = list(manifest.walk_stat(b.root, dirs))  # the tree as the audit, the floor, RECORD and the packer see it: one walk for all
     findings = _audit(b, walked)
     floor = None if bundled else _glibc_floor(b.root, b.options.max_glibc, b.ledger, walked)
     vendored = sorted(p.name for p in (b.root / relocate.LIB_DIR).iterdir() if p.is_file() and elf.is_elf(p))
@@ -216,7 +233,8 @@ def _build_tree(b: Build, target: output.Target) -> TreeResult:
                find_library=lambda soname: host_libs.find(soname, libdir), origins=lambda paths: _origins(b, paths),
                digest=lambda path: _vouched_digest(b, path), interpreter=lambda: _python_build(b, layer_key))
     manifest.write(b.root, metadata, known=b.ledger.record, walked=walked)
-    return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(b.py.machine) if bundled else None)
+    return TreeResult(floor, tuple(findings), tuple(vendored), bundled.summary(b.py.machine) if bundled else None,
+                      archive.Listing(walked + dirs, (manifest.META_DIR.as_posix(),)))
 
 
 def _origins(b: Build, paths: list[Path]) -> dict[Path, sbom.PackageOrigin]:
@@ -460,7 +478,7 @@ def _platform_tag(floor: tuple[int, int] | None, machine: str) -> str:
 
 def _pack(
     root: Path, staging: Path, target: output.Target, options: BuildOptions, say: Step, progress: Progress | None,
-    signer: sshsig.Signer | None, ledger: layers.Ledger,
+    signer: sshsig.Signer | None, ledger: layers.Ledger, walked: archive.Listing | None = None,
 ) -> tuple[str, Path | None]:
     """Write the archive, its ``.sha256``, its SBOM and (with a key) its ``.sig``; return the digest and the signature.
 
@@ -468,18 +486,19 @@ def _pack(
     (:mod:`shipenv.bundle.fragments`), each kept compressed in its layer's cache entry
     when there is a cache: with or without one, the same inputs give the same bytes.
     """
-    from shipenv.bundle import archive, fragments
+    from shipenv.bundle import fragments
 
     artifact = target.artifact
     say(f"Packing {artifact.name}")
     if ledger.layers and target.fmt in fragments.FORMATS:
         parts = []
+        stats = {rel: st for rel, _full, st in walked.rows} if walked is not None else None
         for index, layer in enumerate(ledger.layers):
-            mine, _others = ledger.owned(index, root)
+            mine, _others = ledger.owned(index, root, stats)
             parts.append(fragments.Fragment(frozenset(mine), layer.entry / "fragments" if layer.entry is not None else None))
         packed = fragments.write(
             root, staging / artifact.name, target.fmt, level=options.compress_level, threads=options.threads,
-            mtime=target.epoch, arcname=target.tree_name, fragments=parts, progress=progress,
+            mtime=target.epoch, arcname=target.tree_name, fragments=parts, progress=progress, listing=walked,
         )
     else:
         packed = archive.write(

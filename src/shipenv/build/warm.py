@@ -26,6 +26,11 @@ when the tree was taken (one rename): pip and the byte-compiler see what a
 fresh tree holds. It is put back (:func:`restore_site`) just before the
 first wheel layer is merged.
 
+The kept tree's slot also notes which layers it holds (``layers.json`` in
+the interpreter's cache entry): :func:`prefetch` has their entries checked
+while uv resolves, instead of after, when the build waits for them. A list
+that no longer matches the build only costs checks.
+
 Trust: the tree sits in the user's cache beside the entries it links to, and
 is treated as they are. Nothing in it is used unless ``lstat`` shows it is
 the entry's own file, which the entry's check (:meth:`BuildCache.get_layer`)
@@ -37,19 +42,25 @@ whenever it removes anything (they hold links to the entries it removes).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Collection
+import re
+import threading
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shipenv.build import output
+from shipenv.build import layers, output
 from shipenv.build.cache import BuildCache, mark_used
+from shipenv.errors import ShipenvError
 
 log = logging.getLogger(__name__)
 
 KIND = "trees"  #: the cache's directory of kept trees
 ASIDE = ".shipenv-warm-site-packages"  #: where the last build's site-packages waits, in the taken tree
+HELD = "layers.json"  #: in the interpreter's entry: the cache entries of the layers its kept tree holds
+_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -130,11 +141,34 @@ def sweep(root: Path, placed: Collection[str], spare: Collection[str] = ()) -> N
     for path in dirs:
         output.remove_tree(Path(path))
         if os.path.lexists(path):
-            raise OSError(f"cannot remove {path} from the reused tree")
+            raise ShipenvError(f"Cannot remove {path}, left by the last build in the tree this build reuses.",
+                               hint="Remove it yourself (or build with --no-cache), then build again.")
 
 
-def keep(store: BuildCache, interpreter_key: str, root: Path) -> None:
-    """Keep a finished build's tree for the next build on this interpreter (when its layer is in the cache); else leave it to be removed."""
+def prefetch(store: BuildCache, interpreter_key: Callable[[], str]) -> None:
+    """Start checking, on threads, the interpreter's entry and those of the layers its kept tree holds (see the module docstring).
+
+    ``interpreter_key`` is computed on that thread too (a walk of the
+    standard library): the caller goes on at once.
+    """
+    def start() -> None:
+        key = interpreter_key()
+        wanted = [("interpreter", key)]
+        try:
+            held = json.loads((store.path("interpreter", key) / HELD).read_text())
+            wanted += [(kind, k) for kind, k in held if kind == "wheel" and isinstance(k, str) and _KEY.fullmatch(k)]
+        except (OSError, ValueError, TypeError):  # none noted (a first build), or not what keep wrote
+            pass
+        store.prefetch(wanted)
+
+    threading.Thread(target=start, name="shipenv-prefetch", daemon=True).start()
+
+
+def keep(store: BuildCache, interpreter_key: str, root: Path, held: Sequence[layers.Layer] = ()) -> None:
+    """Keep a finished build's tree for the next build on this interpreter (when its layer is in the cache); else leave it to be removed.
+
+    ``held`` are the layers merged into it: their entries are noted for :func:`prefetch`.
+    """
     if not store.has("interpreter", interpreter_key):
         return
     target = slot(store, interpreter_key)
@@ -147,3 +181,11 @@ def keep(store: BuildCache, interpreter_key: str, root: Path) -> None:
         log.debug("cache: not keeping the tree (%s)", exc)
         return
     mark_used(target)
+    entries = [[layer.entry.parent.parent.name, layer.entry.name] for layer in held if layer.entry is not None]
+    note = store.path("interpreter", interpreter_key) / HELD
+    try:
+        tmp = note.with_name(f".{HELD}.{os.getpid()}")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, note)
+    except OSError as exc:  # only the next build's head start is lost
+        log.debug("cache: not noting the kept tree's layers (%s)", exc)

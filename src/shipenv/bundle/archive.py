@@ -60,7 +60,7 @@ import os
 import stat
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, NamedTuple
@@ -160,7 +160,22 @@ def codec(fmt: str, level: int | None = None, threads: int = 0) -> Codec:
 # -- what goes in, in which order ------------------------------------------------------
 
 
-def plan(root: Path, arcname: str, mtime: int) -> Iterator[Entry]:
+@dataclass(frozen=True)
+class Listing:
+    """The tree as a walk the caller already made saw it, so that packing does not walk it again.
+
+    ``rows`` hold every file, symlink and directory below the root
+    (:func:`shipenv.bundle.manifest.walk_stat` with its ``dirs``), in any
+    order; ``again`` are top-level names that changed since, looked at anew.
+    The caller vouches that nothing else changed (the build's walk is after
+    its last stage outside ``.shipenv/``).
+    """
+
+    rows: Sequence[tuple[str, str, os.stat_result]]
+    again: tuple[str, ...] = ()
+
+
+def plan(root: Path, arcname: str, mtime: int, listing: Listing | None = None) -> Iterator[Entry]:
     """The archive's members, in archive order, with normalized metadata.
 
     Sockets, FIFOs and devices come out as ``kind="other"``: :func:`write`
@@ -175,9 +190,27 @@ def plan(root: Path, arcname: str, mtime: int) -> Iterator[Entry]:
     for rel in first:
         full = os.path.join(top, rel)
         yield _entry(f"{arcname}/{rel}", os.lstat(full), full, mtime)
-    for rel, st, full in _walk(top, ""):
+    for rel, st, full in _walk(top, "") if listing is None else _listed(top, listing):
         if rel not in first:
             yield _entry(f"{arcname}/{rel}", st, full, mtime)
+
+
+def _listed(top: str, listing: Listing) -> list[tuple[str, os.stat_result, str]]:
+    """:func:`_walk`'s rows and order from a :class:`Listing`: sorted by each name's bytes, level by level."""
+    again = set(listing.again)
+    rows = [(rel, st, full) for rel, full, st in listing.rows if rel.partition("/")[0] not in again]
+    for name in listing.again:
+        full = os.path.join(top, name)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            continue
+        rows.append((name, st, full))
+        if stat.S_ISDIR(st.st_mode):
+            rows.extend(_walk(full, name + "/"))
+    # A directory's path is a prefix of its contents': sorting by the list of names is the depth-first walk.
+    rows.sort(key=lambda row: [os.fsencode(part) for part in row[0].split("/")])
+    return rows
 
 
 def _walk(directory: str, prefix: str) -> Iterator[tuple[str, os.stat_result, str]]:
@@ -411,10 +444,10 @@ def write(
         raise
 
 
-def members(root: Path, arcname: str, mtime: int) -> list[Entry]:
+def members(root: Path, arcname: str, mtime: int, listing: Listing | None = None) -> list[Entry]:
     """:func:`plan` as a list, refusing a tree that is not a directory or holds anything but files, directories and symlinks."""
     _check_root(root)
-    entries = list(plan(root, arcname, mtime))
+    entries = list(plan(root, arcname, mtime, listing))
     _refuse_other([relative(e, arcname) for e in entries if e.kind == "other"])
     return entries
 

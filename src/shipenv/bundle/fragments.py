@@ -237,15 +237,17 @@ def write(
     arcname: str,
     fragments: Sequence[Fragment],
     progress: Progress | None = None,
+    listing: archive.Listing | None = None,
 ) -> Packed:
     """Pack ``root`` as :func:`shipenv.bundle.archive.write` does, in fragments (see the module docstring).
 
     Formats other than ``tar.zst`` and ``tar.gz`` are written in one pass.
+    ``listing`` is the tree as the caller's own walk saw it (not walked again).
     """
     c = archive.codec(fmt, level, threads)
     if c.fmt not in FORMATS:
         return archive.write(root, dest, fmt, level=level, threads=threads, mtime=mtime, arcname=arcname, progress=progress)
-    segments = split(archive.members(root, arcname, mtime), arcname, fragments)
+    segments = split(archive.members(root, arcname, mtime, listing), arcname, fragments)
     f = archive.create(dest)
     try:
         with f:

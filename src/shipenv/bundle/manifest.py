@@ -88,18 +88,23 @@ def walk(root: Path) -> Iterator[tuple[str, Path]]:
         yield rel, Path(full)
 
 
-def walk_stat(root: Path | str) -> Iterator[tuple[str, str, os.stat_result]]:
+Stat = tuple[str, str, os.stat_result]  #: (path relative to the root, full path, its ``lstat``)
+
+
+def walk_stat(root: Path | str, dirs: list[Stat] | None = None) -> Iterator[Stat]:
     """:func:`walk` with each entry's ``lstat``, paths as strings (no ``pathlib`` per file: trees have tens of thousands).
 
     The order is :func:`walk`'s (``os.walk``'s, top-down): in each directory its
     files and symlinks sorted by name, then its directories, sorted, each in
-    turn; a symlink to a directory is listed, never followed.
+    turn; a symlink to a directory is listed, never followed. With ``dirs``,
+    every directory below the root is added to it as it is entered (for the
+    packer, :class:`shipenv.bundle.archive.Listing`).
     """
     top = os.fspath(root)
-    yield from _walk_dir(top, "")
+    yield from _walk_dir(top, "", dirs)
 
 
-def _walk_dir(directory: str, prefix: str) -> Iterator[tuple[str, str, os.stat_result]]:
+def _walk_dir(directory: str, prefix: str, found: list[Stat] | None) -> Iterator[Stat]:
     try:
         with os.scandir(directory) as it:
             entries = list(it)
@@ -123,7 +128,13 @@ def _walk_dir(directory: str, prefix: str) -> Iterator[tuple[str, str, os.stat_r
             continue
         yield prefix + entry.name, entry.path, st
     for name in sorted(dirs):
-        yield from _walk_dir(os.path.join(directory, name), prefix + name + "/")
+        path = os.path.join(directory, name)
+        if found is not None:
+            try:
+                found.append((prefix + name, path, os.lstat(path)))
+            except OSError:
+                continue
+        yield from _walk_dir(path, prefix + name + "/", found)
 
 
 #: A row already known for a file (from the layer it came from), given its ``lstat``; None to hash it.
