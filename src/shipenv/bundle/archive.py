@@ -215,13 +215,14 @@ def _listed(top: str, listing: Listing) -> list[tuple[str, os.stat_result, str]]
 
 def _walk(directory: str, prefix: str) -> Iterator[tuple[str, os.stat_result, str]]:
     """Depth-first, names sorted by bytes, each directory before its contents; symlinks not followed."""
-    for name in sorted(os.listdir(directory), key=os.fsencode):
-        full = os.path.join(directory, name)
-        st = os.lstat(full)
-        rel = prefix + name
-        yield rel, st, full
+    with os.scandir(directory) as it:  # closed before the walk goes down: one descriptor at a time
+        found = sorted(it, key=lambda e: os.fsencode(e.name))
+    for e in found:
+        st = e.stat(follow_symlinks=False)
+        rel = prefix + e.name
+        yield rel, st, e.path
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk(full, rel + "/")
+            yield from _walk(e.path, rel + "/")
 
 
 def _clamp(st: os.stat_result, mtime: int) -> int:
