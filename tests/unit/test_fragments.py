@@ -113,7 +113,7 @@ def test_a_stored_fragment_that_changed_is_compressed_again(tmp_path: Path, capl
     first = pack(root, tmp_path / "one.tar.zst", store)
     frag = next((store / "a").glob("*.frag"))
     frag.write_bytes(b"\x28\xb5\x2f\xfd garbage")
-    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragments"):
+    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragstore"):
         again = pack(root, tmp_path / "two.tar.zst", store)
     assert "dropping stored fragment" in caplog.text
     assert again.sha256 == first.sha256
@@ -186,7 +186,7 @@ def test_a_store_that_cannot_be_written_costs_the_store_not_the_archive(tmp_path
     root, bare, kept = big_tree(tmp_path)
     expected = fragments.write(root, tmp_path / "a.tar.zst", "tar.zst", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=bare)
     (tmp_path / "a-file").write_text("not a directory")
-    with small_tmpfs(tmp_path / "tiny", "256k") as tiny, caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragments"):
+    with small_tmpfs(tmp_path / "tiny", "256k") as tiny, caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragstore"):
         # a's data frames fill the tiny store in the middle of big.bin (its mixed frames fit); b's store cannot even be made
         parts = [fragments.Fragment(kept[0].paths, tiny / "a"), fragments.Fragment(kept[1].paths, tmp_path / "a-file" / "b")]
         packed = fragments.write(root, tmp_path / "b.tar.zst", "tar.zst", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=parts)
@@ -352,7 +352,7 @@ def test_a_tampered_stored_data_stream_is_dropped_and_compressed_again(tmp_path:
     data_stream = max(store.rglob("*.frag"), key=lambda p: p.stat().st_size)
     with data_stream.open("r+b") as f:
         f.truncate(data_stream.stat().st_size - 100)
-    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragments"):
+    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragstore"):
         again = pack_large(root, tmp_path / "two.tar.zst", store, arcname="app-2.0")
     assert f"dropping stored fragment {data_stream}" in caplog.text
     assert again.sha256 == pack_large(root, tmp_path / "three.tar.zst", None, arcname="app-2.0").sha256
@@ -360,7 +360,7 @@ def test_a_tampered_stored_data_stream_is_dropped_and_compressed_again(tmp_path:
     caplog.clear()
     meta = data_stream.with_suffix(".json")  # a json whose frames do not add up to the file: dropped too
     meta.write_text(meta.read_text().replace('"frames":[[', '"frames":[[1,'))
-    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragments"):
+    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragstore"):
         assert pack_large(root, tmp_path / "five.tar.zst", store).sha256 == first.sha256
     assert "its frames do not fit its members" in caplog.text
 

@@ -14,28 +14,22 @@ compressed on its own, in this order:
 2. one fragment per :class:`Fragment` the caller gives (a cache layer whose
    files are still in the tree as it made them): its files and symlinks, in
    the walk's order. Its compressed bytes are kept in the fragment's
-   ``store`` (the layer's cache entry), keyed by everything that changes
-   them. The caller vouches for the contents. In a ``.tar.zst``, the content
-   of each regular file of at least :data:`DATA_FRAME_MIN` bytes (with its
-   tar padding) is in **data frames** of its own, at most :data:`PIECE`
-   bytes of tar each, compressed one-shot by a single thread; everything
-   else (every tar header, the large files' too, and the small files) is in
-   **mixed frames** between them, one per run of members, through the same
-   encoder as the other fragments. Every frame boundary is a 512-byte tar
-   block boundary. The two kinds are stored apart, as two streams (a
-   ``.frag`` file of concatenated frames and a ``.json`` with their lengths):
-   the mixed frames keyed by the format, the level, the codec library's
-   version, the two sizes above, and every member's name (so the arcname),
-   kind, mode, clamped mtime, size and link target; the data frames by the
-   same settings and each large file's path inside the tree, size and
-   clamped mtime, but **not the arcname**, which is in the headers only. A
-   rebuild under a new version's name (every CI build) thus compresses the
-   mixed frames again and copies the data frames (42 % of the tar and 45 %
-   of the compressed bytes of a 351 MB tree of numpy, pandas, cryptography
-   and the like). The
-   fragment is assembled from both streams as it is written into the
-   archive, frame run by frame run, so nothing is stored twice; its row in
-   the index spans all its frames;
+   ``store`` (the layer's cache entry: :mod:`shipenv.bundle.fragstore`),
+   keyed by everything that changes them. The caller vouches for the
+   contents. In a ``.tar.zst``, the content of each regular file of at least
+   :data:`DATA_FRAME_MIN` bytes (with its tar padding) is in **data frames**
+   of its own, at most :data:`PIECE` bytes of tar each, compressed one-shot
+   by a single thread; everything else (every tar header, the large files'
+   too, and the small files) is in **mixed frames** between them, one per run
+   of members, through the same encoder as the other fragments. Every frame
+   boundary is a 512-byte tar block boundary. The two kinds are stored apart,
+   as two streams, the data frames keyed **without the arcname**, which is in
+   the headers only. A rebuild under a new version's name (every CI build)
+   thus compresses the mixed frames again and copies the data frames (42 %
+   of the tar and 45 % of the compressed bytes of a 351 MB tree of numpy,
+   pandas, cryptography and the like). The fragment is assembled from both
+   streams as it is written into the archive, frame run by frame run, so
+   nothing is stored twice; its row in the index spans all its frames;
 3. everything else (launchers, the manifest's neighbours, files a later
    stage replaced), in the walk's order;
 4. **every other directory**, in the walk's order, then the end-of-archive
@@ -64,31 +58,20 @@ whose data frames were stored by an earlier one, and one without a cache
 give the same archive. They differ
 from :func:`shipenv.bundle.archive.write`'s single pass (which ``tar.xz``,
 plain ``tar`` and ``oci`` layers keep, and anything packed without layers),
-whose member order is the plain walk. A stored stream is checked by its size,
-inode and mtime (and its frames' lengths against its members) before it is
-copied, as cache entries are; one that does not match is compressed again
-and replaced.
+whose member order is the plain walk. A stored stream is checked before it
+is copied (:func:`shipenv.bundle.fragstore.load`); one that does not match is
+compressed again and replaced.
 
 Streams that must be compressed are compressed two at a time, each in a
 thread with a compressor of its own, and written in order as they are done
 (:func:`compressed`): the bytes are the same with one thread or sixty-four.
-
-The module runs past the house's 400 lines because the store's rules (the
-keys, the checks before a stored stream is used, a store that fills up
-costing the store and not the build), how a fragment is cut into frames and
-the order they are compressed and written in are one policy: what may be
-copied, and when.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import logging
 import os
 import tarfile
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Generator, Iterable, Sequence
@@ -96,22 +79,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, NamedTuple, Protocol
+from typing import NamedTuple
 
-import zstandard
-from zlib_ng import zlib_ng
-
-from shipenv.bundle import archive
+from shipenv.bundle import archive, fragstore
 from shipenv.bundle import codecs as _codecs
 from shipenv.bundle import frames as _frames
 from shipenv.bundle.archive import Entry, FileSink, Packed, Progress, TarStream
-from shipenv.bundle.codecs import CHUNK, Encoder
-from shipenv.errors import ArchiveError
-
-log = logging.getLogger(__name__)
+from shipenv.bundle.codecs import Encoder
 
 FORMATS = ("tar.zst", "tar.gz")
-_STORE_FORMAT = 2
 #: A layer's regular file of at least this many bytes has its content in zstd frames of its own (``.tar.zst``),
 #: whose bytes and stored key leave out the arcname: a new version copies them. A data frame starts without the
 #: window the mixed frame before it built, which is what it costs. Measured on a 351 MB tree of 11,745 files
@@ -130,7 +106,6 @@ PIECE = 8 << 20
 PARALLEL = 3
 _SHOW_EVERY = 0.1  #: seconds between progress calls while a fragment is compressed
 _KIND = {"dir": "d", "file": "f", "symlink": "l"}
-_LIBRARIES = {"tar.zst": f"zstandard {zstandard.__version__} zstd {zstandard.ZSTD_VERSION}", "tar.gz": f"zlib-ng {zlib_ng.ZLIBNG_VERSION}"}
 
 
 @dataclass(frozen=True)
@@ -150,41 +125,15 @@ class Segment(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _Counts:
-    tar: int  #: bytes of tar stream
-    files: int
-    bytes: int  #: of file content
-
-    def __add__(self, other: _Counts) -> _Counts:
-        return _Counts(self.tar + other.tar, self.files + other.files, self.bytes + other.bytes)
-
-
-@dataclass(frozen=True)
-class Stream:
-    """A fragment's mixed frames or its data frames, compressed: an open file at its start, and its frames' lengths.
-
-    ``groups`` cut the frames where the other stream's go in between: the
-    mixed stream's group ``i`` (the members up to and including the header of
-    the fragment's ``i``-th large file) is followed by the data stream's
-    group ``i`` (that file's content, in pieces).
-    """
-
-    file: IO[bytes]
-    origin: Path  #: the stored file, or the directory of the temporary file it was compressed into
-    groups: list[list[int]]
-    counts: _Counts
-
-
-@dataclass(frozen=True)
 class Part:
     """One fragment compressed, in archive order: its streams (mixed, then data if it has large files) and its members."""
 
-    streams: tuple[Stream, ...]
+    streams: tuple[fragstore.Stream, ...]
     entries: list[Entry]  #: its members, in order
 
     @property
-    def counts(self) -> _Counts:
-        total = _Counts(0, 0, 0)
+    def counts(self) -> fragstore.Counts:
+        total = fragstore.Counts(0, 0, 0)
         for s in self.streams:
             total += s.counts
         return total
@@ -201,7 +150,7 @@ class _Progress:
         self._progress = progress
         self.files = self.bytes = 0
 
-    def add(self, counts: _Counts) -> None:
+    def add(self, counts: fragstore.Counts) -> None:
         self.files += counts.files
         self.bytes += counts.bytes
         self.show()
@@ -335,45 +284,46 @@ def compressed(segments: list[Segment], c: archive.Codec, arcname: str, spool: P
     tree (a 25 MB BLAS library) takes 0.16 s, too short a pole to split.
 
     A job compresses into its store's file, or when there is none (or the
-    store cannot be written) into an unnamed temporary file in ``spool``:
-    memory stays bounded whatever the fragments' sizes, and what is not yet
-    written waits on disk. A stored stream is opened where it is kept. The
-    directories' fragment is compressed last: its end-of-archive blocks pad
-    the whole tar stream, whose size is known only then.
+    store cannot be written) into an unnamed temporary file in ``spool``
+    (:func:`shipenv.bundle.fragstore.compress`): memory stays bounded
+    whatever the fragments' sizes, and what is not yet written waits on
+    disk. A stored stream is opened where it is kept. The directories'
+    fragment is compressed last: its end-of-archive blocks pad the whole tar
+    stream, whose size is known only then.
     """
     *parts, dirs = segments
     slots = max(1, min(PARALLEL, c.threads + 1))
     each = archive.Codec(c.fmt, c.level, -(-c.threads // slots))
     stop = threading.Event()
-    pending: deque[tuple[list[Entry], list[_Stored | _Running]]] = deque()
+    pending: deque[tuple[list[Entry], list[fragstore.Stored | _Running]]] = deque()
     pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="shipenv-pack")
     try:
         for segment in parts:
             if not segment.entries:
                 continue
             large = _large(c, segment)
-            jobs: list[_Stored | _Running] = []
+            jobs: list[fragstore.Stored | _Running] = []
             for kind in ("mixed", "data") if large else ("mixed",):
                 shape = _shape(segment.entries, large) if kind == "mixed" else [_pieces(e.size) for e in large]
-                name = _key(c, kind, segment.entries, large, arcname) if segment.store is not None else ""
-                stored = _load(segment.store, name, shape) if segment.store is not None else None
+                name = fragstore.key(c, kind, segment.entries, large, arcname, (DATA_FRAME_MIN, PIECE)) if segment.store is not None else ""
+                stored = fragstore.load(segment.store, name, shape) if segment.store is not None else None
                 if stored is not None:
                     jobs.append(stored)
                     continue
                 live = _Live(stop)
                 work = _Mixed(each, segment.entries, large, arcname, live) if kind == "mixed" else _Data(each, large, arcname, live)
-                jobs.append(_Running(pool.submit(_job, work, segment.store, name, spool), live))
+                jobs.append(_Running(pool.submit(fragstore.compress, work, segment.store, name, spool), live))
             pending.append((segment.entries, jobs))
         tar = 0
         while pending:
             entries, jobs = pending[0]
             running = [r.live for _e, js in pending for r in js if isinstance(r, _Running)]
             made = [_wait(job.future, counter, running) if isinstance(job, _Running) else job for job in jobs]
-            part = Part(_opened(made), entries)
+            part = Part(fragstore.opened(made), entries)
             pending.popleft()
             tar += part.counts.tar
             yield part
-        yield Part((_to_spool(_Mixed(c, dirs.entries, [], arcname, None, end=tar), spool),), dirs.entries)
+        yield Part((fragstore.to_spool(_Mixed(c, dirs.entries, [], arcname, None, end=tar), spool),), dirs.entries)
     finally:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -384,106 +334,18 @@ def compressed(segments: list[Segment], c: archive.Codec, arcname: str, spool: P
 
 
 @dataclass(frozen=True)
-class _Stored:
-    """A stream found in the store, checked, not yet opened."""
-
-    path: Path
-    groups: list[list[int]]
-    counts: _Counts
-
-
-@dataclass(frozen=True)
 class _Running:
-    future: Future[Stream]
+    future: Future[fragstore.Stream]
     live: _Live
 
 
-def _opened(jobs: list[_Stored | Stream]) -> tuple[Stream, ...]:
-    """The fragment's streams, the stored ones opened now (and closed again if another cannot be)."""
-    streams: list[Stream] = []
-    try:
-        for job in jobs:
-            streams.append(Stream(_open(job.path), job.path, job.groups, job.counts) if isinstance(job, _Stored) else job)
-    except BaseException:
-        for job, s in zip(jobs, streams):
-            if isinstance(job, _Stored):
-                s.file.close()
-        raise
-    return tuple(streams)
-
-
-def _wait(future: Future[Stream], counter: _Progress, running: list[_Live]) -> Stream:
+def _wait(future: Future[fragstore.Stream], counter: _Progress, running: list[_Live]) -> fragstore.Stream:
     """The job's stream, once compressed; showing progress while it is not."""
     while True:
         try:
             return future.result(timeout=_SHOW_EVERY)
         except FuturesTimeout:
             counter.show(running)
-
-
-class _Work(Protocol):
-    """A job's compression: its frames written into ``sink``, returning their lengths (by group) and what they hold."""
-
-    def __call__(self, sink: _codecs.Sink) -> tuple[list[list[int]], _Counts]: ...
-
-
-def _job(work: _Work, store: Path | None, name: str, spool: Path) -> Stream:
-    """One job run (in a thread of the pool): its stream kept in ``store`` when it can be, else in ``spool``."""
-    if store is not None:
-        kept = _to_store(work, store, name)
-        if kept is not None:
-            return kept
-    return _to_spool(work, spool)
-
-
-def _to_store(work: _Work, store: Path, name: str) -> Stream | None:
-    """Compressed into the store's file, saved under its key, and opened at its start; None when the store cannot take it."""
-    try:
-        store.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.NamedTemporaryFile(dir=store, prefix=f".{name[:12]}.", delete=False)
-    except OSError as exc:
-        log.warning("archive: cannot keep a fragment in %s (%s)", store, exc)
-        return None
-    try:
-        out = _StoreFile(tmp)
-        groups, counts = work(out)
-        out.flush()
-        _save(store, name, Path(tmp.name), groups, counts)
-        tmp.seek(0)
-        return Stream(tmp, store / f"{name}.frag", groups, counts)  # the file stays open under its new name (or none, if it could not be saved)
-    except _StoreFailed as exc:
-        log.warning("archive: cannot keep a fragment in %s (%s)", store, exc)
-        _discard(tmp)
-        return None
-    except BaseException:
-        _discard(tmp)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)  # gone already when it was saved
-
-
-def _to_spool(work: _Work, spool: Path) -> Stream:
-    """Compressed into an unnamed temporary file in ``spool`` (the archive's directory), opened at its start."""
-    try:
-        tmp = tempfile.TemporaryFile(dir=spool)
-    except OSError as exc:
-        raise _cannot_spool(spool, exc) from exc
-    try:
-        out = _SpoolFile(tmp, spool)
-        groups, counts = work(out)
-        out.flush()
-        tmp.seek(0)
-        return Stream(tmp, spool, groups, counts)
-    except BaseException:
-        _discard(tmp)
-        raise
-
-
-def _discard(f: IO[bytes]) -> None:
-    """Close a file given up on; what its buffer still held may not fit either (a full disk)."""
-    with contextlib.suppress(OSError):
-        f.close()
 
 
 def _groups(entries: list[Entry], large: list[Entry]) -> list[list[Entry]]:
@@ -517,14 +379,14 @@ class _Mixed:
                  *, end: int | None = None) -> None:
         self._c, self._entries, self._large, self._arcname, self._live, self._end = c, entries, large, arcname, live, end
 
-    def __call__(self, sink: _codecs.Sink) -> tuple[list[list[int]], _Counts]:
+    def __call__(self, sink: _codecs.Sink) -> tuple[list[list[int]], fragstore.Counts]:
         c = self._c
         assert c.level is not None
         counted = _Counted(sink)
         names = {e.name for e in self._large}
         groups = _groups(self._entries, self._large)
         lengths: list[list[int]] = []
-        total = _Counts(0, 0, 0)
+        total = fragstore.Counts(0, 0, 0)
         for i, group in enumerate(groups):
             before = counted.size
             out: Encoder = _codecs.encoder(c.fmt, c.level, c.threads, counted)
@@ -542,11 +404,11 @@ class _Mixed:
             except BaseException:
                 out.abort()
                 raise
-            total += _Counts(tar.total, tar.files + sum(e.name in names for e in group), tar.bytes)
+            total += fragstore.Counts(tar.total, tar.files + sum(e.name in names for e in group), tar.bytes)
             lengths.append([counted.size - before])
         return lengths, total
 
-    def _progress(self, before: _Counts) -> Progress | None:
+    def _progress(self, before: fragstore.Counts) -> Progress | None:
         live = self._live
         if live is None:
             return None
@@ -564,7 +426,7 @@ class _Data:
     def __init__(self, c: archive.Codec, large: list[Entry], arcname: str, live: _Live | None) -> None:
         self._c, self._large, self._arcname, self._live = c, large, arcname, live
 
-    def __call__(self, sink: _codecs.Sink) -> tuple[list[list[int]], _Counts]:
+    def __call__(self, sink: _codecs.Sink) -> tuple[list[list[int]], fragstore.Counts]:
         assert self._c.level is not None
         zc = _codecs.zstd_compressor(self._c.level, None)
         lengths: list[list[int]] = []
@@ -581,7 +443,7 @@ class _Data:
                     if self._live is not None:
                         self._live(0, nbytes)
             lengths.append(group)
-        return lengths, _Counts(tar, 0, nbytes)
+        return lengths, fragstore.Counts(tar, 0, nbytes)
 
 
 def _read_pieces(entry: Entry, rel: str) -> Generator[tuple[bytearray, int], None, None]:
@@ -633,133 +495,11 @@ class _Counted:
         return n
 
 
-def _key(c: archive.Codec, kind: str, entries: list[Entry], large: list[Entry], arcname: str) -> str:
-    """The store's name for a fragment's mixed frames (every member's name, so the arcname) or its data frames (not)."""
-    if kind == "mixed":
-        members: list[object] = [(e.name, e.kind, e.mode, e.mtime, e.size, e.linkname) for e in entries]
-    else:
-        members = [(archive.relative(e, arcname), e.size, e.mtime) for e in large]
-    text = json.dumps([_STORE_FORMAT, kind, c.fmt, c.level, _LIBRARIES[c.fmt], DATA_FRAME_MIN, PIECE, members], separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _load(store: Path, name: str, shape: list[int]) -> _Stored | None:
-    """A stored stream whose file is as it was written (size, inode, mtime) and whose frames fit ``shape``."""
-    path = store / f"{name}.frag"
-    try:
-        meta = json.loads((store / f"{name}.json").read_text())
-        st = path.stat()
-        if [st.st_size, st.st_ino, st.st_mtime_ns] != meta["file"]:
-            raise ValueError("it changed since it was stored")
-        groups = meta["frames"]
-        if ([len(g) for g in groups] != shape or not all(type(n) is int and n > 0 for g in groups for n in g)
-                or sum(sum(g) for g in groups) != st.st_size):
-            raise ValueError("its frames do not fit its members")
-        return _Stored(path, groups, _Counts(int(meta["tar"]), int(meta["files"]), int(meta["bytes"])))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("archive: dropping stored fragment %s (%s)", path, exc)
-        for stale in (path, store / f"{name}.json"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-        return None
-
-
-def _save(store: Path, name: str, tmp: Path, groups: list[list[int]], counts: _Counts) -> None:
-    try:
-        path = store / f"{name}.frag"
-        os.replace(tmp, path)
-        st = path.stat()
-        meta = {"file": [st.st_size, st.st_ino, st.st_mtime_ns], "frames": groups, "tar": counts.tar, "files": counts.files,
-                "bytes": counts.bytes}
-        (store / f".{name}.json").write_text(json.dumps(meta, separators=(",", ":")))
-        os.replace(store / f".{name}.json", store / f"{name}.json")
-    except OSError as exc:
-        log.warning("archive: cannot keep a fragment in %s (%s)", store, exc)
-
-
-def _open(path: Path) -> IO[bytes]:
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise _cannot_read(path, exc) from exc
-
-
 def _copy(part: Part, sink: FileSink) -> None:
     """A compressed fragment into the archive: its mixed and data frames interleaved, as its members come."""
     mixed, *data = part.streams
     for i, group in enumerate(mixed.groups):
-        _copy_bytes(mixed, sum(group), sink)
+        mixed.copy(sum(group), sink)
         for d in data:
             if i < len(d.groups):
-                _copy_bytes(d, sum(d.groups[i]), sink)
-
-
-def _copy_bytes(stream: Stream, n: int, sink: FileSink) -> None:
-    """The next ``n`` bytes of a stream, a chunk at a time."""
-    try:
-        while n:
-            data = stream.file.read(min(CHUNK, n))
-            if not data:
-                raise ArchiveError(f"Cannot read the compressed fragment {stream.origin}: it is shorter than when it was stored.",
-                                   hint=_REMOVE_CACHE)
-            sink.write(data)
-            n -= len(data)
-    except OSError as exc:
-        raise _cannot_read(stream.origin, exc) from exc
-
-
-_REMOVE_CACHE = "Remove the cache directory (or build with --no-cache) and build again."
-
-
-def _cannot_read(path: Path, exc: OSError) -> ArchiveError:
-    return ArchiveError(f"Cannot read the compressed fragment {path}: {exc.strerror or exc}.", hint=_REMOVE_CACHE)
-
-
-def _cannot_spool(spool: Path, exc: OSError) -> ArchiveError:
-    return ArchiveError(f"Cannot write a temporary file in {spool}: {exc.strerror or exc}.",
-                        hint="Check the free space and permissions of the output directory.")
-
-
-class _StoreFailed(Exception):
-    """Internal: the store's file could not be written; the fragment is compressed again into a spool file."""
-
-
-class _StoreFile:
-    """The store's temporary file as a compressor's sink: a failed write gives up on keeping the fragment, not the build."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f = f
-
-    def write(self, data: bytes | memoryview, /) -> int:
-        try:
-            return self._f.write(data)
-        except OSError as exc:
-            raise _StoreFailed(exc.strerror or str(exc)) from exc
-
-    def flush(self) -> None:
-        try:
-            self._f.flush()
-        except OSError as exc:
-            raise _StoreFailed(exc.strerror or str(exc)) from exc
-
-
-class _SpoolFile:
-    """A spool file as a compressor's sink: a failed write is the archive's failure, in one sentence."""
-
-    def __init__(self, f: IO[bytes], spool: Path) -> None:
-        self._f = f
-        self._spool = spool
-
-    def write(self, data: bytes | memoryview, /) -> int:
-        try:
-            return self._f.write(data)
-        except OSError as exc:
-            raise _cannot_spool(self._spool, exc) from exc
-
-    def flush(self) -> None:
-        try:
-            self._f.flush()
-        except OSError as exc:
-            raise _cannot_spool(self._spool, exc) from exc
+                d.copy(sum(d.groups[i]), sink)
