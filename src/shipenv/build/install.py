@@ -25,7 +25,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from installer import install as installer_install
 from installer.destinations import SchemeDictionaryDestination
@@ -38,15 +38,17 @@ from packaging.tags import Tag, compatible_tags, cpython_tags, platform_tags
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from shipenv import config
-from shipenv.build import interpreter, launchers, resolver, venv
+from shipenv.build import interpreter, launchers, pinned, resolver, venv
 from shipenv.build.runner import REAL, Runner
 from shipenv.errors import InstallError, ResolveError, listing
 from shipenv.model import BuildOptions, Distribution, PythonInfo, Scheme
 
+if TYPE_CHECKING:
+    from shipenv.build.cache import BuildCache
+
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
-
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def collect_wheels(
     say("Resolving and building wheels")
     wheel_dir.mkdir(parents=True, exist_ok=True)
     if pins is None:
-        pins = resolve_pins(options, python, runner)
+        pins = resolve_pins(options, py, python, runner)
     if pins is not None:
         return _wheels_for_pins(pins, python, options, py, wheel_dir, store, runner, before_pip, say, progress)
     if before_pip is not None:
@@ -170,14 +172,21 @@ def collect_wheels(
     return pip_wheel(python, options, wheel_dir, cache_root=store.parent if store else None, runner=runner)
 
 
-def resolve_pins(options: BuildOptions, python: Path, runner: Runner = REAL) -> resolver.Resolution | None:
+def resolve_pins(options: BuildOptions, py: PythonInfo, python: Path, runner: Runner = REAL,
+                 store: BuildCache | None = None) -> resolver.Resolution | None:
     """uv's pinned resolution of the requirements for ``python``, or None (no uv, nothing to resolve, or uv could not: pip decides).
 
     The base interpreter gives the same answer as its copy in the tree: the
     markers and tags uv asks about are the interpreter's, not its location's.
+    Requirements that are a closed set of pins over ``--wheels`` are their
+    own resolution (:mod:`shipenv.build.pinned`): uv does not start.
     """
     if not (options.requirements or options.project is not None):
         return None
+    if options.wheels is not None:
+        found = pinned.closed(options, py, target_tags(py), resolver.pip_locations()["constraint"], store)
+        if found is not None:
+            return found
     uv = resolver.find_uv()
     return resolver.uv_resolve(uv, python, options, runner) if uv is not None else None
 

@@ -108,7 +108,7 @@ def plan(options: BuildOptions, sources: Sources, py: PythonInfo, target: output
     # The interpreter layer's key (a digest of the executable, a walk of the stdlib) while uv runs: every build needs it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shipenv-key") as pool:
         keyed = pool.submit(interpreter_key)
-        pins = install.resolve_pins(options, py.executable, runner)
+        pins = install.resolve_pins(options, py, py.executable, runner, store)
         keyed.result()
     if store is None or target.fmt == "dir" or target.fmt in IMAGE_FORMATS:
         return Plan(pins, None, False)

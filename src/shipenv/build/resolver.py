@@ -292,7 +292,7 @@ def best_locked(resolution: Resolution, pin: str, tags: list[Tag]) -> LockedFile
         return None
     candidates = resolution.files.get(f"{canonicalize_name(m.group(1))}=={m.group(3)}", ())
     by_name = {c.filename: c for c in candidates}
-    chosen = _best([Path(c.filename) for c in candidates], pin, tags)
+    chosen = best_wheel([Path(c.filename) for c in candidates], pin, tags)
     return by_name[chosen.name] if chosen is not None else None
 
 
@@ -302,7 +302,7 @@ def lookup(store: Path, pin: str, tags: list[Tag]) -> Path | None:
     if not m:
         return None  # a path or URL: always built by pip
     directory = store / canonicalize_name(m.group(1))
-    found = _best(sorted(directory.glob("*.whl")) if directory.is_dir() else [], pin, tags)
+    found = best_wheel(sorted(directory.glob("*.whl")) if directory.is_dir() else [], pin, tags)
     if found is not None:
         with contextlib.suppress(OSError):
             os.utime(directory)  # used now: `shipenv cache --prune` removes the least recently used first
@@ -315,10 +315,11 @@ def lookup_wheelhouse(wheelhouses: list[Path], pin: str, tags: list[Tag]) -> Pat
     With no index those directories are pip's only sources, so the best tag of
     the pinned version is exactly pip's choice: no pip needs to start for it.
     """
-    return _best([w for d in wheelhouses for w in sorted(d.glob("*.whl"))], pin, tags)
+    return best_wheel([w for d in wheelhouses for w in sorted(d.glob("*.whl"))], pin, tags)
 
 
-def _best(wheels: Iterable[Path], pin: str, tags: list[Tag]) -> Path | None:
+def best_wheel(wheels: Iterable[Path], pin: str, tags: list[Tag]) -> Path | None:
+    """Of ``wheels``, the one of ``name==version`` whose best tag comes first in ``tags`` (pip's choice), or None."""
     m = _PIN.match(pin)
     if not m:
         return None
