@@ -149,10 +149,16 @@ def prefetch(store: BuildCache, interpreter_key: Callable[[], str]) -> None:
     """Start checking, on threads, the interpreter's entry and those of the layers its kept tree holds (see the module docstring).
 
     ``interpreter_key`` is computed on that thread too (a walk of the
-    standard library): the caller goes on at once.
+    standard library): the caller goes on at once. Whatever fails here fails
+    again where the build needs it, and is reported there: here it only ends
+    the head start.
     """
     def start() -> None:
-        key = interpreter_key()
+        try:
+            key = interpreter_key()
+        except Exception as exc:  # see above
+            log.debug("cache: no head start (%s)", exc)
+            return
         wanted = [("interpreter", key)]
         try:
             held = json.loads((store.path("interpreter", key) / HELD).read_text())
