@@ -51,7 +51,6 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -105,11 +104,7 @@ def plan(options: BuildOptions, sources: Sources, py: PythonInfo, target: output
 
     if options.venv is not None or sources.venv_site is not None:
         return Plan(None, None, False)
-    # The interpreter layer's key (a digest of the executable, a walk of the stdlib) while uv runs: every build needs it.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shipenv-key") as pool:
-        keyed = pool.submit(interpreter_key)
-        pins = install.resolve_pins(options, py, py.executable, runner, store)
-        keyed.result()
+    pins = install.resolve_pins(options, py, py.executable, runner, store)
     if store is None or target.fmt == "dir" or target.fmt in IMAGE_FORMATS:
         return Plan(pins, None, False)
     return Plan(pins, _key(options, sources, py, target, store, interpreter_key, pins), True)

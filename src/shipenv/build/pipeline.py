@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import gc
+import logging
 import os
 import tempfile
 import threading
@@ -57,6 +58,8 @@ from shipenv.build.runner import REAL, Runner
 from shipenv.bundle import archive, elf, manifest, sbom
 from shipenv.errors import PolicyError, ShipenvError, UsageError, listing
 from shipenv.model import IMAGE_FORMATS, AuditFinding, BuildOptions, BuildResult, Distribution, PythonInfo, Scheme
+
+log = logging.getLogger(__name__)
 
 Step = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -147,8 +150,7 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
         signer = sshsig.load_signer(options.sign_key)  # a bad key fails now
     store = cache.open_cache(options.cache_dir, options.use_cache)
     layer_key = _once(lambda: _interpreter_key(py, options))
-    if store is not None:
-        warm.prefetch(store, layer_key)  # the last build's entries are checked while uv resolves
+    _start_early(store, layer_key)
     kept = outputs.plan(options, sources, py, target, store, layer_key, runner)
     with output.staging(target) as staging:
         hit = outputs.lookup(store, kept.key) if store is not None and kept.key is not None else None
@@ -179,6 +181,25 @@ def _build(options: BuildOptions, say: Step, progress: Progress | None, runner: 
         if store is not None:
             warm.keep(store, layer_key(), root, b.ledger.layers)  # for the next build, instead of removing 10,000 links now
         return result
+
+
+def _start_early(store: cache.BuildCache | None, layer_key: Callable[[], str]) -> None:
+    """On a thread, while the requirements resolve: the interpreter layer's key (a digest of the
+    executable, a walk of the standard library), which every build needs, then with a cache the
+    checks of the last build's entries (:func:`shipenv.build.warm.prefetch`).
+
+    What fails here fails again where the build needs it, and is reported there.
+    """
+    def run() -> None:
+        try:
+            key = layer_key()
+        except Exception as exc:  # see above
+            log.debug("the interpreter's key, computed early, failed (%s)", exc)
+            return
+        if store is not None:
+            warm.prefetch(store, key)
+
+    threading.Thread(target=run, name="shipenv-early", daemon=True).start()
 
 
 def _once(compute: Callable[[], str]) -> Callable[[], str]:

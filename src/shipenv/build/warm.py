@@ -28,7 +28,8 @@ first wheel layer is merged.
 
 The kept tree's slot also notes which layers it holds (``layers.json`` in
 the interpreter's cache entry): :func:`prefetch` has their entries checked
-while uv resolves, instead of after, when the build waits for them. A list
+while the requirements resolve (on the build's early thread,
+``pipeline._start_early``), instead of after, when the build waits for them. A list
 that no longer matches the build only costs checks.
 
 Trust: the tree sits in the user's cache beside the entries it links to, and
@@ -46,8 +47,7 @@ import json
 import logging
 import os
 import re
-import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,29 +145,15 @@ def sweep(root: Path, placed: Collection[str], spare: Collection[str] = ()) -> N
                                hint="Remove it yourself (or build with --no-cache), then build again.")
 
 
-def prefetch(store: BuildCache, interpreter_key: Callable[[], str]) -> None:
-    """Start checking, on threads, the interpreter's entry and those of the layers its kept tree holds (see the module docstring).
-
-    ``interpreter_key`` is computed on that thread too (a walk of the
-    standard library): the caller goes on at once. Whatever fails here fails
-    again where the build needs it, and is reported there: here it only ends
-    the head start.
-    """
-    def start() -> None:
-        try:
-            key = interpreter_key()
-        except Exception as exc:  # see above
-            log.debug("cache: no head start (%s)", exc)
-            return
-        wanted = [("interpreter", key)]
-        try:
-            held = json.loads((store.path("interpreter", key) / HELD).read_text())
-            wanted += [(kind, k) for kind, k in held if kind == "wheel" and isinstance(k, str) and _KEY.fullmatch(k)]
-        except (OSError, ValueError, TypeError):  # none noted (a first build), or not what keep wrote
-            pass
-        store.prefetch(wanted)
-
-    threading.Thread(target=start, name="shipenv-prefetch", daemon=True).start()
+def prefetch(store: BuildCache, interpreter_key: str) -> None:
+    """Have the interpreter's entry and those of the layers its kept tree holds checked on threads (see the module docstring)."""
+    wanted = [("interpreter", interpreter_key)]
+    try:
+        held = json.loads((store.path("interpreter", interpreter_key) / HELD).read_text())
+        wanted += [(kind, k) for kind, k in held if kind == "wheel" and isinstance(k, str) and _KEY.fullmatch(k)]
+    except (OSError, ValueError, TypeError):  # none noted (a first build), or not what keep wrote
+        pass
+    store.prefetch(wanted)
 
 
 def keep(store: BuildCache, interpreter_key: str, root: Path, held: Sequence[layers.Layer] = ()) -> None:
