@@ -7,7 +7,7 @@ tree left in every state a user or an earlier build can leave one in.
 from __future__ import annotations
 
 import os
-import time
+import re
 from pathlib import Path
 
 import pytest
@@ -181,10 +181,7 @@ def test_the_kept_trees_layers_are_checked_ahead_and_a_damaged_one_still_dropped
     (b.entry / "tree" / "lib" / "b" / "mod.py").write_text("B = 666\n")  # edited in place, after the last build
 
     later = BuildCache(store.root)  # the next build's
-    warm.prefetch(later, lambda: KEY)
-    deadline = time.monotonic() + 30
-    while len(later._early) < 3 and time.monotonic() < deadline:  # the thread has read the note
-        time.sleep(0.01)
+    warm.prefetch(later, KEY)
     assert set(later._early) == {("interpreter", KEY), ("wheel", "a" * 64), ("wheel", "b" * 64)}
     hit = later.get_layer("wheel", "a" * 64)
     assert hit is not None and hit.facts == a.facts and ("wheel", "a" * 64) not in later._early  # taken once
@@ -198,11 +195,7 @@ def test_a_note_that_is_not_what_keep_wrote_only_loses_the_head_start(tmp_path: 
     for note in ("{not json", '[["wheel", "../../etc"], ["outputs", "' + "f" * 64 + '"]]', '[["wheel", "' + "a" * 64 + '"], 7]', '{"a": 1}'):
         (store.path("interpreter", KEY) / warm.HELD).write_text(note)
         later = BuildCache(store.root)
-        warm.prefetch(later, lambda: KEY)
-        deadline = time.monotonic() + 30
-        while not later._early and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.05)
+        warm.prefetch(later, KEY)
         assert set(later._early) == {("interpreter", KEY)}
         assert later.get_layer("interpreter", KEY) is not None
 
@@ -211,5 +204,6 @@ def test_a_directory_that_will_not_go_is_one_sentence(tmp_path: Path, monkeypatc
     root = tmp_path / "root"
     (root / "lib" / "old" / "deep").mkdir(parents=True)
     monkeypatch.setattr(output, "remove_tree", lambda path: None)  # as on a directory made immutable
-    with pytest.raises(ShipenvError, match=r"^Cannot remove .*/root/lib, left by the last build in the tree this build reuses\.$"):
+    left = re.escape(str(root / "lib"))
+    with pytest.raises(ShipenvError, match=rf"^Cannot remove {left}, left by the last build in the tree this build reuses\.$"):
         warm.sweep(root, set())
