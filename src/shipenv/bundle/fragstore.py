@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -203,7 +204,7 @@ def _to_store(work: Work, store: Path, name: str) -> Stream | None:
         log.warning("archive: cannot keep a fragment in %s (%s)", store, exc)
         return None
     try:
-        out = _StoreFile(tmp)
+        out = _Sink(tmp, lambda exc: _StoreFailed(exc.strerror or str(exc)))
         groups, counts = work(out)
         out.flush()
         _save(store, name, Path(tmp.name), groups, counts)
@@ -228,7 +229,7 @@ def to_spool(work: Work, spool: Path) -> Stream:
     except OSError as exc:
         raise _cannot_spool(spool, exc) from exc
     try:
-        out = _SpoolFile(tmp, spool)
+        out = _Sink(tmp, lambda exc: _cannot_spool(spool, exc))
         groups, counts = work(out)
         out.flush()
         tmp.seek(0)
@@ -260,40 +261,25 @@ class _StoreFailed(Exception):
     """Internal: the store's file could not be written; the fragment is compressed again into a spool file."""
 
 
-class _StoreFile:
-    """The store's temporary file as a compressor's sink: a failed write gives up on keeping the fragment, not the build."""
+class _Sink:
+    """A temporary file as a compressor's sink; a failed write or flush raises what ``fail`` makes of the OSError.
 
-    def __init__(self, f: IO[bytes]) -> None:
+    For the store's file that gives up on keeping the fragment, not the build
+    (:class:`_StoreFailed`); for a spool file it is the archive's failure, in one sentence.
+    """
+
+    def __init__(self, f: IO[bytes], fail: Callable[[OSError], Exception]) -> None:
         self._f = f
+        self._fail = fail
 
     def write(self, data: bytes | memoryview, /) -> int:
         try:
             return self._f.write(data)
         except OSError as exc:
-            raise _StoreFailed(exc.strerror or str(exc)) from exc
+            raise self._fail(exc) from exc
 
     def flush(self) -> None:
         try:
             self._f.flush()
         except OSError as exc:
-            raise _StoreFailed(exc.strerror or str(exc)) from exc
-
-
-class _SpoolFile:
-    """A spool file as a compressor's sink: a failed write is the archive's failure, in one sentence."""
-
-    def __init__(self, f: IO[bytes], spool: Path) -> None:
-        self._f = f
-        self._spool = spool
-
-    def write(self, data: bytes | memoryview, /) -> int:
-        try:
-            return self._f.write(data)
-        except OSError as exc:
-            raise _cannot_spool(self._spool, exc) from exc
-
-    def flush(self) -> None:
-        try:
-            self._f.flush()
-        except OSError as exc:
-            raise _cannot_spool(self._spool, exc) from exc
+            raise self._fail(exc) from exc
