@@ -154,7 +154,36 @@ def marker_environment(py: PythonInfo) -> dict[str, str]:
 
 def _read(paths: Iterable[Path], env: dict[str, str]) -> dict[NormalizedName, tuple[Version, frozenset[str]]] | None:
     """Each requirement of the files whose marker holds, as name -> (pinned version, extras); None unless every line is a plain pin."""
+    lines = _lines(paths, env)
+    if lines is None:
+        return None
     found: dict[NormalizedName, tuple[Version, frozenset[str]]] = {}
+    for req, holds in lines:
+        version = _pinned(req)
+        if version is None:
+            return None
+        if not holds:
+            continue
+        name = canonicalize_name(req.name)
+        before = found.get(name)
+        if before is not None and before[0] != version:
+            return None  # two pins of one name: uv says which is wrong
+        found[name] = (version, frozenset(req.extras) | (before[1] if before else frozenset()))
+    return found
+
+
+def _constraints(paths: list[Path], env: dict[str, str]) -> list[Requirement] | None:
+    """Every constraint of the files whose marker holds; None if a line is anything but a plain requirement."""
+    lines = _lines(paths, env)
+    if lines is None or any(req.url or req.extras for req, _holds in lines):
+        return None
+    return [req for req, holds in lines if holds]
+
+
+def _lines(paths: Iterable[Path], env: dict[str, str]) -> list[tuple[Requirement, bool]] | None:
+    """Every requirement of the files, with whether its marker holds; None if a file cannot be read or a line is
+    anything but one requirement (an option such as ``-r`` or ``--hash``, a continued line): uv reads those."""
+    found: list[tuple[Requirement, bool]] = []
     for path in paths:
         try:
             text = path.read_text(encoding="utf-8")
@@ -170,41 +199,7 @@ def _read(paths: Iterable[Path], env: dict[str, str]) -> dict[NormalizedName, tu
                 req = Requirement(line)
             except InvalidRequirement:
                 return None
-            version = _pinned(req)
-            if version is None:
-                return None
-            if req.marker is not None and not _evaluates(req.marker, env, ""):
-                continue
-            name = canonicalize_name(req.name)
-            before = found.get(name)
-            if before is not None and before[0] != version:
-                return None  # two pins of one name: uv says which is wrong
-            found[name] = (version, frozenset(req.extras) | (before[1] if before else frozenset()))
-    return found
-
-
-def _constraints(paths: list[Path], env: dict[str, str]) -> list[Requirement] | None:
-    """Every constraint of the files whose marker holds; None if a line is anything but a plain requirement."""
-    found: list[Requirement] = []
-    for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return None
-        for raw in text.splitlines():
-            line = _COMMENT.sub("", raw).strip()
-            if not line:
-                continue
-            if line.startswith("-") or line.endswith("\\"):
-                return None
-            try:
-                req = Requirement(line)
-            except InvalidRequirement:
-                return None
-            if req.url or req.extras:
-                return None
-            if req.marker is None or _evaluates(req.marker, env, ""):
-                found.append(req)
+            found.append((req, req.marker is None or _evaluates(req.marker, env, "")))
     return found
 
 
