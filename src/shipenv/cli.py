@@ -157,7 +157,7 @@ def _parser() -> _Parser:
     checks.add_argument("--report", action="store_true", help="print the whole relocation audit")
     checks.add_argument("--dry-run", action="store_true", help="print what the build would copy, edit, launch and install, and write nothing")
     cache = b.add_argument_group("cache")
-    cache.add_argument("--cache-dir", type=Path, metavar="DIR", help="where reusable build layers are kept")
+    cache.add_argument("--cache-dir", type=Path, metavar="DIR", help="where reusable build layers are kept (default: $SHIPENV_CACHE_DIR, else $XDG_CACHE_HOME/shipenv)")
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write the build cache")
     b.set_defaults(func=_cmd_build)
 
@@ -243,7 +243,7 @@ def _parser() -> _Parser:
         "  shipenv cache --prune --older-than 30 --dry-run\n  shipenv cache --cache-dir ci-cache --prune --max-size 2GB",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("--cache-dir", type=Path, metavar="DIR", help="the cache (default: the one builds use, $XDG_CACHE_HOME/shipenv)")
+    c.add_argument("--cache-dir", type=Path, metavar="DIR", help="the cache (default: the one builds use, $SHIPENV_CACHE_DIR, else $XDG_CACHE_HOME/shipenv)")
     c.add_argument("--prune", action="store_true", help="remove entries, least recently used first")
     c.add_argument("--max-size", metavar="SIZE", help="with --prune: keep at most SIZE (500M, 10G, 4GiB)")
     c.add_argument("--older-than", type=float, metavar="DAYS", help="with --prune: remove what no build used for DAYS days")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -85,10 +87,48 @@ def test_tree_fingerprint_ignores_bytecode_any_program_may_write(tmp_path: Path)
 
 
 def test_default_dir_follows_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("SHIPENV_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache.default_dir() == tmp_path / "xdg" / "shipenv"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache.default_dir() == Path.home() / ".cache" / "shipenv"
+
+
+def test_shipenv_cache_dir_comes_before_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SHIPENV_CACHE_DIR", str(tmp_path / "own"))
+    assert cache.default_dir() == tmp_path / "own"
+    monkeypatch.setenv("SHIPENV_CACHE_DIR", "")  # set but empty: as unset
+    assert cache.default_dir() == tmp_path / "xdg" / "shipenv"
+
+
+def test_content_fingerprint_is_the_same_for_a_copy_made_later(tmp_path: Path) -> None:
+    """A fresh clone or reinstall of shipenv's own files (new mtimes, new place) keeps its layers."""
+    tree = make_layer(tmp_path / "t")
+    first = cache.content_fingerprint(tree)
+    time.sleep(0.01)
+    copy = tmp_path / "copy"
+    shutil.copytree(tree, copy, symlinks=True)  # new mtimes, new inodes
+    for path in copy.rglob("*"):
+        os.utime(path, (1, 1), follow_symlinks=False)
+    assert cache.content_fingerprint(copy) == first
+    (copy / "lib" / "pkg" / "__pycache__").mkdir()
+    (copy / "lib" / "pkg" / "__pycache__" / "x.pyc").write_bytes(b"\x00")
+    assert cache.content_fingerprint(copy) == first
+
+
+def test_content_fingerprint_changes_with_bytes_names_and_the_executable_bit(tmp_path: Path) -> None:
+    tree = make_layer(tmp_path / "t")
+    seen = {cache.content_fingerprint(tree)}
+    target = next(p for p in sorted(tree.rglob("*")) if p.is_file() and not p.is_symlink())
+    target.write_bytes(target.read_bytes() + b"#")
+    seen.add(cache.content_fingerprint(tree))
+    target.chmod(target.stat().st_mode ^ 0o111)
+    seen.add(cache.content_fingerprint(tree))
+    target.rename(target.with_name(target.name + "2"))
+    seen.add(cache.content_fingerprint(tree))
+    assert len(seen) == 4
+    assert cache.content_fingerprint(tree, suffixes=(".nothing",)) != cache.content_fingerprint(tree)
 
 
 # -- entries -------------------------------------------------------------------------------------

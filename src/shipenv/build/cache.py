@@ -4,7 +4,8 @@ Two kinds of layers are kept, each a directory tree in the bundle's own layout:
 
 * ``interpreter``: the copied, relocated, byte-compiled base interpreter and
   its launchers. Keyed by the interpreter's executable digest, a fingerprint
-  of its stdlib, the options that change the copy, and shipenv's version.
+  of its stdlib, the options that change the copy, and shipenv's version and
+  the bytes of its code, templates and launchers (a fresh clone still hits).
 * ``wheel``: what one wheel installs, relocated and byte-compiled (launchers
   and vendored libraries included). Keyed by the wheel's sha256, the
   interpreter layer's key, and the same options.
@@ -50,6 +51,10 @@ _ENTRY_FORMAT = 2
 
 
 def default_dir() -> Path:
+    """``$SHIPENV_CACHE_DIR``, else ``$XDG_CACHE_HOME/shipenv``, else ``~/.cache/shipenv`` (as uv's and pip's own variables)."""
+    own = os.environ.get("SHIPENV_CACHE_DIR")
+    if own:
+        return Path(own)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "shipenv"
 
@@ -57,8 +62,10 @@ def default_dir() -> Path:
 def key(*parts: Any) -> str:
     """A stable digest of JSON-able parts, of shipenv's own code and of the libraries it runs with.
 
-    The code's fingerprint (file names, sizes, mtimes) keeps a development
-    checkout from reusing layers that an older version of the code made; the
+    The code's fingerprint (its files' names and bytes) keeps a development
+    checkout from reusing layers that an older version of the code made, while
+    a fresh clone or a reinstall of the same code (new mtimes, new paths) still
+    finds them; the
     libraries' versions (installer writes the layers' files, lief and
     pyelftools rewrite and read their ELF files, zstandard and zlib-ng
     compress their fragments) keep an upgrade of one of them from doing so.
@@ -81,17 +88,38 @@ def _libraries() -> tuple[str, ...]:
 
 @functools.cache
 def _code_fingerprint() -> str:
-    digest = hashlib.sha256()
     package = Path(__file__).parents[1]  # all of shipenv, not only the build side
-    for path in sorted(package.rglob("*")):
-        if path.suffix in (".py", ".json") and "__pycache__" not in path.parts:
-            st = path.stat()
-            digest.update(f"{path.relative_to(package)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    return content_fingerprint(package, suffixes=(".py", ".json"))
 
 
 def file_digest(path: Path) -> str:
     return manifest.hash_file(path)[0]
+
+
+def content_fingerprint(root: Path, suffixes: tuple[str, ...] = ()) -> str:
+    """Digest of every file's path, executable bit and bytes under ``root`` (``__pycache__`` left out).
+
+    For shipenv's own files (its code, templates and launchers, about 1 MB):
+    every copy of the same files gives the same digest, wherever and whenever
+    it was made. A fingerprint of mtimes would change with every clone and
+    every reinstall, and each change costs a whole new set of layers (a CI
+    machine's cache grew by gigabytes per run that way). ``suffixes``, when
+    given, limits it to the files whose names end so.
+    """
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in sorted(filenames):
+            if suffixes and not name.endswith(suffixes):
+                continue
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            body = os.readlink(path).encode() if stat.S_ISLNK(st.st_mode) else Path(path).read_bytes()
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            digest.update(f"{rel}\0{stat.S_IFMT(st.st_mode)}\0{bool(st.st_mode & 0o111)}\0{len(body)}\n".encode())
+            digest.update(body)
+    return digest.hexdigest()
 
 
 def tree_fingerprint(root: Path, skip: tuple[str, ...] = ()) -> str:

@@ -297,8 +297,8 @@ def _interpreter_key(py: PythonInfo, options: BuildOptions) -> str:
         sorted(options.system_libs),
         options.libc,
         data.path("policy", "linux.json").read_text(),
-        cache.tree_fingerprint(templates.directory()),
-        cache.tree_fingerprint(data.path("launcher")),
+        cache.content_fingerprint(templates.directory()),
+        cache.content_fingerprint(data.path("launcher")),
     )
 
 
