@@ -8,6 +8,8 @@
 #   SHIPENV_HOSTS=1 / 0   run ci/hosts.sh (3.10-3.13) even with pytest arguments / never
 #   SHIPENV_LINT=0        skip ci/lint.sh (mypy, ruff, shellcheck)
 #   SHIPENV_WORKERS=N     xdist workers for the whole suite (default 2)
+#   SHIPENV_CACHE_DIR     the suite's build cache (default /var/cache/shipenv-ci/build-cache)
+#   SHIPENV_CACHE_MAX     pruned to this size before the run (default 10G)
 #   CI=true               one line per step
 set -euo pipefail
 
@@ -25,6 +27,13 @@ fi
 
 [[ ${SHIPENV_LINT:-1} == 0 ]] || bash ci/lint.sh
 [[ $hosts == 0 ]] || bash ci/hosts.sh
+
+# The suite's builds share one build cache per machine, apart from the user's
+# own (~/.cache/shipenv): its layers make the next run fast, and it is pruned
+# to a size before each run, so that run after run cannot fill the disk.
+export SHIPENV_CACHE_DIR=${SHIPENV_CACHE_DIR:-/var/cache/shipenv-ci/build-cache}
+mkdir -p -- "$SHIPENV_CACHE_DIR"
+"${SHIPENV_VENV:-.venv}/bin/python" -m shipenv cache --prune --max-size "${SHIPENV_CACHE_MAX:-10G}" | sed 's/^/test: /'
 
 # `python -m pytest` rather than `pytest`: it puts the repository on sys.path,
 # which `from tests.helpers import ...` relies on.
