@@ -34,6 +34,12 @@ fi
 export SHIPENV_CACHE_DIR=${SHIPENV_CACHE_DIR:-/var/cache/shipenv-ci/build-cache}
 mkdir -p -- "$SHIPENV_CACHE_DIR"
 "${SHIPENV_VENV:-.venv}/bin/python" -m shipenv cache --prune --max-size "${SHIPENV_CACHE_MAX:-10G}" | sed 's/^/test: /'
+# A whole run takes about 7 GB at its peak (README, "Development"): say so up front
+# rather than let a test fail with ENOSPC nine minutes in.
+for dir in "${TMPDIR:-/tmp}" "$SHIPENV_CACHE_DIR"; do
+    free=$(df -Pk -- "$dir" | awk 'NR == 2 { print int($4 / 1048576) }')
+    ((free >= 8)) || echo "test: warning: only ${free} GB free on $dir; the whole suite needs about 8 GB" >&2
+done
 
 # `python -m pytest` rather than `pytest`: it puts the repository on sys.path,
 # which `from tests.helpers import ...` relies on.
