@@ -20,6 +20,17 @@ lengths against its members) before it is copied, as cache entries are
 (:func:`load`); one that does not match is dropped, compressed again and
 replaced.
 
+A store keeps the mixed streams of the last :data:`KEEP_MIXED` names only.
+Every build under a new version's name (every CI build) stores one more for
+each layer, and only a build under one of the last few names could copy one
+again; left alone they were the one part of a cache that grew with every
+build while the entry stayed in use (18 names had made pandas's store 99 MB),
+which LRU pruning (``shipenv cache --prune``) cannot reach. So storing a mixed
+stream drops the others beyond the newest :data:`KEEP_MIXED` by last use (its
+``.json``'s mtime, set when it is stored or copied), except one used in the
+last :data:`IN_USE` seconds: a build running now may be about to copy it. Data
+frames are kept: one stream per layer serves every name.
+
 A stream is compressed straight into its store's file (:func:`compress`): a
 store that cannot take it (a full disk, a file where its directory should
 be) costs the store and not the build, with a warning, and the stream is
@@ -39,6 +50,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +68,11 @@ from shipenv.errors import ArchiveError
 log = logging.getLogger(__name__)
 
 _FORMAT = 2
+#: Mixed streams (each for one arcname) a store keeps when it stores another, the newest by last use.
+KEEP_MIXED = 3
+#: Seconds within which a stream used or stored is kept whatever :data:`KEEP_MIXED` says: a build may be copying it.
+IN_USE = 600.0
+_KINDS = ("mixed", "data")
 _LIBRARIES = {"tar.zst": f"zstandard {zstandard.__version__} zstd {zstandard.ZSTD_VERSION}", "tar.gz": f"zlib-ng {zlib_ng.ZLIBNG_VERSION}"}
 
 
@@ -126,11 +143,14 @@ def key(c: archive.Codec, kind: str, entries: list[Entry], large: list[Entry], a
     else:
         members = [(archive.relative(e, arcname), e.size, e.mtime) for e in large]
     text = json.dumps([_FORMAT, kind, c.fmt, c.level, _LIBRARIES[c.fmt], *cut, members], separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()}"
 
 
 def load(store: Path, name: str, shape: list[int]) -> Stored | None:
-    """A stored stream whose file is as it was written (size, inode, mtime) and whose frames fit ``shape``."""
+    """A stored stream whose file is as it was written (size, inode, mtime) and whose frames fit ``shape``; its use is noted.
+
+    The use is its ``.json``'s mtime, which :func:`_trim` goes by.
+    """
     path = store / f"{name}.frag"
     try:
         meta = json.loads((store / f"{name}.json").read_text())
@@ -141,7 +161,10 @@ def load(store: Path, name: str, shape: list[int]) -> Stored | None:
         if ([len(g) for g in groups] != shape or not all(type(n) is int and n > 0 for g in groups for n in g)
                 or sum(sum(g) for g in groups) != st.st_size):
             raise ValueError("its frames do not fit its members")
-        return Stored(path, groups, Counts(int(meta["tar"]), int(meta["files"]), int(meta["bytes"])))
+        stored = Stored(path, groups, Counts(int(meta["tar"]), int(meta["files"]), int(meta["bytes"])))
+        with contextlib.suppress(OSError):
+            os.utime(store / f"{name}.json")  # its last use (:func:`_trim`); the check is on the .frag's own stat
+        return stored
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -163,6 +186,52 @@ def _save(store: Path, name: str, tmp: Path, groups: list[list[int]], counts: Co
         os.replace(store / f".{name}.json", store / f"{name}.json")
     except OSError as exc:
         log.warning("archive: cannot keep a fragment in %s (%s)", store, exc)
+        return
+    if name.startswith("mixed-"):
+        _trim(store, name)
+
+
+def _trim(store: Path, kept: str) -> None:
+    """Drop the mixed streams beyond the newest :data:`KEEP_MIXED` by last use, and what an older layout left.
+
+    An older layout's streams (names without a kind) and a ``.frag`` without
+    its ``.json`` (a build stopped between the two) are never loaded again.
+    Nothing used in the last :data:`IN_USE` seconds goes, nor ``kept``.
+    """
+    now = time.time()
+    mixed: list[tuple[float, str]] = []
+    stale: list[tuple[float, str]] = []
+    described: set[str] = set()
+    frags: dict[str, float] = {}
+    try:
+        with os.scandir(store) as found:
+            for e in found:
+                stem, dot, suffix = e.name.rpartition(".")
+                if not dot or stem.startswith(".") or suffix not in ("json", "frag"):
+                    continue
+                try:
+                    used = e.stat(follow_symlinks=False).st_mtime
+                except OSError:
+                    continue
+                if suffix == "frag":
+                    frags[stem] = used
+                    continue
+                described.add(stem)
+                kind = stem.partition("-")[0]
+                if kind == "mixed":
+                    mixed.append((used, stem))
+                elif kind not in _KINDS:
+                    stale.append((used, stem))
+    except OSError:
+        return
+    mixed.sort(reverse=True)
+    stale += [(used, stem) for stem, used in frags.items() if stem not in described]
+    for used, stem in mixed[KEEP_MIXED:] + stale:
+        if stem == kept or now - used < IN_USE:
+            continue
+        for suffix in (".json", ".frag"):  # the .json first: a build that finds it then finds the .frag, or finds neither
+            with contextlib.suppress(OSError):
+                (store / f"{stem}{suffix}").unlink()
 
 
 def opened(jobs: list[Stored | Stream]) -> tuple[Stream, ...]:
