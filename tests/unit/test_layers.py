@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from shipenv.build import audit, cache, layers
+from shipenv.build import audit, layers, placing
 from shipenv.build.cache import BuildCache
 from shipenv.bundle import manifest
 
@@ -39,7 +39,7 @@ def merged(tmp_path: Path, needles: tuple[str, ...] = (NEEDLE,)) -> tuple[Path, 
     assert hit is not None and hit.entry is not None
     root = tmp_path / "root"
     root.mkdir()
-    clashes, placed = cache.merge_layer(hit, root)
+    clashes, placed = placing.merge_layer(hit, root)
     assert clashes == []
     # What the merge says it placed (no lstat for a hard link) is what lstat says.
     assert placed == {rel: layers.signature(os.lstat(root / rel)) for rel in hit.facts.files}
@@ -61,7 +61,7 @@ def test_merge_layer_reports_clashes_and_skips_identical_files(tmp_path: Path) -
     store.put("wheel", "c" * 64, other)
     hit = store.get_layer("wheel", "c" * 64)
     assert hit is not None
-    clashes, placed = cache.merge_layer(hit, root)
+    clashes, placed = placing.merge_layer(hit, root)
     assert clashes == ["bin/tool-link", "lib/pkg/notes.txt"]
     assert sorted(placed) == ["lib/new.py"]
     assert (root / "lib" / "pkg" / "notes.txt").read_text() == f"built in {NEEDLE}\n"

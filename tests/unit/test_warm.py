@@ -1,6 +1,6 @@
 """The last build's tree, kept in the cache and reused (shipenv.build.warm): a rebuild in it gives the tree an empty start gives.
 
-Real cache entries, real merges (:func:`shipenv.build.cache.merge_layer`), and a kept
+Real cache entries, real merges (:func:`shipenv.build.placing.merge_layer`), and a kept
 tree left in every state a user or an earlier build can leave one in.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shipenv.build import cache, cachedir, layering, layers, output, warm
+from shipenv.build import cachedir, layering, layers, output, placing, warm
 from shipenv.build.cache import BuildCache
 from shipenv.errors import ShipenvError
 from tests.unit.test_layers import NEEDLE, make_layer
@@ -147,7 +147,7 @@ def test_a_layer_file_of_this_build_still_clashes_in_a_kept_tree(tmp_path: Path)
     root.mkdir()
     ledger = layers.Ledger((NEEDLE, str(root)), str(root))
     layering.merge_cached(a, root, ledger, "a", True)
-    clashes, _ = cache.merge_layer(b, root, ledger.placed())
+    clashes, _ = placing.merge_layer(b, root, ledger.placed())
     assert "lib/same.py" in clashes  # as in an empty tree: two requirements ship the same file
 
 

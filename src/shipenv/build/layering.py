@@ -12,7 +12,7 @@ Each directory tree is made once per layer. With a cache the stage itself
 becomes the cache entry (one rename, :meth:`cache.BuildCache.put`) and is
 merged into the tree exactly as a cached layer is: hard links, placed from
 the facts (:func:`merge_cached`). Without one the stage is moved into the
-tree, a directory the tree lacks with one rename (:func:`cache.move_layer`).
+tree, a directory the tree lacks with one rename (:func:`placing.move_layer`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from shipenv.build import bytecode, cache, layers, relocate, warm
+from shipenv.build import bytecode, cache, layers, placing, relocate, warm
 from shipenv.build.policy import LibraryPolicy
 from shipenv.errors import InstallError, listing
 from shipenv.model import PythonInfo, Scheme
@@ -109,14 +109,14 @@ def merge_fresh(layer: Fresh, store: cache.BuildCache | None, root: Path, ledger
         return
     if reused:  # the stage is moved in as into an empty tree: nothing of the last build may be in its way
         warm.sweep(root, ledger.placed())
-    clashes, placed = cache.move_layer(layer.stage, facts, root)  # no cache, or one on another file system
+    clashes, placed = placing.move_layer(layer.stage, facts, root)  # no cache, or one on another file system
     refuse_clashes(clashes, layer.name)
     ledger.add(layers.Layer(layer.name, facts, entry), root, placed)
 
 
 def merge_cached(layer: layers.Layer, root: Path, ledger: layers.Ledger, what: str, reused: bool = False) -> None:
     """Link a cache entry's files into the tree and record them in the ledger (``reused``: the tree is the last build's)."""
-    clashes, placed = cache.merge_layer(layer, root, ledger.placed() if reused else None)
+    clashes, placed = placing.merge_layer(layer, root, ledger.placed() if reused else None)
     refuse_clashes(clashes, what)
     ledger.add(layer, root, placed)
 

@@ -186,7 +186,7 @@ class Ledger:
     def add(self, layer: Layer, root: Path, placed: Mapping[str, Signature] | None = None) -> None:
         """Record the layer's files as they are in ``root`` right after it was merged there.
 
-        ``placed`` are the signatures the merge already knows (:func:`shipenv.build.cache.merge_layer`);
+        ``placed`` are the signatures the merge already knows (:func:`shipenv.build.placing.merge_layer`);
         without it every file is looked at.
         """
         index = len(self.layers)

@@ -1,7 +1,7 @@
 """The last build's merged tree, kept in the cache, so that a rebuild links only what changed.
 
 A build with a cache merges its layers into a tree of hard links to the
-cache entries (:func:`shipenv.build.cache.merge_layer`): 12,000 links for the
+cache entries (:func:`shipenv.build.placing.merge_layer`): 12,000 links for the
 reference stack of the benchmark, and as many unlinks when the staging
 directory is removed after packing. Making and removing those inodes was
 about half of a rebuild with one requirement added. So a build that
@@ -16,7 +16,7 @@ build placed is removed (:func:`sweep`): the rest of the last build (its
 launchers, its ``.shipenv/``, the layers it had and this one has not) and
 every directory that no placed file is below. The tree is then the one an
 empty start gives, and so is the archive: directories hold only what their
-files imply, as :func:`~shipenv.build.cache.merge_layer` makes them.
+files imply, as :func:`~shipenv.build.placing.merge_layer` makes them.
 
 Until the wheels are merged, the interpreter runs in this tree (the scheme
 probe, pip, the byte-compiler), and fresh wheels are relocated against its
