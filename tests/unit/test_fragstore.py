@@ -1,20 +1,26 @@
 """Where fragments' compressed streams are kept between builds (shipenv.bundle.fragstore).
 
-Every build under a new version's name stores one more mixed stream per
-layer; a store must not grow with every build while its layer stays in use.
+A stored stream is copied into an archive only when it is as it was stored
+(a changed, cut or tampered one is compressed again: the same bytes either
+way); a store that cannot be written costs the store, not the archive; and a
+store does not grow with every build under a new version's name while its
+layer stays in use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 from shipenv.bundle import fragments, fragstore
-from tests.unit.test_fragments import EPOCH, make_tree
+from tests.helpers import small_tmpfs
+from tests.unit.test_fragments import EPOCH, big_tree, large_tree, make_tree, members, pack_large
+from tests.unit.test_fragments import pack as pack_one
 
 
 def pack(root: Path, dest: Path, store: Path, arcname: str) -> str:
@@ -114,3 +120,65 @@ def test_a_store_that_cannot_be_listed_costs_nothing(tmp_path: Path, monkeypatch
     assert pack(root, tmp_path / "two.tar.zst", store, "app-2.0") != first  # stored, the trim given up quietly
     monkeypatch.undo()
     assert len(kept(store, "mixed")) == 2
+
+
+# -- checks and failures of the store --
+
+
+def test_a_stored_fragment_that_changed_is_compressed_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = make_tree(tmp_path / "tree")
+    store = tmp_path / "store"
+    first = pack_one(root, tmp_path / "one.tar.zst", store)
+    frag = next((store / "a").glob("*.frag"))
+    frag.write_bytes(b"\x28\xb5\x2f\xfd garbage")
+    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragstore"):
+        again = pack_one(root, tmp_path / "two.tar.zst", store)
+    assert "dropping stored fragment" in caplog.text
+    assert again.sha256 == first.sha256
+    assert pack_one(root, tmp_path / "three.tar.zst", store).sha256 == first.sha256  # and it was stored afresh
+
+
+def test_the_key_covers_names_modes_and_the_level(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "tree")
+    store = tmp_path / "store"
+    pack_one(root, tmp_path / "one.tar.zst", store)
+    (root / "lib" / "a" / "one.py").chmod(0o755)  # another mode: another fragment
+    parts = [fragments.Fragment(frozenset({"lib/a/one.py", "lib/a/link"}), store / "a")]
+    fragments.write(root, tmp_path / "two.tar.zst", "tar.zst", level=5, threads=1, mtime=EPOCH, arcname="app-2.0", fragments=parts)
+    assert len(list((store / "a").glob("*.frag"))) == 2
+    assert [m.mode for m in members(tmp_path / "two.tar.zst") if m.name == "app-2.0/lib/a/one.py"] == [0o755]
+
+
+def test_a_store_that_cannot_be_written_costs_the_store_not_the_archive(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, bare, kept = big_tree(tmp_path)
+    expected = fragments.write(root, tmp_path / "a.tar.zst", "tar.zst", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=bare)
+    (tmp_path / "a-file").write_text("not a directory")
+    with small_tmpfs(tmp_path / "tiny", "256k") as tiny, caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragstore"):
+        # a's data frames fill the tiny store in the middle of big.bin (its mixed frames fit); b's store cannot even be made
+        parts = [fragments.Fragment(kept[0].paths, tiny / "a"), fragments.Fragment(kept[1].paths, tmp_path / "a-file" / "b")]
+        packed = fragments.write(root, tmp_path / "b.tar.zst", "tar.zst", level=None, threads=2, mtime=EPOCH, arcname="app-1.0", fragments=parts)
+        kept_files = [p.name for p in tiny.rglob("*") if p.is_file()]
+        assert sorted(Path(n).suffix for n in kept_files) == [".frag", ".json"], kept_files  # the mixed stream: nothing half-kept
+        assert not [n for n in kept_files if n.startswith(".")]
+    assert packed.sha256 == expected.sha256
+    assert caplog.text.count("cannot keep a fragment") == 3  # a's data frames; b's mixed and data frames
+
+
+def test_a_tampered_stored_data_stream_is_dropped_and_compressed_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, _large = large_tree(tmp_path)
+    store = tmp_path / "store"
+    first = pack_large(root, tmp_path / "one.tar.zst", store)
+    data_stream = max(store.rglob("*.frag"), key=lambda p: p.stat().st_size)
+    with data_stream.open("r+b") as f:
+        f.truncate(data_stream.stat().st_size - 100)
+    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragstore"):
+        again = pack_large(root, tmp_path / "two.tar.zst", store, arcname="app-2.0")
+    assert f"dropping stored fragment {data_stream}" in caplog.text
+    assert again.sha256 == pack_large(root, tmp_path / "three.tar.zst", None, arcname="app-2.0").sha256
+    assert pack_large(root, tmp_path / "four.tar.zst", store).sha256 == first.sha256  # stored afresh, and used
+    caplog.clear()
+    meta = data_stream.with_suffix(".json")  # a json whose frames do not add up to the file: dropped too
+    meta.write_text(meta.read_text().replace('"frames":[[', '"frames":[[1,'))
+    with caplog.at_level(logging.WARNING, logger="shipenv.bundle.fragstore"):
+        assert pack_large(root, tmp_path / "five.tar.zst", store).sha256 == first.sha256
+    assert "its frames do not fit its members" in caplog.text
