@@ -37,7 +37,6 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -173,11 +172,16 @@ def _signature(path: Path) -> list[int]:
     return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
 
 
-@dataclass(frozen=True)
 class BuildCache:
-    root: Path
-    #: entries being checked ahead of use (:meth:`prefetch`), each taken once by :meth:`get_layer`
-    _early: dict[tuple[str, str], Future[layers.Layer | None]] = field(default_factory=dict, compare=False, repr=False)
+    """The cache at ``root``, for one build: its entries, and those being checked ahead of use."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        #: entries being checked ahead of use (:meth:`prefetch`), each taken once by :meth:`get_layer`
+        self._early: dict[tuple[str, str], Future[layers.Layer | None]] = {}
+
+    def __repr__(self) -> str:
+        return f"BuildCache({self.root!r})"
 
     def path(self, kind: str, entry_key: str) -> Path:
         """Where an entry of ``kind`` lives (``KIND/XX/KEY``, the layout ``shipenv cache`` reads), whether or not it is there."""

@@ -49,7 +49,7 @@ from pathlib import Path
 from shipenv.errors import ShipenvError, UsageError
 
 _FANOUT = re.compile(r"[0-9a-f]{2}")
-TREES = "trees"  #: :data:`shipenv.build.warm.KIND`
+TREES = "trees"  #: the kept trees' directory (:mod:`shipenv.build.warm`), which a prune treats apart
 _TEMP_AGE = 86400.0  # seconds after which a leftover temporary entry is fair game
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?))?b?", re.IGNORECASE)

@@ -51,13 +51,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shipenv.build import layers, output
+from shipenv.build import cachedir, layers, output
 from shipenv.build.cache import BuildCache, mark_used
 from shipenv.errors import ShipenvError
 
 log = logging.getLogger(__name__)
 
-KIND = "trees"  #: the cache's directory of kept trees
+KIND = cachedir.TREES  #: the cache's directory of kept trees
 ASIDE = ".shipenv-warm-site-packages"  #: where the last build's site-packages waits, in the taken tree
 HELD = "layers.json"  #: in the interpreter's entry: the cache entries of the layers its kept tree holds
 _KEY = re.compile(r"[0-9a-f]{64}")
