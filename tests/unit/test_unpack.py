@@ -7,6 +7,7 @@ import os
 import stat
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,25 @@ def test_files_get_their_mode_whatever_the_umask(tmp_path: Path, umask: int) -> 
         st = os.stat(tmp_path / "out" / rel)
         assert stat.S_IMODE(st.st_mode) == mode and st.st_mtime == 0
         assert (tmp_path / "out" / rel).read_bytes() == files[rel]
+
+
+def test_directories_get_the_archives_mtimes_after_their_files_as_gnu_tar_gives_them(tmp_path: Path) -> None:
+    # members_of lists every directory (mtime 1577836800) before its files: the time is set once they are all written.
+    # A file whose directories the archive does not list gets them made, at 0755 and the time of unpacking.
+    data = b"deep\n"
+    members = with_record(members_of(make_tree(tmp_path / "t", "1.0")) + [file_member("app-1.0/extra/deep/x.txt", data)],
+                          entry("extra/deep/x.txt", data))
+    archive = write_tar(tmp_path / "app-1.0.tar.gz", members)
+    before = time.time()
+    with _reader.open_bundle(archive) as reader:
+        _unpack.unpack(reader, tmp_path / "out")
+    out = tmp_path / "out"
+    listed = [out, *(p for p in out.rglob("*") if p.is_dir() and not p.is_symlink() and "extra" not in p.parts)]
+    assert len(listed) > 3
+    for d in listed:
+        st = d.stat()
+        assert (st.st_mtime, stat.S_IMODE(st.st_mode)) == (1577836800, 0o755), d
+    for d in (out / "extra", out / "extra" / "deep"):
+        st = d.stat()
+        assert st.st_mtime >= before - 1 and stat.S_IMODE(st.st_mode) == 0o755, d
+    check_release(out)

@@ -11,8 +11,11 @@ must be made by :data:`Link`; a shared symlink is made from its RECORD target.
 
 Files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` in directories this
 module made itself, so nothing is written outside ``dest``; directories are
-made 0700 and get their (masked) modes at the end, deepest first, and the top
-directory ends as the archive says, masked (0755 for what shipenv builds).
+made 0700 and get their (masked) modes and their mtimes at the end, deepest
+first (as GNU tar does: nothing written into a directory afterwards changes its
+mtime again), and the top directory ends as the archive says, masked (0755 for
+what shipenv builds). A directory the archive does not list gets 0755 and the
+time it was made.
 Owners in the archive are ignored: files belong to whoever unpacks. OSErrors
 (a full disk, a name too long) propagate; the caller removes ``dest``.
 
@@ -235,7 +238,7 @@ class _Unpack:
         self.root = os.fspath(dest)  # paths are joined as str: no Path object per member
         self.link = link
         self.progress = progress
-        self.dirs: dict[str, int] = {"": 0o755}  # made by us → final mode
+        self.dirs: dict[str, tuple[int, int | None]] = {"": (0o755, None)}  # made by us → final mode, and mtime if listed
         self.files = self.written = self.linked_files = self.linked = self.shared = 0
         self._writer_of: dict[str, _Writer] = {}  # files queued → their writer, which a hard link to one follows
         self._last_report = 0.0
@@ -249,8 +252,11 @@ class _Unpack:
             self.writers.finish(check=False)  # the reader's refusal, not what a writer met after it
             raise
         self.writers.finish()
-        for rel in sorted(self.dirs, key=lambda d: d.count("/") if d else -1, reverse=True):
-            os.chmod(f"{self.root}/{rel}" if rel else self.root, self.dirs[rel])
+        for rel in sorted(self.dirs, key=lambda d: d.count("/") if d else -1, reverse=True):  # deepest first: no later change in it
+            path, (mode, mtime) = f"{self.root}/{rel}" if rel else self.root, self.dirs[rel]
+            os.chmod(path, mode)
+            if mtime is not None:
+                os.utime(path, (mtime, mtime))
         if self.progress is not None:
             self.progress(self.files, self.written + self.linked)
         return Stats(self.files, self.written, self.linked_files, self.linked, self.shared, reader.skipped_frames)
@@ -263,7 +269,7 @@ class _Unpack:
                 if rel not in dirs:
                     self._parents(rel)
                     os.mkdir(f"{root}/{rel}", 0o700)
-                dirs[rel] = member.mode
+                dirs[rel] = (member.mode, member.mtime)
                 continue
             self._parents(rel)
             target = f"{root}/{rel}"
@@ -286,7 +292,7 @@ class _Unpack:
             parent = posixpath.dirname(parent)
         for d in reversed(missing):
             os.mkdir(f"{self.root}/{d}", 0o755)
-            self.dirs[d] = 0o755
+            self.dirs[d] = (0o755, None)
 
     def _file(self, member: Member, target: str) -> None:
         if self.link is not None and self.link(member, target):
