@@ -161,3 +161,29 @@ def test_deploy_sh_check_failure_keeps_current(site: Path, tmp_path: Path) -> No
     assert "app 2.0" in done.stderr  # the check ran the new release's own files
     assert os.readlink(site / "current") == "releases/app-1.0" and os.listdir(site / "releases") == ["app-1.0"]
     assert sorted(os.listdir(site)) == [".shipenv.lock", "current", "history.jsonl", "releases"]
+
+
+def released_tree(release: Path) -> dict[str, tuple[object, ...]]:
+    """Everything a release holds as ``lstat`` and the bytes see it: type, mode, mtime, and content or target."""
+    seen: dict[str, tuple[object, ...]] = {}
+    for path in [release, *sorted(release.rglob("*"))]:
+        st = path.lstat()
+        rel = path.relative_to(release).as_posix()
+        if path.is_symlink():
+            seen[rel] = ("symlink", os.readlink(path))
+        elif path.is_dir():
+            seen[rel] = ("dir", oct(st.st_mode & 0o7777), int(st.st_mtime))
+        else:
+            seen[rel] = ("file", oct(st.st_mode & 0o7777), int(st.st_mtime), path.read_bytes())
+    return seen
+
+
+def test_deploy_sh_and_shipenv_make_the_same_release_of_one_archive(tmp_path: Path) -> None:
+    # Modes, mtimes (directories' too: 2020-01-01, as the archive says), symlinks and bytes, entry for entry.
+    archive_path = pack(make_tree(tmp_path / "t", "1.0"), tmp_path / "dist")
+    ok(run_sh("deploy", archive_path, tmp_path / "by-sh"))
+    run_shipenv("deploy", archive_path, "--root", tmp_path / "by-shipenv")
+    by_sh, by_shipenv = (released_tree(tmp_path / side / "releases" / "app-1.0") for side in ("by-sh", "by-shipenv"))
+    assert by_sh == by_shipenv
+    dirs = [v for v in by_sh.values() if v[0] == "dir"]
+    assert len(dirs) > 3 and {v[2] for v in dirs} == {1577836800}
