@@ -75,10 +75,7 @@ def move_layer(tree: Path, facts: layers.LayerFacts, dest: Path) -> tuple[list[s
                 os.rename(os.path.join(src, rel), target)
                 placed[rel] = (dev, f.ino, f.size, f.mtime_ns)
                 continue
-            if f.symlink is not None or stat.S_ISLNK(there.st_mode):
-                if not (f.symlink is not None and stat.S_ISLNK(there.st_mode) and os.readlink(target) == f.symlink):
-                    clashes.append(rel)
-            elif f.sha256 != file_digest(Path(target)):
+            if not _same(f, target, there):
                 clashes.append(rel)
         for name in subdirs[d]:
             sub = f"{d}/{name}" if d else name
@@ -151,15 +148,19 @@ def merge_layer(layer: layers.Layer, dest: Path, taken: Collection[str] | None =
                     os.unlink(target)
                 placed[rel] = _place(f, full, target, dev)
                 continue
-            if f.symlink is not None or stat.S_ISLNK(there.st_mode):
-                if not (f.symlink is not None and stat.S_ISLNK(there.st_mode) and os.readlink(target) == f.symlink):
-                    clashes.append(rel)
-            elif f.sha256 != file_digest(Path(target)):
+            if not _same(f, target, there):
                 clashes.append(rel)
         except OSError:  # another file system: a copy, with its own inode
             shutil.copy2(full, target)
             placed[rel] = layers.signature(os.lstat(target))
     return sorted(clashes), placed
+
+
+def _same(f: layers.FileFacts, target: str, there: os.stat_result) -> bool:
+    """Whether what is at ``target`` already is the layer's file (the same symlink, or a file with the same bytes): else a clash."""
+    if f.symlink is not None or stat.S_ISLNK(there.st_mode):
+        return f.symlink is not None and stat.S_ISLNK(there.st_mode) and os.readlink(target) == f.symlink
+    return f.sha256 == file_digest(Path(target))
 
 
 def _place(f: layers.FileFacts, full: str, target: str, dev: int) -> layers.Signature:
