@@ -169,10 +169,15 @@ def load(store: Path, name: str, shape: list[int]) -> Stored | None:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("archive: dropping stored fragment %s (%s)", path, exc)
-        for stale in (path, store / f"{name}.json"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+        _drop(store, name)
         return None
+
+
+def _drop(store: Path, name: str) -> None:
+    """Remove a stored stream, its ``.json`` first: a build that finds the ``.json`` then finds the ``.frag``, or finds neither."""
+    for suffix in (".json", ".frag"):
+        with contextlib.suppress(OSError):
+            (store / f"{name}{suffix}").unlink()
 
 
 def _save(store: Path, name: str, tmp: Path, groups: list[list[int]], counts: Counts) -> None:
@@ -187,8 +192,13 @@ def _save(store: Path, name: str, tmp: Path, groups: list[list[int]], counts: Co
     except OSError as exc:
         log.warning("archive: cannot keep a fragment in %s (%s)", store, exc)
         return
-    if name.startswith("mixed-"):
+    if _kind(name) == "mixed":
         _trim(store, name)
+
+
+def _kind(name: str) -> str:
+    """What a stored stream's name (:func:`key`) says it holds: ``mixed`` or ``data`` (anything else: an older layout)."""
+    return name.partition("-")[0]
 
 
 def _trim(store: Path, kept: str) -> None:
@@ -217,7 +227,7 @@ def _trim(store: Path, kept: str) -> None:
                     frags[stem] = used
                     continue
                 described.add(stem)
-                kind = stem.partition("-")[0]
+                kind = _kind(stem)
                 if kind == "mixed":
                     mixed.append((used, stem))
                 elif kind not in _KINDS:
@@ -227,11 +237,8 @@ def _trim(store: Path, kept: str) -> None:
     mixed.sort(reverse=True)
     stale += [(used, stem) for stem, used in frags.items() if stem not in described]
     for used, stem in mixed[KEEP_MIXED:] + stale:
-        if stem == kept or now - used < IN_USE:
-            continue
-        for suffix in (".json", ".frag"):  # the .json first: a build that finds it then finds the .frag, or finds neither
-            with contextlib.suppress(OSError):
-                (store / f"{stem}{suffix}").unlink()
+        if stem != kept and now - used >= IN_USE:
+            _drop(store, stem)
 
 
 def opened(jobs: list[Stored | Stream]) -> tuple[Stream, ...]:
