@@ -15,7 +15,7 @@ made 0700 and get their (masked) modes and their mtimes at the end, deepest
 first (as GNU tar does: nothing written into a directory afterwards changes its
 mtime again), and the top directory ends as the archive says, masked (0755 for
 what shipenv builds). A directory the archive does not list gets 0755 and the
-time it was made.
+mtime its last entry gave it.
 Owners in the archive are ignored: files belong to whoever unpacks. OSErrors
 (a full disk, a name too long) propagate; the caller removes ``dest``.
 
